@@ -1,0 +1,1 @@
+"""Units of work. Each module holds plain functions; ``@task`` wrappers sit at the bottom."""

@@ -1,0 +1,168 @@
+"""The manifests: one row per URL (what happened to it), one row per image (the dataset).
+
+Both are CSV so that people can read them with pandas; both are written atomically
+(temporary file + rename) so that a crash never leaves half a manifest.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, TypeVar
+
+# Outcomes of a URL. ``ok`` is the only one that yields an image.
+OK = "ok"
+DOWNLOAD_OUTCOMES = (
+    "ok",
+    "invalid_url",  # not http(s) or malformed; nothing fetched
+    "duplicate_url",  # the same URL already appeared (same or other class); fetched once
+    "http_error",  # a 4xx/5xx that did not recover
+    "timeout",  # the per-URL deadline ran out
+    "connection_error",  # refused, reset, DNS, TLS, too many redirects
+    "too_large",  # body went over the byte cap (reading stopped early)
+    "empty",  # zero-byte body
+    "not_image",  # HTML/JSON/SVG/text where an image was promised
+)
+VERIFY_OUTCOMES = (
+    "corrupt",  # does not decode fully (truncated, garbage)
+    "too_many_pixels",  # decompression-bomb guard
+    "too_small",  # below the minimum side
+)
+
+
+@dataclass
+class UrlRow:
+    """What happened to one URL, from download through verification."""
+
+    url: str
+    label: str
+    outcome: str = ""
+    reason: str = ""
+    http_status: int | None = None
+    attempts: int = 0
+    sha256: str = ""  # of the downloaded bytes
+    raw_path: str = ""  # relative to the data dir
+    image_path: str = ""  # the verified RGB image, relative to the data dir
+    width: int | None = None
+    height: int | None = None
+
+
+@dataclass
+class ImageRow:
+    """One verified image and its fate in the dataset."""
+
+    sha256: str  # of the downloaded bytes (the file's name)
+    image_path: str  # relative to the data dir
+    label: str
+    url: str
+    width: int
+    height: int
+    pixel_hash: str  # sha256 of the decoded RGB pixels: exact duplicates across encodings
+    phash: str  # 64-bit perceptual hash, 16 hex digits
+    group: str  # duplicate group id (sha256 of the kept member)
+    status: str = "kept"  # kept | duplicate | near_duplicate | label_conflict
+    duplicate_of: str = ""  # sha256 of the kept member when not kept
+    split: str = ""  # train | valid, for kept rows
+
+
+Row = TypeVar("Row", UrlRow, ImageRow)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_rows(path: Path, rows: Iterable[Row], row_type: type[Row]) -> Path:
+    names = [f.name for f in fields(row_type)]
+    lines: list[str] = []
+
+    class _Sink:
+        def write(self, s: str) -> None:
+            lines.append(s)
+
+    writer = csv.DictWriter(_Sink(), fieldnames=names, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if v is None else v) for k, v in dataclasses.asdict(row).items()})
+    atomic_write_text(path, "".join(lines))
+    return path
+
+
+def read_rows(path: Path, row_type: type[Row]) -> list[Row]:
+    types = {f.name: f.type for f in fields(row_type)}
+    out: list[Row] = []
+    with open(path, newline="", encoding="utf-8") as fh:
+        for raw in csv.DictReader(fh):
+            values: dict[str, Any] = {}
+            for key, text in raw.items():
+                if key not in types:
+                    continue
+                kind = str(types[key])
+                if "int" in kind:
+                    values[key] = int(text) if text not in ("", None) else None
+                else:
+                    values[key] = text
+            out.append(row_type(**values))
+    return out
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A dataset is a manifest plus its digest; this small record is what travels between tasks."""
+
+    manifest_path: str  # absolute path to dataset.csv
+    digest: str
+    classes: tuple[str, ...]
+    n_train: int
+    n_valid: int
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.manifest_path).parent.parent
+
+
+def dataset_digest(rows: Iterable[ImageRow]) -> str:
+    """Content digest of the kept images, their labels and splits: same inputs, same digest."""
+    h = hashlib.sha256()
+    for r in sorted((r for r in rows if r.status == "kept"), key=lambda r: r.sha256):
+        h.update(f"{r.sha256}\t{r.pixel_hash}\t{r.label}\t{r.split}\n".encode())
+    return h.hexdigest()
+
+
+def write_dataset(data_dir: Path, rows: list[ImageRow], name: str = "dataset") -> Dataset:
+    """Write ``<data_dir>/datasets/<name>.csv`` and its JSON summary; return the record."""
+    kept = [r for r in rows if r.status == "kept"]
+    digest = dataset_digest(rows)
+    path = write_rows(data_dir / "datasets" / f"{name}.csv", rows, ImageRow)
+    ds = Dataset(
+        manifest_path=str(path.resolve()),
+        digest=digest,
+        classes=tuple(sorted({r.label for r in kept})),
+        n_train=sum(r.split == "train" for r in kept),
+        n_valid=sum(r.split == "valid" for r in kept),
+    )
+    atomic_write_text(path.with_suffix(".json"), json.dumps(dataclasses.asdict(ds), indent=2))
+    return ds
+
+
+def load_dataset(manifest_path: str | Path) -> Dataset:
+    data = json.loads(Path(manifest_path).with_suffix(".json").read_text())
+    data["classes"] = tuple(data["classes"])
+    return Dataset(**data)

@@ -1,0 +1,1 @@
+"""Ursa: image classifiers from web image URL lists, trained, registered and served."""

@@ -1,0 +1,116 @@
+"""The model package: the one contract between training and serving.
+
+Training writes it with :func:`log_package` inside an MLflow run; the server reads it with
+:func:`load_package`. A package is an MLflow PyTorch model in the ``pt2`` (torch.export)
+format, so loading it needs neither the training code nor unpickling any project class,
+plus a small JSON-able ``ursa`` metadata block carried in the MLmodel file:
+
+    {"format": "ursa-model/1", "arch": "resnet18", "classes": [...], "image_size": 32,
+     "mean": [...], "std": [...], "metrics": {...}, "dataset_digest": "..."}
+
+:func:`preprocess` is the one image-to-tensor transform, used by training and serving alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+FORMAT = "ursa-model/1"
+REQUIRED_KEYS = ("format", "arch", "classes", "image_size", "mean", "std")
+# The package's runtime needs, pinned to what is installed, so MLflow spawns no pip inference.
+PIP_REQUIREMENTS = [f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}"]
+
+
+class PackageError(ValueError):
+    """The model at a URI is not a usable Ursa model package."""
+
+
+def preprocess(images: list[Image.Image], image_size: int, mean, std) -> torch.Tensor:
+    """RGB PIL images -> a normalised float batch (N, 3, S, S)."""
+    arrays = [
+        np.asarray(im.convert("RGB").resize((image_size, image_size), Image.BILINEAR))
+        for im in images
+    ]
+    batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div_(255.0)
+    return normalise(batch, mean, std)
+
+
+def normalise(batch: torch.Tensor, mean, std) -> torch.Tensor:
+    m = torch.tensor(mean, dtype=batch.dtype, device=batch.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=batch.dtype, device=batch.device).view(1, -1, 1, 1)
+    return (batch - m) / s
+
+
+def check_meta(meta: Any, where: str) -> dict:
+    if not isinstance(meta, dict):
+        raise PackageError(f"Model at '{where}' has no 'ursa' metadata block.")
+    missing = [k for k in REQUIRED_KEYS if k not in meta]
+    if missing:
+        raise PackageError(f"Model at '{where}' lacks metadata keys {missing}.")
+    if meta["format"] != FORMAT:
+        raise PackageError(f"Model at '{where}' has format '{meta['format']}', expected '{FORMAT}'.")
+    if not meta["classes"]:
+        raise PackageError(f"Model at '{where}' has an empty class list.")
+    return meta
+
+
+def log_package(model: torch.nn.Module, meta: dict, name: str = "model") -> str:
+    """Log ``model`` with its metadata to the active MLflow run; return the model URI."""
+    import mlflow
+
+    meta = check_meta({"format": FORMAT, **meta}, "<being logged>")
+    model = model.cpu().eval()
+    example = np.zeros((1, 3, meta["image_size"], meta["image_size"]), dtype=np.float32)
+    info = mlflow.pytorch.log_model(
+        model,
+        name=name,
+        input_example=example,
+        pip_requirements=PIP_REQUIREMENTS,
+        metadata={"ursa": meta},
+    )
+    return info.model_uri
+
+
+@dataclass
+class ModelPackage:
+    module: torch.nn.Module
+    meta: dict
+    uri: str
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.meta["classes"])
+
+    @torch.inference_mode()
+    def probabilities(self, images: list[Image.Image]) -> np.ndarray:
+        """Class probabilities (N, C) for RGB images."""
+        batch = preprocess(images, self.meta["image_size"], self.meta["mean"], self.meta["std"])
+        logits = self.module(batch)
+        if logits.ndim != 2 or logits.shape[1] != len(self.classes):
+            raise PackageError(
+                f"Model at '{self.uri}' returned shape {tuple(logits.shape)}, "
+                f"expected (N, {len(self.classes)})."
+            )
+        return torch.softmax(logits.float(), dim=1).numpy()
+
+
+def load_package(uri: str) -> ModelPackage:
+    """Load and check the package at ``uri`` (``models:/name/3``, ``runs:/...``, a path)."""
+    import mlflow
+    from mlflow.models import Model
+
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(uri))
+        meta = check_meta((Model.load(str(local / "MLmodel")).metadata or {}).get("ursa"), uri)
+        module = mlflow.pytorch.load_model(str(local))
+    except PackageError:
+        raise
+    except Exception as exc:  # corrupt artifacts, wrong flavour, unreadable files
+        raise PackageError(f"Model at '{uri}' could not be loaded: {type(exc).__name__}: {exc}") from exc
+    return ModelPackage(module=module, meta=meta, uri=uri)

@@ -1,0 +1,82 @@
+"""One typed settings object, read from the environment once and passed down explicitly.
+
+Modelled on Starlette's ``Config``: every value has a cast and a default, and a bad value
+raises an error that names the variable and the value at fault.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+class SettingsError(ValueError):
+    pass
+
+
+def _read(env: Mapping[str, str], key: str, cast: Callable[[str], T], default: T) -> T:
+    raw = env.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        return cast(raw)
+    except (TypeError, ValueError) as exc:
+        raise SettingsError(
+            f"Config '{key}' has value '{raw}'. Not a valid {cast.__name__}: {exc}"
+        ) from exc
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value <= 0:
+        raise ValueError("must be > 0")
+    return value
+
+
+_positive_int.__name__ = "positive int"
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path = Path("ursa-data")
+    tracking_uri: str = ""
+    experiment: str = "ursa"
+    model_name: str = "ursa"
+    admin_token: str = ""
+    serve_url: str = ""
+    serve_host: str = "127.0.0.1"
+    serve_port: int = 8000
+    max_body_bytes: int = 10 * 1024 * 1024
+    max_image_pixels: int = 40_000_000
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        data_dir = _read(env, "URSA_DATA_DIR", Path, Path("ursa-data")).resolve()
+        default_uri = f"sqlite:///{data_dir / 'mlflow.db'}"
+        return cls(
+            data_dir=data_dir,
+            tracking_uri=_read(env, "MLFLOW_TRACKING_URI", str, default_uri),
+            experiment=_read(env, "URSA_EXPERIMENT", str, "ursa"),
+            model_name=_read(env, "URSA_MODEL_NAME", str, "ursa"),
+            admin_token=_read(env, "URSA_ADMIN_TOKEN", str, ""),
+            serve_url=_read(env, "URSA_SERVE_URL", str, "").rstrip("/"),
+            serve_host=_read(env, "URSA_SERVE_HOST", str, "127.0.0.1"),
+            serve_port=_read(env, "URSA_SERVE_PORT", int, 8000),
+            max_body_bytes=_read(env, "URSA_MAX_BODY_BYTES", _positive_int, 10 * 1024 * 1024),
+            max_image_pixels=_read(env, "URSA_MAX_IMAGE_PIXELS", _positive_int, 40_000_000),
+        )
+
+    @property
+    def artifact_location(self) -> str:
+        """Where MLflow keeps artifacts for experiments Ursa creates (beside the database)."""
+        return (self.data_dir / "mlartifacts").as_uri()
+
+    @property
+    def champion_uri(self) -> str:
+        return f"models:/{self.model_name}@champion"
