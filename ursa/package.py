@@ -66,7 +66,8 @@ def log_package(model: torch.nn.Module, meta: dict, name: str = "model") -> str:
 
     meta = check_meta({"format": FORMAT, **meta}, "<being logged>")
     model = model.cpu().eval()
-    example = np.zeros((1, 3, meta["image_size"], meta["image_size"]), dtype=np.float32)
+    # Batch 2, not 1: torch.export specialises a dimension of size 1, fixing the batch size.
+    example = np.zeros((2, 3, meta["image_size"], meta["image_size"]), dtype=np.float32)
     info = mlflow.pytorch.log_model(
         model,
         name=name,
@@ -100,13 +101,13 @@ class ModelPackage:
         return torch.softmax(logits.float(), dim=1).numpy()
 
 
-def load_package(uri: str) -> ModelPackage:
+def load_package(uri: str, tracking_uri: str | None = None) -> ModelPackage:
     """Load and check the package at ``uri`` (``models:/name/3``, ``runs:/...``, a path)."""
     import mlflow
     from mlflow.models import Model
 
     try:
-        local = Path(mlflow.artifacts.download_artifacts(uri))
+        local = Path(mlflow.artifacts.download_artifacts(uri, tracking_uri=tracking_uri))
         meta = check_meta((Model.load(str(local / "MLmodel")).metadata or {}).get("ursa"), uri)
         module = mlflow.pytorch.load_model(str(local))
     except PackageError:

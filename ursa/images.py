@@ -1,0 +1,90 @@
+"""Decoding untrusted image bytes: the one place that turns bytes into a safe RGB picture.
+
+Used by verification at ingest and by the server on upload, so both accept and refuse the
+same files for the same reasons.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Known image signatures: anything else is not an image, whatever its Content-Type says.
+_SIGNATURES = (
+    (b"\xff\xd8\xff", "jpg"),
+    (b"\x89PNG\r\n\x1a\n", "png"),
+    (b"GIF87a", "gif"),
+    (b"GIF89a", "gif"),
+    (b"BM", "bmp"),
+    (b"II*\x00", "tif"),
+    (b"MM\x00*", "tif"),
+)
+
+
+class ImageError(ValueError):
+    """Bytes that are not a usable image. ``reason`` is a manifest outcome."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def sniff_extension(head: bytes) -> str | None:
+    """The file extension that the first bytes announce, or None if they are no image."""
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
+    for magic, ext in _SIGNATURES:
+        if head.startswith(magic):
+            return ext
+    return None
+
+
+def open_image(data: bytes, max_pixels: int = 40_000_000, min_side: int = 1) -> Image.Image:
+    """Fully decode ``data`` into an RGB image, EXIF orientation applied.
+
+    Raises :class:`ImageError` with reason ``empty``, ``not_image``, ``too_many_pixels``,
+    ``too_small`` or ``corrupt``. The pixel guard is checked on the header, before decoding,
+    so a decompression bomb costs nothing.
+    """
+    if not data:
+        raise ImageError("empty", "The file is empty (0 bytes).")
+    if sniff_extension(data[:16]) is None:
+        raise ImageError("not_image", f"Not an image: starts with {data[:16]!r}.")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+            width, height = im.size
+            if width * height > max_pixels:
+                raise ImageError(
+                    "too_many_pixels",
+                    f"Image is {width}x{height} = {width * height} pixels, "
+                    f"over the limit of {max_pixels}.",
+                )
+            if min(width, height) < min_side:
+                raise ImageError(
+                    "too_small", f"Image is {width}x{height}, under the minimum side {min_side}."
+                )
+            im.seek(0)  # animated images: the first frame
+            im.load()  # the full decode: verify() alone misses truncated data
+            im = ImageOps.exif_transpose(im)
+            return to_rgb(im)
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError("too_many_pixels", f"Decompression bomb: {exc}") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageError("corrupt", f"Image does not decode: {exc}") from exc
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Any mode -> 8-bit RGB; transparency is composited on white, 16-bit scaled down."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        im = im.point(lambda v: v / 256).convert("L")
+    if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return im.convert("RGB")
