@@ -7,7 +7,6 @@ same files for the same reasons.
 from __future__ import annotations
 
 import io
-import warnings
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -53,24 +52,24 @@ def open_image(data: bytes, max_pixels: int = 40_000_000, min_side: int = 1) -> 
     if sniff_extension(data[:16]) is None:
         raise ImageError("not_image", f"Not an image: starts with {data[:16]!r}.")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
-            width, height = im.size
-            if width * height > max_pixels:
-                raise ImageError(
-                    "too_many_pixels",
-                    f"Image is {width}x{height} = {width * height} pixels, "
-                    f"over the limit of {max_pixels}.",
-                )
-            if min(width, height) < min_side:
-                raise ImageError(
-                    "too_small", f"Image is {width}x{height}, under the minimum side {min_side}."
-                )
-            im.seek(0)  # animated images: the first frame
-            im.load()  # the full decode: verify() alone misses truncated data
-            im = ImageOps.exif_transpose(im)
-            return to_rgb(im)
+        # Our own pixel guard runs on the header, before any decoding; Pillow's global
+        # MAX_IMAGE_PIXELS stays as a second fence (its error is caught below).
+        im = Image.open(io.BytesIO(data))
+        width, height = im.size
+        if width * height > max_pixels:
+            raise ImageError(
+                "too_many_pixels",
+                f"Image is {width}x{height} = {width * height} pixels, "
+                f"over the limit of {max_pixels}.",
+            )
+        if min(width, height) < min_side:
+            raise ImageError(
+                "too_small", f"Image is {width}x{height}, under the minimum side {min_side}."
+            )
+        im.seek(0)  # animated images: the first frame
+        im.load()  # the full decode: verify() alone misses truncated data
+        im = ImageOps.exif_transpose(im)
+        return to_rgb(im)
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

@@ -54,7 +54,9 @@ def check_meta(meta: Any, where: str) -> dict:
     if missing:
         raise PackageError(f"Model at '{where}' lacks metadata keys {missing}.")
     if meta["format"] != FORMAT:
-        raise PackageError(f"Model at '{where}' has format '{meta['format']}', expected '{FORMAT}'.")
+        raise PackageError(
+            f"Model at '{where}' has format '{meta['format']}', expected '{FORMAT}'."
+        )
     if not meta["classes"]:
         raise PackageError(f"Model at '{where}' has an empty class list.")
     return meta
@@ -107,11 +109,32 @@ def load_package(uri: str, tracking_uri: str | None = None) -> ModelPackage:
     from mlflow.models import Model
 
     try:
-        local = Path(mlflow.artifacts.download_artifacts(uri, tracking_uri=tracking_uri))
+        location = resolve_models_uri(uri, tracking_uri)
+        local = Path(mlflow.artifacts.download_artifacts(location, tracking_uri=tracking_uri))
         meta = check_meta((Model.load(str(local / "MLmodel")).metadata or {}).get("ursa"), uri)
         module = mlflow.pytorch.load_model(str(local))
     except PackageError:
         raise
     except Exception as exc:  # corrupt artifacts, wrong flavour, unreadable files
-        raise PackageError(f"Model at '{uri}' could not be loaded: {type(exc).__name__}: {exc}") from exc
+        raise PackageError(
+            f"Model at '{uri}' could not be loaded: {type(exc).__name__}: {exc}"
+        ) from exc
     return ModelPackage(module=module, meta=meta, uri=uri)
+
+
+def resolve_models_uri(uri: str, tracking_uri: str | None) -> str:
+    """A ``models:/`` URI -> its artifact location, looked up in the store at ``tracking_uri``.
+
+    MLflow resolves ``models:/`` URIs through the process-wide registry whatever tracking URI
+    it is handed, so without this an explicit ``tracking_uri`` would be silently ignored.
+    """
+    if not tracking_uri or not uri.startswith("models:/"):
+        return uri
+    from mlflow import MlflowClient
+    from mlflow.store.artifact.utils.models import get_model_name_and_version
+
+    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
+    found = get_model_name_and_version(client, uri)
+    if len(found) == 1:  # models:/<logged model id>
+        return client.get_logged_model(found[0]).artifact_location
+    return client.get_model_version_download_uri(*found)

@@ -1,0 +1,54 @@
+"""ingest: URL lists -> download -> verify -> dedup -> a dataset manifest with a split."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from prefect import flow
+
+from tasks.dedup import dedup_task
+from tasks.download import DownloadOptions, download_task, read_url_lists
+from tasks.manifest import Dataset, UrlRow, write_rows
+from tasks.reports import dataset_status_counts, outcome_counts, publish_ingest
+from tasks.sources import EMBEDDED, limit_per_class, url_lists
+from tasks.verify import verify_task
+from ursa.settings import Settings
+
+
+@dataclass
+class IngestResult:
+    dataset: Dataset
+    url_manifest: str
+    outcomes: dict[str, int]  # URL outcome -> count
+    statuses: dict[str, int]  # dataset status (kept, duplicate, ...) -> count
+
+
+@flow(name="ingest", log_prints=True)
+def ingest(
+    source: str = EMBEDDED,
+    max_per_class: int | None = None,
+    valid_pct: float = 0.2,
+    seed: int = 0,
+    concurrency: int = 32,
+    timeout_s: float = 10.0,
+) -> IngestResult:
+    """Build a dataset from per-class URL lists (a folder of <class>.txt, or "embedded")."""
+    settings = Settings.from_env()
+    data_dir = settings.data_dir
+    options = DownloadOptions(concurrency=concurrency, timeout_s=timeout_s)
+    with url_lists(source, data_dir, max_per_class) as lists:
+        rows = limit_per_class(read_url_lists(lists), max_per_class)
+        rows = download_task(rows, data_dir, options)
+    rows = verify_task(rows, data_dir, max_pixels=settings.max_image_pixels)
+    url_manifest = write_rows(data_dir / "manifests" / "urls.csv", rows, UrlRow)
+    dataset = dedup_task(rows, data_dir, valid_pct=valid_pct, seed=seed)
+    publish_ingest(rows, dataset, url_manifest)
+    result = IngestResult(
+        dataset=dataset,
+        url_manifest=str(Path(url_manifest).resolve()),
+        outcomes=outcome_counts(rows),
+        statuses=dataset_status_counts(dataset),
+    )
+    print(f"ingest: {len(rows)} URLs -> {result.statuses.get('kept', 0)} images; {result.outcomes}")
+    return result

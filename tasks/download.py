@@ -1,0 +1,355 @@
+"""Download: URL lists in, content-addressed raw files and one manifest row per URL out.
+
+One aiohttp session per call, bounded concurrency, a total deadline per URL that covers
+its retries, and a byte cap enforced while reading. Every failure of a single URL becomes
+a row outcome (see ``tasks.manifest.DOWNLOAD_OUTCOMES``); nothing escapes, and no partial
+file is ever left in ``raw/``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+from prefect import task
+from prefect.cache_policies import NONE
+from yarl import URL
+
+from tasks.manifest import UrlRow
+from ursa.images import sniff_extension
+
+_CHUNK = 64 * 1024
+_HEAD = 16  # enough bytes for every signature that sniff_extension knows
+_MAX_BACKOFF_S = 5.0
+_TEMP_PREFIX = ".part-"
+
+
+@dataclass(frozen=True)
+class DownloadOptions:
+    concurrency: int = 32
+    per_host: int = 16
+    timeout_s: float = 10.0  # total deadline per URL, retries and waits included
+    attempt_timeout_s: float = 5.0
+    retries: int = 3  # extra attempts after the first
+    backoff_s: float = 0.2  # doubled after each failed attempt, capped at _MAX_BACKOFF_S
+    max_bytes: int = 20 * 1024 * 1024
+    user_agent: str = "Ursa/0.1 (+image classifier dataset builder)"
+
+    def __post_init__(self) -> None:
+        for name in ("concurrency", "per_host", "max_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"DownloadOptions.{name} must be >= 1, got {getattr(self, name)}.")
+        for name in ("timeout_s", "attempt_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"DownloadOptions.{name} must be > 0, got {getattr(self, name)}.")
+        if self.retries < 0 or self.backoff_s < 0:
+            raise ValueError(
+                f"DownloadOptions.retries and backoff_s must be >= 0, "
+                f"got {self.retries} and {self.backoff_s}."
+            )
+
+
+def read_url_lists(source: Path) -> list[UrlRow]:
+    """Rows from a folder of ``<label>.txt`` files (label = file stem) or from one such file.
+
+    One URL per line; blank lines and ``#`` comments are skipped, whitespace is stripped,
+    query strings are kept. Labels come sorted, lines in file order.
+    """
+    source = Path(source)
+    if source.is_dir():
+        files = sorted(source.glob("*.txt"), key=lambda p: p.stem)
+        if not files:
+            raise FileNotFoundError(f"No <label>.txt URL lists in folder {source}.")
+    elif source.is_file():
+        files = [source]
+    else:
+        raise FileNotFoundError(f"URL list source {source} does not exist.")
+    rows: list[UrlRow] = []
+    for path in files:
+        for line in path.read_text(encoding="utf-8").splitlines():
+            url = line.strip()
+            if url and not url.startswith("#"):
+                rows.append(UrlRow(url=url, label=path.stem))
+    return rows
+
+
+def download_urls(
+    rows: list[UrlRow],
+    data_dir: Path,
+    options: DownloadOptions = DownloadOptions(),
+    progress: Callable[[UrlRow], None] | None = None,
+) -> list[UrlRow]:
+    """Download every row's URL into ``data_dir/raw/``; return the rows with their outcomes.
+
+    The result has the same length and order as ``rows``; the input rows are not changed.
+    ``progress(row)`` is called once per finished row.
+    """
+    return asyncio.run(download_urls_async(rows, data_dir, options, progress))
+
+
+async def download_urls_async(
+    rows: list[UrlRow],
+    data_dir: Path,
+    options: DownloadOptions = DownloadOptions(),
+    progress: Callable[[UrlRow], None] | None = None,
+) -> list[UrlRow]:
+    """:func:`download_urls` for callers that already run an event loop."""
+    raw_dir = Path(data_dir) / "raw"
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    out: list[UrlRow | None] = [None] * len(rows)
+
+    def finish(index: int, row: UrlRow) -> None:
+        out[index] = row
+        if progress is not None:
+            progress(row)
+
+    # Settle what needs no network first: malformed URLs and repeats.
+    first_seen: dict[str, int] = {}
+    to_fetch: list[int] = []
+    for index, row in enumerate(rows):
+        problem = _url_problem(row.url)
+        if problem:
+            finish(index, _result(row, "invalid_url", problem))
+        elif row.url in first_seen:
+            first = rows[first_seen[row.url]]
+            reason = f"Same URL as row {first_seen[row.url]} (label '{first.label}'); fetched once."
+            finish(index, _result(row, "duplicate_url", reason))
+        else:
+            first_seen[row.url] = index
+            to_fetch.append(index)
+
+    semaphore = asyncio.Semaphore(options.concurrency)
+    connector = aiohttp.TCPConnector(limit=options.concurrency, limit_per_host=options.per_host)
+    # The session timeout is per attempt; the per-URL deadline is enforced around the retries.
+    timeout = aiohttp.ClientTimeout(
+        total=options.attempt_timeout_s, sock_connect=options.attempt_timeout_s
+    )
+    headers = {"User-Agent": options.user_agent}
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout, headers=headers) as s:
+
+        async def fetch(index: int) -> None:
+            async with semaphore:
+                row = await _fetch_row(s, rows[index], raw_dir, options)
+            finish(index, row)
+
+        await asyncio.gather(*(fetch(index) for index in to_fetch))
+    assert all(row is not None for row in out)
+    return out  # type: ignore[return-value]
+
+
+def _url_problem(url: str) -> str:
+    """Why ``url`` cannot be fetched, or "" when it is a well-formed http(s) URL."""
+    if not url or any(c.isspace() or ord(c) < 32 for c in url):
+        return f"Malformed URL {url!r}: empty or contains whitespace/control characters."
+    try:
+        parsed = URL(url)
+        port = parsed.port  # raises on a bad port
+    except (ValueError, TypeError) as exc:
+        return f"Malformed URL {url!r}: {exc}"
+    if parsed.scheme not in ("http", "https"):
+        return f"URL {url!r} has scheme '{parsed.scheme}'; only http and https are fetched."
+    if not parsed.host or port is None:
+        return f"URL {url!r} has no host."
+    return ""
+
+
+def _result(row: UrlRow, outcome: str, reason: str, **fields: object) -> UrlRow:
+    values: dict[str, object] = {
+        "http_status": None,
+        "attempts": 0,
+        "sha256": "",
+        "raw_path": "",
+        **fields,
+    }
+    return dataclasses.replace(row, outcome=outcome, reason=reason, **values)
+
+
+@dataclass
+class _Retry:
+    """An attempt that failed in a way worth retrying."""
+
+    outcome: str  # what the row records if no retry succeeds
+    reason: str
+    http_status: int | None = None
+    retry_after_s: float | None = None
+
+
+async def _fetch_row(
+    session: aiohttp.ClientSession, row: UrlRow, raw_dir: Path, options: DownloadOptions
+) -> UrlRow:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + options.timeout_s
+    attempts = 0
+    last: _Retry | None = None
+    try:
+        async with asyncio.timeout_at(deadline):
+            while True:
+                attempts += 1
+                result = await _attempt(session, row, raw_dir, options)
+                if isinstance(result, UrlRow):
+                    return dataclasses.replace(result, attempts=attempts)
+                last = result
+                if attempts > options.retries:
+                    return _result(
+                        row,
+                        last.outcome,
+                        f"{last.reason} (gave up after {attempts} attempts)",
+                        http_status=last.http_status,
+                        attempts=attempts,
+                    )
+                delay = min(options.backoff_s * 2 ** (attempts - 1), _MAX_BACKOFF_S)
+                if last.retry_after_s is not None:
+                    delay = last.retry_after_s
+                left = deadline - loop.time()
+                if delay >= left:
+                    # Waiting would overrun the deadline: record what we know now.
+                    return _result(
+                        row,
+                        last.outcome,
+                        f"{last.reason}; retry in {delay:g} s does not fit the "
+                        f"{left:.2f} s left of the {options.timeout_s:g} s deadline",
+                        http_status=last.http_status,
+                        attempts=attempts,
+                    )
+                await asyncio.sleep(delay)
+    except TimeoutError:
+        detail = f"; last failure: {last.reason}" if last else ""
+        return _result(
+            row,
+            "timeout",
+            f"No complete answer within the {options.timeout_s:g} s deadline "
+            f"({attempts} attempt{'s' if attempts != 1 else ''}{detail})",
+            http_status=last.http_status if last else None,
+            attempts=attempts,
+        )
+    except Exception as exc:  # one URL's failure never escapes: it becomes its row
+        return _result(
+            row,
+            "connection_error",
+            f"{type(exc).__name__}: {exc}",
+            attempts=attempts,
+        )
+
+
+async def _attempt(
+    session: aiohttp.ClientSession, row: UrlRow, raw_dir: Path, options: DownloadOptions
+) -> UrlRow | _Retry:
+    """One GET: a finished row, or a :class:`_Retry` for failures that may pass."""
+    try:
+        async with session.get(row.url) as response:
+            status = response.status
+            if status >= 400:
+                reason = f"HTTP {status} {response.reason or ''}".rstrip()
+                if status >= 500 or status == 429:
+                    return _Retry("http_error", reason, status, _retry_after(response))
+                return _result(row, "http_error", reason, http_status=status)
+            return await _save_body(row, response, raw_dir, options)
+    except aiohttp.ClientSSLError as exc:  # a bad certificate does not get better by retrying
+        return _result(row, "connection_error", f"{type(exc).__name__}: {exc}")
+    except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+        return _Retry("connection_error", f"{type(exc).__name__}: {exc}")
+    except TimeoutError as exc:
+        # aiohttp's own per-attempt timeout; the per-URL deadline cancels instead, so it
+        # reaches _fetch_row as TimeoutError only at the `async with asyncio.timeout_at` exit.
+        message = f": {exc}" if str(exc) else ""
+        return _Retry(
+            "timeout", f"Attempt timed out after {options.attempt_timeout_s:g} s{message}"
+        )
+
+
+async def _save_body(
+    row: UrlRow, response: aiohttp.ClientResponse, raw_dir: Path, options: DownloadOptions
+) -> UrlRow:
+    """Stream the body to a temporary file in ``raw_dir``; keep it only if it is an image."""
+    status = response.status
+    content_type = response.headers.get("Content-Type", "")
+    declared = response.content_length
+    if declared is not None and declared > options.max_bytes:
+        response.close()
+        return _result(
+            row,
+            "too_large",
+            f"Content-Length {declared} is over the {options.max_bytes} byte cap",
+            http_status=status,
+        )
+    fd, tmp_name = tempfile.mkstemp(dir=raw_dir, prefix=_TEMP_PREFIX, suffix=".tmp")
+    tmp = Path(tmp_name)
+    kept = False
+    try:
+        digest = hashlib.sha256()
+        head = b""
+        size = 0
+        ext: str | None = None
+        # Plain blocking writes: chunks are small and land in the page cache, which costs
+        # less than a thread hop per chunk.
+        with os.fdopen(fd, "wb") as fh:
+            async for chunk in response.content.iter_chunked(_CHUNK):
+                size += len(chunk)
+                if size > options.max_bytes:
+                    response.close()  # stop the transfer now, whatever Content-Length said
+                    return _result(
+                        row,
+                        "too_large",
+                        f"Body passed the {options.max_bytes} byte cap; reading stopped",
+                        http_status=status,
+                    )
+                if len(head) < _HEAD:
+                    head += chunk[: _HEAD - len(head)]
+                    if len(head) == _HEAD:
+                        ext = sniff_extension(head)
+                        if ext is None:
+                            response.close()  # no need to read the rest of a web page
+                            return _not_image(row, status, content_type, head)
+                digest.update(chunk)
+                fh.write(chunk)
+        if size == 0:
+            return _result(row, "empty", "Zero-byte body", http_status=status)
+        if ext is None:
+            ext = sniff_extension(head)  # a body shorter than _HEAD
+            if ext is None:
+                return _not_image(row, status, content_type, head)
+        sha256 = digest.hexdigest()
+        # Content-addressed: the same bytes land on the same name, so replacing is harmless.
+        os.replace(tmp, raw_dir / f"{sha256}.{ext}")
+        kept = True
+        return _result(
+            row,
+            "ok",
+            f"{size} bytes, {content_type or 'no Content-Type'}",
+            http_status=status,
+            sha256=sha256,
+            raw_path=f"raw/{sha256}.{ext}",
+        )
+    finally:
+        if not kept:  # every other path, cancellation included
+            tmp.unlink(missing_ok=True)
+
+
+def _not_image(row: UrlRow, status: int, content_type: str, head: bytes) -> UrlRow:
+    return _result(
+        row,
+        "not_image",
+        f"Not an image: Content-Type '{content_type or 'none'}', starts with {head!r}",
+        http_status=status,
+    )
+
+
+def _retry_after(response: aiohttp.ClientResponse) -> float | None:
+    """``Retry-After`` in seconds; the HTTP-date form is ignored (the backoff applies)."""
+    raw = response.headers.get("Retry-After", "").strip()
+    try:
+        return max(0.0, float(raw)) if raw else None
+    except ValueError:
+        return None
+
+
+# Retries live inside download_urls (per URL, within a deadline), so the task has none;
+# rows and options are small but a cache keyed on them would skip re-downloading changed URLs.
+download_task = task(name="download", retries=0, cache_policy=NONE)(download_urls)

@@ -1,0 +1,88 @@
+"""What a run tells people: outcome tables, leaderboards and release notes, published as
+Prefect artifacts (the UI) and returned as plain records (the CLI)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from tasks.deploy import DeployResult
+from tasks.manifest import Dataset, ImageRow, UrlRow, read_rows
+from tasks.registry import ReleaseResult
+from tasks.train import TrialResult
+
+
+def outcome_counts(rows: list[UrlRow]) -> dict[str, int]:
+    return dict(Counter(r.outcome for r in rows).most_common())
+
+
+def dataset_status_counts(dataset: Dataset) -> dict[str, int]:
+    rows = read_rows(Path(dataset.manifest_path), ImageRow)
+    return dict(Counter(r.status for r in rows).most_common())
+
+
+def publish_ingest(rows: list[UrlRow], dataset: Dataset, url_manifest: Path) -> None:
+    outcomes = outcome_counts(rows)
+    statuses = dataset_status_counts(dataset)
+    create_table_artifact(
+        [{"outcome": k, "urls": v} for k, v in outcomes.items()],
+        key="ingest-outcomes",
+        description="What happened to every URL",
+    )
+    lines = [
+        "# Ingest",
+        f"- URLs in: **{len(rows)}**; images kept: **{statuses.get('kept', 0)}** "
+        f"({dataset.n_train} train / {dataset.n_valid} valid), classes: {len(dataset.classes)}",
+        f"- dataset digest: `{dataset.digest}`",
+        f"- URL manifest: `{url_manifest}`; dataset manifest: `{dataset.manifest_path}`",
+        "",
+        "| outcome | URLs |",
+        "|---|---|",
+        *[f"| {k} | {v} |" for k, v in outcomes.items()],
+        "",
+        "| dataset status | images |",
+        "|---|---|",
+        *[f"| {k} | {v} |" for k, v in statuses.items()],
+    ]
+    create_markdown_artifact("\n".join(lines), key="ingest-summary", description="Ingest summary")
+
+
+def publish_sweep(results: list[TrialResult], best: TrialResult, parent_run_id: str) -> None:
+    create_table_artifact(
+        [
+            {
+                "trial": f"lr={r.lr:g} epochs={r.epochs}",
+                "val_accuracy": round(r.val_accuracy, 4),
+                "val_loss": round(r.val_loss, 4),
+                "train_loss": round(r.train_loss, 4),
+                "seconds": round(r.seconds, 1),
+                "best": r.run_id == best.run_id,
+                "mlflow_run": r.run_id,
+            }
+            for r in sorted(results, key=lambda r: -r.val_accuracy)
+        ],
+        key="sweep-leaderboard",
+        description=f"Sweep leaderboard (MLflow parent run {parent_run_id})",
+    )
+
+
+def release_note(result: ReleaseResult, deployed: DeployResult | None) -> str:
+    served = (
+        f"version {deployed.served_version} at {deployed.serve_url}"
+        if deployed
+        else "no server to redeploy (set URSA_SERVE_URL)"
+    )
+    return (
+        f"# Release of {result.model_name}\n"
+        f"- candidate: version **{result.candidate_version}**, "
+        f"validation accuracy {result.candidate_accuracy:.4f}\n"
+        f"- gate: {'promoted' if result.promoted else 'not promoted'} ({result.reason})\n"
+        f"- champion: version **{result.champion_version}**\n"
+        f"- served: {served}\n"
+    )
+
+
+def publish_release(note: str) -> None:
+    create_markdown_artifact(note, key="release-note", description="Release")

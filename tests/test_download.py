@@ -1,0 +1,236 @@
+"""The downloader against a real local image host: every junk kind ends as it should."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tasks.download import (
+    DownloadOptions,
+    download_task,
+    download_urls,
+    download_urls_async,
+    read_url_lists,
+)
+from tasks.manifest import DOWNLOAD_OUTCOMES, UrlRow
+from ursa.embedded import write_embedded_images
+from ursa.imagehost import ImageHost
+
+# Small deadlines so that the slow URL (30 s on the host) times out fast.
+FAST = DownloadOptions(timeout_s=2.0, attempt_timeout_s=1.5, backoff_s=0.05)
+
+
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # Same folder as in test_imagehost.py: the second writer finds the marker and skips.
+    return write_embedded_images(tmp_path_factory.getbasetemp() / "digits")
+
+
+@pytest.fixture
+def host(digits: Path) -> Iterator[ImageHost]:
+    # One host per test: the flaky URL fails only on its first request.
+    with ImageHost(digits) as image_host:
+        yield image_host
+
+
+def leftovers(data_dir: Path) -> list[Path]:
+    """Anything in raw/ that is not a finished content-addressed file."""
+    return [p for p in (data_dir / "raw").iterdir() if p.name.startswith(".") or "tmp" in p.name]
+
+
+def test_read_url_lists_skips_comments_and_keeps_queries(tmp_path: Path) -> None:
+    (tmp_path / "cat.txt").write_text(
+        "# exported 2024-05-01\n"
+        "  https://a.example/1.jpg?w=200&h=100  \n"
+        "\n"
+        "   \n"
+        "#https://commented.example/x.jpg\n"
+        "https://a.example/2.png\n"
+    )
+    (tmp_path / "ant.txt").write_text("https://b.example/x.jpg\r\nhttps://b.example/y.jpg\r\n")
+    (tmp_path / "notes.md").write_text("https://ignored.example/z.jpg\n")
+
+    rows = read_url_lists(tmp_path)
+    assert [(r.label, r.url) for r in rows] == [
+        ("ant", "https://b.example/x.jpg"),
+        ("ant", "https://b.example/y.jpg"),
+        ("cat", "https://a.example/1.jpg?w=200&h=100"),
+        ("cat", "https://a.example/2.png"),
+    ]
+    assert [r.url for r in read_url_lists(tmp_path / "cat.txt")] == [
+        "https://a.example/1.jpg?w=200&h=100",
+        "https://a.example/2.png",
+    ]
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        read_url_lists(tmp_path / "nowhere")
+
+
+def test_every_junk_kind_ends_with_its_outcome(
+    host: ImageHost, data_dir: Path, tmp_path: Path
+) -> None:
+    rows = read_url_lists(host.write_url_lists(tmp_path / "lists", max_per_class=3))
+    seen: list[UrlRow] = []
+
+    started = time.perf_counter()
+    out = download_urls(rows, data_dir, FAST, progress=seen.append)
+    assert time.perf_counter() - started < 10
+
+    # One output row per input row, same order, inputs untouched.
+    assert [(r.url, r.label) for r in out] == [(r.url, r.label) for r in rows]
+    assert all(r.outcome == "" for r in rows)
+    assert len(seen) == len(rows) and sorted(map(id, seen)) == sorted(map(id, out))
+    assert all(r.outcome in DOWNLOAD_OUTCOMES and r.reason for r in out)
+
+    expected = host.expected_outcomes()
+    first_rows: set[str] = set()
+    for row in out:
+        if row.url in first_rows:
+            want = "duplicate_url"
+        else:
+            first_rows.add(row.url)
+            want = "ok" if expected.get(row.url) == "duplicate_url" else expected.get(row.url, "ok")
+        assert row.outcome == want, row
+
+    kinds = {j.kind: j.url for j in host.junk()}
+    by_url = {r.url: r for r in out if r.outcome != "duplicate_url"}
+    assert by_url[kinds["flaky"]].attempts == 2
+    assert by_url[kinds["missing"]].attempts == 1  # a 404 is not retried
+    assert by_url[kinds["missing"]].http_status == 404
+    assert "text/html" in by_url[kinds["html"]].reason
+    dup = next(r for r in out if r.outcome == "duplicate_url")
+    assert f"label '{dup.label}'" in dup.reason and dup.attempts == 0
+    # The truncated JPEG downloads fine; verification is what rejects it.
+    assert by_url[kinds["truncated_jpeg"]].raw_path.endswith(".jpg")
+
+    ok = [r for r in out if r.outcome == "ok"]
+    assert len(ok) >= 30
+    for row in ok:
+        path = data_dir / row.raw_path
+        assert path.name.split(".")[0] == row.sha256
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == row.sha256
+        assert row.http_status == 200 and row.attempts >= 1
+    # Exact copies (same or other class) share their source's content-addressed file.
+    for kind in ("exact_copy", "label_conflict"):
+        junk = next(j for j in host.junk() if j.kind == kind)
+        assert by_url[junk.url].raw_path == by_url[junk.source].raw_path
+    assert leftovers(data_dir) == []
+
+
+def test_invalid_urls_are_not_fetched(data_dir: Path) -> None:
+    bad = [
+        "file:///etc/passwd",
+        "ftp://example.com/a.jpg",
+        "data:image/png;base64,iVBORw0KGgo=",
+        "not a url",
+        "http://",
+        "https://exa mple.com/a.jpg",
+        "http://example.com:99999/a.jpg",
+        "",
+    ]
+    out = download_urls([UrlRow(url=u, label="x") for u in bad], data_dir, FAST)
+    assert [r.outcome for r in out] == ["invalid_url"] * len(bad)
+    assert all(r.attempts == 0 and r.reason for r in out)
+    assert "ftp" in out[1].reason
+
+
+def test_byte_cap_stops_reading_early(host: ImageHost, data_dir: Path) -> None:
+    # The body never ends: only a downloader that stops at the cap finishes in time.
+    options = DownloadOptions(timeout_s=5.0, max_bytes=200_000)
+    started = time.perf_counter()
+    [row] = download_urls([UrlRow(f"{host.base_url}/endless.png", "x")], data_dir, options)
+    assert row.outcome == "too_large", row
+    assert time.perf_counter() - started < 4
+    assert "200000" in row.reason
+
+    small = DownloadOptions(timeout_s=5.0, max_bytes=100)
+    [row] = download_urls([UrlRow(f"{host.base_url}/img/0/0000.png", "0")], data_dir, small)
+    assert row.outcome == "too_large" and row.raw_path == ""
+    assert leftovers(data_dir) == [] and list((data_dir / "raw").iterdir()) == []
+
+
+def test_cancelled_download_leaves_no_partial_file(host: ImageHost, data_dir: Path) -> None:
+    # Cancelled mid-body (as Ctrl-C or a flow timeout would): the temporary file goes too.
+    rows = [UrlRow(f"{host.base_url}/endless.png", "x")]
+    options = DownloadOptions(timeout_s=30.0, max_bytes=10**12)
+
+    async def cancel_soon() -> None:
+        task = asyncio.create_task(download_urls_async(rows, data_dir, options))
+        while not list((data_dir / "raw").glob(".part-*")):
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(asyncio.wait_for(cancel_soon(), timeout=10))
+    assert leftovers(data_dir) == []
+
+
+def test_per_host_limit_bounds_parallel_requests(digits: Path, data_dir: Path) -> None:
+    with ImageHost(digits, latency_s=0.2) as slow_host:
+        rows = [UrlRow(f"{slow_host.base_url}/img/0/{i:04d}.png", "0") for i in (0, 10, 20, 30)]
+        rows += [UrlRow(f"{slow_host.base_url}/img/1/{i:04d}.png", "1") for i in (1, 11, 21, 42)]
+        started = time.perf_counter()
+        out = download_urls(rows, data_dir, DownloadOptions(per_host=2))
+        elapsed = time.perf_counter() - started
+    assert all(r.outcome == "ok" for r in out), out
+    assert elapsed >= 0.8  # 8 requests, 2 at a time, 0.2 s each
+
+
+def test_retry_after_is_honoured_when_it_fits(host: ImageHost, data_dir: Path) -> None:
+    fits = f"{host.base_url}/flaky/0/0000.png?status=503&retry_after=1"
+    started = time.perf_counter()
+    [row] = download_urls([UrlRow(fits, "0")], data_dir, DownloadOptions(timeout_s=5.0))
+    assert (row.outcome, row.attempts) == ("ok", 2)
+    assert time.perf_counter() - started >= 1.0
+
+    # A Retry-After past the deadline ends the row at once with what is known.
+    too_long = f"{host.base_url}/flaky/0/0000.png?status=503&retry_after=30"
+    started = time.perf_counter()
+    [row] = download_urls([UrlRow(too_long, "0")], data_dir, FAST)
+    assert (row.outcome, row.http_status, row.attempts) == ("http_error", 503, 1)
+    assert time.perf_counter() - started < 1.5
+
+
+def test_429_is_retried_and_persistent_5xx_gives_up(host: ImageHost, data_dir: Path) -> None:
+    rows = [
+        UrlRow(f"{host.base_url}/flaky/1/0001.png?status=429&times=2", "1"),
+        UrlRow(f"{host.base_url}/flaky/2/0002.png?times=99", "2"),
+    ]
+    throttled, broken = download_urls(rows, data_dir, FAST)
+    assert (throttled.outcome, throttled.attempts) == ("ok", 3)
+    assert (broken.outcome, broken.http_status) == ("http_error", 500)
+    assert broken.attempts == FAST.retries + 1
+
+
+def test_connection_refused_is_a_connection_error(data_dir: Path) -> None:
+    with socket.socket() as sock:  # a port that nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    [row] = download_urls([UrlRow(f"http://127.0.0.1:{port}/a.png", "x")], data_dir, FAST)
+    assert row.outcome == "connection_error", row
+    assert "Error" in row.reason and row.attempts == FAST.retries + 1
+
+
+def test_slow_attempts_time_out_within_the_deadline(host: ImageHost, data_dir: Path) -> None:
+    options = DownloadOptions(timeout_s=1.0, attempt_timeout_s=0.3, backoff_s=0.05)
+    started = time.perf_counter()
+    [row] = download_urls([UrlRow(f"{host.base_url}/slow/0/0000.png", "0")], data_dir, options)
+    assert row.outcome == "timeout" and row.attempts >= 2, row
+    assert time.perf_counter() - started < 2
+
+
+def test_options_name_the_bad_value() -> None:
+    with pytest.raises(ValueError, match="max_bytes.*-1"):
+        DownloadOptions(max_bytes=-1)
+
+
+def test_prefect_task_wraps_the_plain_function() -> None:
+    assert download_task.name == "download"
+    assert download_task.fn is download_urls
+    assert download_task.retries == 0

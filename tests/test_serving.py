@@ -1,0 +1,422 @@
+"""The inference server over real HTTP: uvicorn in a thread, a real MLflow registry in SQLite.
+
+A 1x1 image is accepted (200): the model resizes every image to its input size, and refusing
+small images is a product decision that ``open_image(min_side=...)`` can make later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import io
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import mlflow
+import numpy as np
+import pytest
+import torch
+import uvicorn
+from mlflow import MlflowClient
+from PIL import Image
+from starlette.applications import Starlette
+from starlette.requests import Request
+from torch import nn
+
+from serving.app import create_app
+from serving.uploads import UploadError, read_body
+from ursa.package import PIP_REQUIREMENTS, log_package
+from ursa.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+NAME = "digits"
+CLASSES = ["cat", "dog", "fox"]
+TOKEN = "s3cret-token"
+MAX_BODY = 64 * 1024
+
+
+class LiveServer:
+    """uvicorn serving ``app`` on a free port of 127.0.0.1, in a background thread."""
+
+    def __init__(self, app: Starlette) -> None:
+        self.app = app
+        self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.socket.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
+        config = uvicorn.Config(app, log_level="warning", lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True
+        )
+
+    def __enter__(self) -> LiveServer:
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self.socket.close()
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=30)
+
+
+@dataclasses.dataclass
+class Registry:
+    data_dir: Path
+    tracking_uri: str
+    good: str  # versions 1 and 2: the same working model
+    wrong_classes: str
+    no_metadata: str
+
+    def settings(self, **changes: object) -> Settings:
+        base = Settings(
+            data_dir=self.data_dir,
+            tracking_uri=self.tracking_uri,
+            model_name=NAME,
+            max_body_bytes=MAX_BODY,
+            max_image_pixels=1_000_000,
+        )
+        return dataclasses.replace(base, **changes)
+
+    def crown(self, version: str) -> None:
+        MlflowClient(self.tracking_uri).set_registered_model_alias(NAME, "champion", version)
+
+
+def tiny_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, len(CLASSES)),
+    )
+
+
+META = {"arch": "tiny", "image_size": 16, "mean": [0.5] * 3, "std": [0.25] * 3}
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    """One store for the module: logging a pt2 model takes seconds, so log each kind once."""
+    data_dir = tmp_path_factory.mktemp("serving-data")
+    uri = f"sqlite:///{data_dir / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("URSA_DATA_DIR", str(data_dir))
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        experiment = mlflow.create_experiment(
+            "serving", artifact_location=(data_dir / "mlartifacts").as_uri()
+        )
+        with mlflow.start_run(experiment_id=experiment):
+            good = log_package(tiny_model(), {**META, "classes": CLASSES}, name="good")
+            wrong = log_package(tiny_model(), {**META, "classes": list("abcde")}, name="wrong")
+            bare = mlflow.pytorch.log_model(
+                tiny_model(),
+                name="bare",
+                input_example=np.zeros((2, 3, 16, 16), dtype=np.float32),
+                pip_requirements=PIP_REQUIREMENTS,
+            ).model_uri
+        versions = [mlflow.register_model(u, NAME).version for u in (good, good, wrong, bare)]
+        assert [str(v) for v in versions] == ["1", "2", "3", "4"]
+        registry = Registry(data_dir, uri, good="1", wrong_classes="3", no_metadata="4")
+        registry.crown("1")
+        yield registry
+
+
+@pytest.fixture(scope="module")
+def served(registry: Registry) -> Iterator[LiveServer]:
+    """A server with version 1 and no admin token, shared by the read-only tests."""
+    registry.crown("1")
+    with LiveServer(create_app(registry.settings())) as server:
+        yield server
+
+
+@pytest.fixture
+def admin(registry: Registry) -> Iterator[LiveServer]:
+    """A server of its own with an admin token, starting on version 1."""
+    registry.crown("1")
+    with LiveServer(create_app(registry.settings(admin_token=TOKEN))) as server:
+        yield server
+
+
+def image_bytes(size: tuple[int, int] = (20, 20), fmt: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (200, 30, 90)).save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A PNG header declaring a huge image, with no pixel data behind it."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+def multipart(parts: list[tuple[str, str | None, bytes]], boundary: str = "xyzzy") -> bytes:
+    """A multipart/form-data body from (field name, filename or None, content) parts."""
+    out = b""
+    for name, filename, content in parts:
+        disposition = f'form-data; name="{name}"'
+        if filename is not None:
+            disposition += f'; filename="{filename}"'
+        out += f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + content
+        out += b"\r\n"
+    return out + f"--{boundary}--\r\n".encode()
+
+
+def check_prediction(body: dict, version: str, k: int = 3) -> None:
+    assert body["model"] == NAME
+    assert body["version"] == version
+    predictions = body["predictions"]
+    assert len(predictions) == k
+    assert {p["label"] for p in predictions} <= set(CLASSES)
+    probabilities = [p["probability"] for p in predictions]
+    assert probabilities == sorted(probabilities, reverse=True)
+    assert all(0.0 <= p <= 1.0 for p in probabilities)
+    assert sum(probabilities) <= 1.0 + 1e-5
+
+
+def assert_healthy(server: LiveServer) -> None:
+    with server.client() as client:
+        assert client.get("/healthz").json() == {"status": "ok"}
+        assert client.get("/readyz").status_code == 200
+        response = client.post(
+            "/predict", content=image_bytes(), headers={"content-type": "image/png"}
+        )
+        assert response.status_code == 200
+
+
+def test_importing_serving_pulls_in_no_training_code() -> None:
+    code = (
+        "import serving.app, serving.server, sys; "
+        "assert 'prefect' not in sys.modules; "
+        "assert not any(m.startswith(('tasks', 'flows')) for m in sys.modules)"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=120)
+
+
+def test_predict_multipart(served: LiveServer) -> None:
+    with served.client() as client:
+        response = client.post("/predict", files={"file": ("x.png", image_bytes(), "image/png")})
+    assert response.status_code == 200, response.text
+    check_prediction(response.json(), version="1")
+
+
+@pytest.mark.parametrize("content_type", ["image/jpeg", "application/octet-stream"])
+def test_predict_raw_body(served: LiveServer, content_type: str) -> None:
+    with served.client() as client:
+        response = client.post(
+            "/predict?k=2",
+            content=image_bytes(fmt="JPEG"),
+            headers={"content-type": content_type},
+        )
+    assert response.status_code == 200, response.text
+    check_prediction(response.json(), version="1", k=2)
+
+
+def test_one_pixel_image_is_accepted(served: LiveServer) -> None:
+    with served.client() as client:
+        response = client.post(
+            "/predict?k=1", content=image_bytes((1, 1)), headers={"content-type": "image/png"}
+        )
+    assert response.status_code == 200, response.text
+    check_prediction(response.json(), version="1", k=1)
+
+
+def test_health_ready_and_version(served: LiveServer) -> None:
+    with served.client() as client:
+        assert client.get("/healthz").json() == {"status": "ok"}
+        ready = client.get("/readyz")
+        assert ready.status_code == 200
+        assert ready.json()["version"] == "1"
+        info = client.get("/version").json()
+    assert info["model"] == NAME
+    assert info["version"] == "1"
+    assert info["classes"] == CLASSES
+    assert info["image_size"] == 16
+    assert info["run_id"]
+    assert info["loaded_at"]
+
+
+def test_no_champion_means_not_ready(data_dir: Path) -> None:
+    settings = Settings.from_env()  # data_dir: an empty store, no registered model at all
+    with LiveServer(create_app(settings)) as server, server.client() as client:
+        assert client.get("/healthz").status_code == 200
+        for response in (
+            client.get("/readyz"),
+            client.get("/version"),
+            client.post("/predict", content=image_bytes(), headers={"content-type": "image/png"}),
+        ):
+            assert response.status_code == 503
+            assert "error" in response.json()
+
+
+def test_admin_endpoints_are_off_without_a_token(served: LiveServer) -> None:
+    with served.client() as client:
+        response = client.post("/admin/reload", headers={"authorization": f"Bearer {TOKEN}"})
+    assert response.status_code == 404
+    assert "error" in response.json()
+
+
+def test_reload_moves_to_the_new_champion(registry: Registry, admin: LiveServer) -> None:
+    with admin.client() as client:
+        for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": TOKEN}):
+            response = client.post("/admin/reload", headers=headers)
+            assert response.status_code == 401
+            assert "error" in response.json()
+
+        auth = {"authorization": f"Bearer {TOKEN}"}
+        unchanged = client.post("/admin/reload", headers=auth).json()
+        assert unchanged == {"changed": False, "version": "1", "previous": "1"}
+
+        registry.crown("2")
+        response = client.post("/admin/reload", headers=auth)
+        assert response.json() == {"changed": True, "version": "2", "previous": "1"}
+        assert client.get("/version").json()["version"] == "2"
+        predicted = client.post(
+            "/predict", content=image_bytes(), headers={"content-type": "image/png"}
+        )
+        check_prediction(predicted.json(), version="2")
+
+
+@pytest.mark.parametrize("broken", ["wrong_classes", "no_metadata"])
+def test_broken_champion_is_refused(registry: Registry, admin: LiveServer, broken: str) -> None:
+    registry.crown(getattr(registry, broken))
+    with admin.client() as client:
+        response = client.post("/admin/reload", headers={"authorization": f"Bearer {TOKEN}"})
+        assert response.status_code == 409
+        body = response.json()
+        assert body["error"]
+        assert body["version"] == "1"
+        assert client.get("/version").json()["version"] == "1"
+    assert_healthy(admin)
+
+
+BAD_INPUTS = {
+    "empty body": ({"content-type": "image/png"}, b"", 400),
+    "no content type": ({}, image_bytes(), 415),
+    "text/plain": ({"content-type": "text/plain"}, b"hello", 415),
+    "truncated jpeg": (
+        {"content-type": "image/jpeg"},
+        image_bytes((64, 64), "JPEG")[:300],
+        422,
+    ),
+    "html as jpeg": ({"content-type": "image/jpeg"}, b"<!doctype html><html></html>", 422),
+    "huge declared dimensions": ({"content-type": "image/png"}, png_claiming(60000, 60000), 422),
+    "oversize body": ({"content-type": "image/png"}, b"\x89PNG" + b"0" * (3 * MAX_BODY), 413),
+    "multipart without a file": (
+        {"content-type": "multipart/form-data; boundary=xyzzy"},
+        multipart([("note", None, b"hello")]),
+        400,
+    ),
+    "multipart with two files": (
+        {"content-type": "multipart/form-data; boundary=xyzzy"},
+        multipart([("a", "a.png", image_bytes()), ("b", "b.png", image_bytes())]),
+        400,
+    ),
+    "multipart without boundary": (
+        {"content-type": "multipart/form-data"},
+        multipart([("a", "a.png", image_bytes())]),
+        400,
+    ),
+    "multipart with an empty file": (
+        {"content-type": "multipart/form-data; boundary=xyzzy"},
+        multipart([("a", "a.png", b"")]),
+        400,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS, ids=list(BAD_INPUTS))
+def test_bad_input_is_a_json_4xx(served: LiveServer, case: str) -> None:
+    headers, content, status = BAD_INPUTS[case]
+    with served.client() as client:
+        response = client.post("/predict", content=content, headers=headers)
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    assert response.json()["error"]
+    assert_healthy(served)
+
+
+def test_oversize_chunked_body_is_refused(served: LiveServer) -> None:
+    chunks = (b"\xff\xd8\xff" + b"0" * 16 * 1024 for _ in range(64))  # no Content-Length
+    with served.client() as client:
+        response = client.post("/predict", content=chunks, headers={"content-type": "image/jpeg"})
+    assert response.status_code == 413
+    assert response.json()["error"]
+    assert_healthy(served)
+
+
+@pytest.mark.parametrize("k", ["0", "4", "-1", "1.5", "two", ""])
+def test_bad_k_is_400(served: LiveServer, k: str) -> None:
+    with served.client() as client:
+        response = client.post(
+            "/predict", params={"k": k}, content=image_bytes(), headers={"content-type": "image/png"}
+        )
+    assert response.status_code == 400
+    assert "k" in response.json()["error"]
+
+
+def test_unknown_route_and_method_are_json(served: LiveServer) -> None:
+    with served.client() as client:
+        missing = client.get("/nope")
+        wrong_method = client.get("/predict")
+    assert missing.status_code == 404 and missing.json()["error"]
+    assert wrong_method.status_code == 405 and wrong_method.json()["error"]
+
+
+def test_unexpected_failure_is_a_bare_500(registry: Registry, admin: LiveServer) -> None:
+    class FailingPackage:
+        classes = CLASSES
+
+        def probabilities(self, images: list[Image.Image]) -> np.ndarray:
+            raise RuntimeError("boom in /secret/internal/path.py")
+
+    holder = admin.app.state.holder
+    good = holder.current
+    holder._current = dataclasses.replace(good, package=FailingPackage())
+    try:
+        with admin.client() as client:
+            response = client.post(
+                "/predict", content=image_bytes(), headers={"content-type": "image/png"}
+            )
+        assert response.status_code == 500
+        assert response.json() == {"error": "Internal server error."}
+    finally:
+        holder._current = good
+    assert_healthy(admin)
+
+
+def test_body_reading_stops_at_the_limit() -> None:
+    """A chunked body is refused once past the limit, without reading the rest of it."""
+    received = 0
+
+    async def receive() -> dict:
+        nonlocal received
+        received += 1
+        return {"type": "http.request", "body": b"x" * 1024, "more_body": True}  # endless
+
+    scope = {"type": "http", "method": "POST", "path": "/predict", "headers": []}
+    with pytest.raises(UploadError) as caught:
+        asyncio.run(read_body(Request(scope, receive), limit=4 * 1024))
+    assert caught.value.status_code == 413
+    assert received == 5
