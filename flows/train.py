@@ -67,7 +67,7 @@ def train(
     ]
     best = best_trial(results)
     finish_sweep_task(parent, results, best)
-    model_uri = log_model_task(best, config, dataset, str(cache))
+    model_uri = log_model_task(best, config, dataset, str(cache), parent)
     publish_sweep(results, best, parent)
     print(f"train: best {best.val_accuracy:.4f} at lr={best.lr:g} epochs={best.epochs}")
     return TrainResult(parent_run_id=parent, model_uri=model_uri, best=best, trials=results)

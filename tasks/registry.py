@@ -75,7 +75,7 @@ def release_model(
     mlflow.set_tracking_uri(tracking_uri)
     client = MlflowClient(tracking_uri)
     candidate_accuracy = validation_accuracy(model_uri, dataset, tracking_uri)
-    version = mlflow.register_model(model_uri, model_name).version
+    version = str(mlflow.register_model(model_uri, model_name).version)
     champion = current_champion(client, model_name)
 
     champion_accuracy: float | None = None

@@ -9,6 +9,7 @@ from dataclasses import asdict
 
 import mlflow
 import torch
+from mlflow import MlflowClient
 from prefect import task
 from prefect.cache_policies import NONE
 
@@ -104,7 +105,7 @@ def finish_sweep(parent_run_id: str, results: list[TrialResult], best: TrialResu
 
 
 def log_best_model(
-    best: TrialResult, config: TrainConfig, dataset: Dataset, cache_path: str
+    best: TrialResult, config: TrainConfig, dataset: Dataset, cache_path: str, parent_run_id: str
 ) -> str:
     """Log the best trial's weights as a model package in its own run; return the model URI."""
     data = load_tensors(cache_path)
@@ -132,7 +133,27 @@ def log_best_model(
             "confusion_matrix.png",
         )
         mlflow.set_tag("ursa.best", "true")
-        return log_package(model, meta)
+        model_uri = log_package(model, meta)
+    # The sweep run names its model, so "the latest trained model" is one search away.
+    MlflowClient().set_tag(parent_run_id, "ursa.model_uri", model_uri)
+    return model_uri
+
+
+def latest_model_uri(experiment_id: str) -> str:
+    """The model URI of the most recent finished sweep in the experiment."""
+    runs = mlflow.search_runs(
+        [experiment_id],
+        filter_string="tags.`ursa.role` = 'sweep' and tags.`ursa.model_uri` != ''",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+        output_format="list",
+    )
+    if not runs:
+        raise LookupError(
+            f"Experiment {experiment_id} has no finished sweep with a model; "
+            "run 'ursa train' first."
+        )
+    return runs[0].data.tags["ursa.model_uri"]
 
 
 # Prefect wrappers. Weights and tensors stay on disk; only paths and small records travel.

@@ -36,7 +36,8 @@ def fetch(url: str, timeout: float = 5.0) -> tuple[int, str, bytes]:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             return response.status, response.headers.get("Content-Type", ""), response.read()
     except urllib.error.HTTPError as exc:
-        return exc.code, exc.headers.get("Content-Type", ""), exc.read()
+        with exc:
+            return exc.code, exc.headers.get("Content-Type", ""), exc.read()
 
 
 def test_embedded_digits_are_1797_pngs_over_10_classes(digits: Path) -> None:
@@ -132,7 +133,8 @@ def test_flaky_status_and_retry_after_are_configurable(host: ImageHost) -> None:
     for _ in range(2):
         with pytest.raises(urllib.error.HTTPError) as info:
             urllib.request.urlopen(request, timeout=5)
-        assert info.value.code == 429 and info.value.headers["Retry-After"] == "7"
+        with info.value as error:
+            assert error.code == 429 and error.headers["Retry-After"] == "7"
     assert fetch(url)[0] == 200
 
 

@@ -17,6 +17,7 @@ import threading
 import time
 import zlib
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -31,7 +32,9 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from torch import nn
 
+import serving.models
 from serving.app import create_app
+from serving.models import ModelHolder, NoChampion
 from serving.uploads import UploadError, read_body
 from ursa.package import PIP_REQUIREMENTS, log_package
 from ursa.settings import Settings
@@ -312,48 +315,75 @@ def test_broken_champion_is_refused(registry: Registry, admin: LiveServer, broke
 
 
 BAD_INPUTS = {
-    "empty body": ({"content-type": "image/png"}, b"", 400),
-    "no content type": ({}, image_bytes(), 415),
-    "text/plain": ({"content-type": "text/plain"}, b"hello", 415),
+    "empty body": ({"content-type": "image/png"}, b"", 400, "empty"),
+    "no content type": ({}, image_bytes(), 415, None),
+    "text/plain": ({"content-type": "text/plain"}, b"hello", 415, None),
     "truncated jpeg": (
         {"content-type": "image/jpeg"},
         image_bytes((64, 64), "JPEG")[:300],
         422,
+        "corrupt",
     ),
-    "html as jpeg": ({"content-type": "image/jpeg"}, b"<!doctype html><html></html>", 422),
-    "huge declared dimensions": ({"content-type": "image/png"}, png_claiming(60000, 60000), 422),
-    "oversize body": ({"content-type": "image/png"}, b"\x89PNG" + b"0" * (3 * MAX_BODY), 413),
+    "html as jpeg": (
+        {"content-type": "image/jpeg"},
+        b"<!doctype html><html></html>",
+        422,
+        "not_image",
+    ),
+    "over the pixel limit": (
+        {"content-type": "image/png"},
+        png_claiming(2000, 2000),
+        422,
+        "too_many_pixels",
+    ),
+    "decompression bomb": (
+        {"content-type": "image/png"},
+        png_claiming(60000, 60000),
+        422,
+        "too_many_pixels",
+    ),
+    "oversize body": (
+        {"content-type": "image/png"},
+        b"\x89PNG" + b"0" * (3 * MAX_BODY),
+        413,
+        None,
+    ),
     "multipart without a file": (
         {"content-type": "multipart/form-data; boundary=xyzzy"},
         multipart([("note", None, b"hello")]),
         400,
+        "no_file",
     ),
     "multipart with two files": (
         {"content-type": "multipart/form-data; boundary=xyzzy"},
         multipart([("a", "a.png", image_bytes()), ("b", "b.png", image_bytes())]),
         400,
+        "bad_form",
     ),
     "multipart without boundary": (
         {"content-type": "multipart/form-data"},
         multipart([("a", "a.png", image_bytes())]),
         400,
+        "bad_form",
     ),
     "multipart with an empty file": (
         {"content-type": "multipart/form-data; boundary=xyzzy"},
         multipart([("a", "a.png", b"")]),
         400,
+        "empty",
     ),
 }
 
 
 @pytest.mark.parametrize("case", BAD_INPUTS, ids=list(BAD_INPUTS))
 def test_bad_input_is_a_json_4xx(served: LiveServer, case: str) -> None:
-    headers, content, status = BAD_INPUTS[case]
+    headers, content, status, reason = BAD_INPUTS[case]
     with served.client() as client:
         response = client.post("/predict", content=content, headers=headers)
     assert response.status_code == status, response.text
     assert response.headers["content-type"] == "application/json"
     assert response.json()["error"]
+    assert response.json().get("reason") == reason
     assert_healthy(served)
 
 
@@ -370,7 +400,10 @@ def test_oversize_chunked_body_is_refused(served: LiveServer) -> None:
 def test_bad_k_is_400(served: LiveServer, k: str) -> None:
     with served.client() as client:
         response = client.post(
-            "/predict", params={"k": k}, content=image_bytes(), headers={"content-type": "image/png"}
+            "/predict",
+            params={"k": k},
+            content=image_bytes(),
+            headers={"content-type": "image/png"},
         )
     assert response.status_code == 400
     assert "k" in response.json()["error"]
@@ -420,3 +453,30 @@ def test_body_reading_stops_at_the_limit() -> None:
         asyncio.run(read_body(Request(scope, receive), limit=4 * 1024))
     assert caught.value.status_code == 413
     assert received == 5
+
+
+def test_concurrent_reloads_load_once(registry: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
+    loaded: list[str] = []
+    real_load = serving.models.load_package
+
+    def slow_load(uri: str, tracking_uri: str | None = None):
+        loaded.append(uri)
+        time.sleep(0.2)
+        return real_load(uri, tracking_uri)
+
+    monkeypatch.setattr(serving.models, "load_package", slow_load)
+    holder = ModelHolder(NAME, registry.tracking_uri)
+    registry.crown("2")
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda _: holder.reload(), range(2)))
+    assert loaded == [f"models:/{NAME}/2"]
+    assert sorted(result.changed for result in results) == [False, True]
+
+
+def test_registered_model_without_alias_is_no_champion(registry: Registry) -> None:
+    MlflowClient(registry.tracking_uri).delete_registered_model_alias(NAME, "champion")
+    try:
+        with pytest.raises(NoChampion):
+            ModelHolder(NAME, registry.tracking_uri).reload()
+    finally:
+        registry.crown("1")

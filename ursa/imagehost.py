@@ -142,7 +142,8 @@ class ImageHost:
 
         Real images come in file order, at most ``max_per_class`` per class. With ``junk``
         the junk lines are mixed in: flaky and slow URLs stand in for the real image they
-        serve, the rest are appended to the list of their class.
+        serve, the rest are appended to the list of their class. A folder with fewer than
+        two classes gets no junk (a label conflict needs two).
         """
         base = self.base_url
         if max_per_class is not None and max_per_class < 1:

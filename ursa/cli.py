@@ -1,0 +1,270 @@
+"""The ``ursa`` command: one subcommand per stage, each a thin front on a flow or the server."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+# Offline machines: telemetry that cannot reach home fails loudly, so it is off unless asked.
+for _key, _value in (
+    ("MLFLOW_DISABLE_TELEMETRY", "true"),
+    ("DO_NOT_TRACK", "1"),
+    ("PREFECT_SERVER_ANALYTICS_ENABLED", "false"),
+    ("GIT_PYTHON_REFRESH", "quiet"),
+):
+    os.environ.setdefault(_key, _value)
+
+from rich.console import Console  # noqa: E402
+
+from ursa.settings import Settings  # noqa: E402
+
+console = Console()
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers like 1e-3,3e-3; got '{text}'") from None
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected whole numbers like 2,4; got '{text}'") from None
+
+
+def _default_dataset(settings: Settings) -> str:
+    return str(settings.data_dir / "datasets" / "dataset.csv")
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from ursa.demo import run_demo
+
+    run_demo(settings, console)
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
+    from flows.ingest import ingest
+
+    result = ingest(
+        source=args.source,
+        max_per_class=args.max_per_class,
+        valid_pct=args.valid_pct,
+        seed=args.seed,
+        concurrency=args.concurrency,
+        timeout_s=args.timeout,
+    )
+    from rich.table import Table
+
+    table = Table(title="URL outcomes")
+    table.add_column("outcome")
+    table.add_column("URLs", justify="right")
+    for outcome, count in result.outcomes.items():
+        table.add_row(outcome, str(count))
+    console.print(table)
+    console.print(f"Dataset statuses: {result.statuses}")
+    console.print(f"URL manifest: {result.url_manifest}")
+    console.print(
+        f"Dataset manifest: {result.dataset.manifest_path} (digest {result.dataset.digest[:12]})"
+    )
+    return 0
+
+
+def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
+    from flows.train import train
+
+    result = train(
+        dataset_manifest=args.dataset or _default_dataset(settings),
+        lrs=args.lr,
+        epochs=args.epochs,
+        arch=args.arch,
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        pretrained=args.pretrained,
+        weights_path=args.weights or "",
+    )
+    for t in sorted(result.trials, key=lambda t: -t.val_accuracy):
+        mark = "  <- best" if t.run_id == result.best.run_id else ""
+        console.print(
+            f"lr={t.lr:<8g} epochs={t.epochs:<3} val_accuracy={t.val_accuracy:.4f} "
+            f"val_loss={t.val_loss:.4f}{mark}"
+        )
+    console.print(f"Model: {result.model_uri} (MLflow parent run {result.parent_run_id})")
+    return 0
+
+
+def cmd_release(args: argparse.Namespace, settings: Settings) -> int:
+    from flows.release import release
+
+    model_uri = args.model_uri
+    if not model_uri:
+        from tasks.sweep import latest_model_uri
+        from tasks.tracking import experiment_id
+
+        model_uri = latest_model_uri(experiment_id(settings))
+    outcome = release(
+        model_uri=model_uri,
+        dataset_manifest=args.dataset or _default_dataset(settings),
+        margin=args.margin,
+        serve_url=args.serve_url or "",
+    )
+    r = outcome.release
+    console.print(
+        f"{r.model_name} v{r.candidate_version}: {'promoted' if r.promoted else 'not promoted'} "
+        f"({r.reason}); champion is v{r.champion_version}"
+    )
+    return 0
+
+
+def cmd_pipeline(args: argparse.Namespace, settings: Settings) -> int:
+    from flows.pipeline import pipeline
+
+    result = pipeline(
+        source=args.source,
+        max_per_class=args.max_per_class,
+        lrs=args.lr,
+        epochs=args.epochs,
+        arch=args.arch,
+        seed=args.seed,
+        margin=args.margin,
+        serve_url=args.serve_url or "",
+    )
+    r = result.release.release
+    console.print(f"champion: {r.model_name} v{r.champion_version} ({r.reason})")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from serving.server import run
+
+    run(
+        replace(
+            settings,
+            serve_host=args.host or settings.serve_host,
+            serve_port=args.port or settings.serve_port,
+        )
+    )
+    return 0
+
+
+def cmd_host(args: argparse.Namespace, settings: Settings) -> int:
+    from ursa.embedded import write_embedded_images
+    from ursa.imagehost import run_host
+
+    root = Path(args.root) if args.root else write_embedded_images(settings.data_dir / "embedded")
+    run_host(root, args.host, args.port, args.latency)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ursa",
+        description="Image classifiers from web image URL lists: download, verify, dedup, "
+        "train, register and serve. Settings come from the environment (see README).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="run the whole pipeline on the embedded default and query it")
+    p.set_defaults(func=cmd_demo)
+
+    def ingest_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "source",
+            nargs="?",
+            default="embedded",
+            help="folder of <class>.txt URL lists (one URL per line), one such file, "
+            "or 'embedded' (default)",
+        )
+        p.add_argument("--max-per-class", type=int, default=None, help="first N URLs per class")
+        p.add_argument("--seed", type=int, default=0, help="split and training seed")
+
+    p = sub.add_parser("ingest", help="download, verify and dedup URL lists into a dataset")
+    ingest_args(p)
+    p.add_argument("--valid-pct", type=float, default=0.2, help="validation share (default 0.2)")
+    p.add_argument("--concurrency", type=int, default=32, help="parallel downloads (default 32)")
+    p.add_argument("--timeout", type=float, default=10.0, help="deadline per URL in s (default 10)")
+    p.set_defaults(func=cmd_ingest)
+
+    def sweep_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--lr",
+            type=_floats,
+            default=[1e-3, 3e-3],
+            help="learning rates, comma-separated (default 1e-3,3e-3)",
+        )
+        p.add_argument(
+            "--epochs",
+            type=_ints,
+            default=[2, 4],
+            help="epoch counts, comma-separated (default 2,4)",
+        )
+        p.add_argument("--arch", choices=["resnet18", "resnet34"], default="resnet18")
+
+    p = sub.add_parser("train", help="sweep learning rates x epochs, tracked in MLflow")
+    p.add_argument("--dataset", help="dataset manifest (default: the data folder's last ingest)")
+    sweep_args(p)
+    p.add_argument("--image-size", type=int, default=32, help="training resolution in px")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--pretrained",
+        action="store_true",
+        help="start from pretrained weights (a local file or torchvision's cache)",
+    )
+    p.add_argument("--weights", help="local state_dict file for --pretrained")
+    p.set_defaults(func=cmd_train)
+
+    def release_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--margin",
+            type=float,
+            default=0.0,
+            help="accuracy a candidate must beat the champion by (default 0)",
+        )
+        p.add_argument("--serve-url", help="server to redeploy (default: URSA_SERVE_URL)")
+
+    p = sub.add_parser("release", help="register a model; promote it if it beats the champion")
+    p.add_argument("--model-uri", help="model to release (default: the latest sweep's best)")
+    p.add_argument("--dataset", help="dataset manifest to compare on (default: last ingest)")
+    release_args(p)
+    p.set_defaults(func=cmd_release)
+
+    p = sub.add_parser("pipeline", help="ingest, train and release in one flow run")
+    ingest_args(p)
+    sweep_args(p)
+    release_args(p)
+    p.set_defaults(func=cmd_pipeline)
+
+    p = sub.add_parser("serve", help="serve the registered champion over HTTP")
+    p.add_argument("--host", help="bind address (default URSA_SERVE_HOST or 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default URSA_SERVE_PORT or 8000)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("host", help="publish images and junk-laden URL lists on 127.0.0.1")
+    p.add_argument("--root", help="folder of <class>/<image> files (default: the embedded digits)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8800)
+    p.add_argument("--latency", type=float, default=0.0, help="added delay per response, s")
+    p.set_defaults(func=cmd_host)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        return 2
+    return args.func(args, settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
