@@ -67,7 +67,7 @@ async def predict(request: Request) -> JSONResponse:
 def top_k(raw: str | None, n_classes: int) -> int:
     if raw is None:
         return min(DEFAULT_K, n_classes)
-    if not raw.isdigit() or not 1 <= int(raw) <= n_classes:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= n_classes:
         raise HTTPException(400, f"Query parameter k must be an integer from 1 to {n_classes}.")
     return int(raw)
 

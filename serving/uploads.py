@@ -52,7 +52,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     """The whole body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.isdigit():
+        if not (declared.isascii() and declared.isdigit()):
             raise UploadError(400, "Invalid Content-Length header.")
         if int(declared) > limit:
             raise UploadError(413, too_large(limit))

@@ -23,6 +23,7 @@ from prefect.cache_policies import NONE
 from yarl import URL
 
 from tasks.manifest import UrlRow
+from tasks.progress import progress as progress_bar
 from ursa.images import sniff_extension
 
 _CHUNK = 64 * 1024
@@ -352,4 +353,13 @@ def _retry_after(response: aiohttp.ClientResponse) -> float | None:
 
 # Retries live inside download_urls (per URL, within a deadline), so the task has none;
 # rows and options are small but a cache keyed on them would skip re-downloading changed URLs.
-download_task = task(name="download", retries=0, cache_policy=NONE)(download_urls)
+@task(name="download", cache_policy=NONE)
+def download_task(
+    rows: list[UrlRow], data_dir: Path, options: DownloadOptions = DownloadOptions()
+) -> list[UrlRow]:
+    """download_urls with a progress bar on a terminal and a progress artifact in the UI.
+
+    No task-level retries: each URL has its own retries within its deadline.
+    """
+    with progress_bar("download", len(rows)) as tick:
+        return download_urls(rows, data_dir, options, progress=tick)
