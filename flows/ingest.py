@@ -8,10 +8,10 @@ from pathlib import Path
 from prefect import flow
 
 from tasks.dedup import dedup_task
-from tasks.download import DownloadOptions, download_task, read_url_lists
+from tasks.download import DownloadOptions, download_task
 from tasks.manifest import Dataset, UrlRow, write_rows
 from tasks.reports import dataset_status_counts, outcome_counts, publish_ingest
-from tasks.sources import EMBEDDED, limit_per_class, url_lists
+from tasks.sources import EMBEDDED, url_rows
 from tasks.verify import verify_task
 from ursa.settings import Settings
 
@@ -37,8 +37,7 @@ def ingest(
     settings = Settings.from_env()
     data_dir = settings.data_dir
     options = DownloadOptions(concurrency=concurrency, timeout_s=timeout_s)
-    with url_lists(source, data_dir, max_per_class) as lists:
-        rows = limit_per_class(read_url_lists(lists), max_per_class)
+    with url_rows(source, data_dir, max_per_class) as rows:
         rows = download_task(rows, data_dir, options)
     rows = verify_task(rows, data_dir, max_pixels=settings.max_image_pixels)
     url_manifest = write_rows(data_dir / "manifests" / "urls.csv", rows, UrlRow)

@@ -59,7 +59,7 @@ def validation_accuracy(model_uri: str, dataset: Dataset, tracking_uri: str) -> 
 def current_champion(client: MlflowClient, name: str) -> str:
     """The champion's version number, or "" when there is none yet."""
     try:
-        return client.get_model_version_by_alias(name, CHAMPION).version
+        return str(client.get_model_version_by_alias(name, CHAMPION).version)
     except MlflowException:
         return ""
 

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from tasks.download import read_url_lists
 from tasks.manifest import UrlRow
 from ursa.embedded import write_embedded_images
 from ursa.imagehost import ImageHost
@@ -15,17 +16,20 @@ EMBEDDED = "embedded"
 
 
 @contextmanager
-def url_lists(source: str, data_dir: Path, max_per_class: int | None = None) -> Iterator[Path]:
-    """Yields the path of the URL lists for ``source``.
+def url_rows(
+    source: str, data_dir: Path, max_per_class: int | None = None
+) -> Iterator[list[UrlRow]]:
+    """Yields one row per listed URL of ``source``, at most ``max_per_class`` real ones a class.
 
     ``"embedded"`` writes scikit-learn's bundled digits as image files, publishes them (and the
     junk real lists hold) from a local image host on 127.0.0.1 for the duration of the block,
-    and yields the per-class lists that host exports. Anything else is a path to lists.
+    and yields the rows of the per-class lists that host exports (the junk comes on top of
+    ``max_per_class``). Anything else is a path to URL lists.
     """
     if source == EMBEDDED:
         images = write_embedded_images(data_dir / "embedded")
         with ImageHost(images) as host:
-            yield host.write_url_lists(data_dir / "urls", max_per_class=max_per_class)
+            yield read_url_lists(host.write_url_lists(data_dir / "urls", max_per_class))
         return
     path = Path(source).expanduser()
     if not path.exists():
@@ -33,7 +37,7 @@ def url_lists(source: str, data_dir: Path, max_per_class: int | None = None) -> 
             f"URL list source '{source}' does not exist: give a folder of <class>.txt files, "
             f"one such file, or '{EMBEDDED}'."
         )
-    yield path
+    yield limit_per_class(read_url_lists(path), max_per_class)
 
 
 def limit_per_class(rows: list[UrlRow], max_per_class: int | None) -> list[UrlRow]:

@@ -9,26 +9,21 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import io
-import socket
 import struct
 import subprocess
 import sys
-import threading
 import time
 import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import httpx
 import mlflow
 import numpy as np
 import pytest
 import torch
-import uvicorn
 from mlflow import MlflowClient
 from PIL import Image
-from starlette.applications import Starlette
 from starlette.requests import Request
 from torch import nn
 
@@ -36,6 +31,7 @@ import serving.models
 from serving.app import create_app
 from serving.models import ModelHolder, NoChampion
 from serving.uploads import UploadError, read_body
+from tests.live import LiveServer
 from ursa.package import PIP_REQUIREMENTS, log_package
 from ursa.settings import Settings
 
@@ -44,38 +40,6 @@ NAME = "digits"
 CLASSES = ["cat", "dog", "fox"]
 TOKEN = "s3cret-token"
 MAX_BODY = 64 * 1024
-
-
-class LiveServer:
-    """uvicorn serving ``app`` on a free port of 127.0.0.1, in a background thread."""
-
-    def __init__(self, app: Starlette) -> None:
-        self.app = app
-        self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.socket.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
-        config = uvicorn.Config(app, log_level="warning", lifespan="on")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(
-            target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True
-        )
-
-    def __enter__(self) -> LiveServer:
-        self.thread.start()
-        deadline = time.monotonic() + 60
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-        self.socket.close()
-
-    def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=30)
 
 
 @dataclasses.dataclass
