@@ -8,7 +8,7 @@ export MLFLOW_DISABLE_TELEMETRY ?= true
 export DO_NOT_TRACK ?= 1
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: install demo test lint format bench clean
+.PHONY: install demo test lint format bench clean up down
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,12 @@ lint: install
 format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+up: install
+	$(BIN)/ursa up
+
+down: install
+	$(BIN)/ursa down
 
 clean:
 	rm -rf ursa-data .pytest_cache .ruff_cache

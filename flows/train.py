@@ -1,28 +1,40 @@
-"""train: a sweep over learning rates x epochs, one MLflow parent run, one child per trial."""
+"""train: a sweep over learning rates x epochs, one MLflow parent run, one child per trial.
+
+The trials run as concurrent Prefect tasks inside the ``trials`` subflow, whose task runner
+is chosen per run: threads here, or Dask worker processes (``runner="dask"``). ``mode``
+"grid" trains every pair; "halving" runs successive halving with epochs as the budget.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prefect import flow
 
+from tasks.halving import DEFAULT_ETA, budget, promoted, rung_trials, rungs
+from tasks.lr_find import centred_lrs, lr_find_task
 from tasks.manifest import load_dataset
 from tasks.reports import publish_sweep
 from tasks.sweep import (
     best_trial,
     cache_task,
+    diagnose_task,
     finish_sweep_task,
     log_model_task,
+    resolve_weights_task,
     start_sweep_task,
+    threads_per_trial,
     trial_grid,
+    trial_runner,
     trial_task,
 )
 from tasks.tracking import experiment_id
-from tasks.train import TrainConfig, TrialResult
+from tasks.train import TrainConfig, Trial, TrialResult
 from ursa.settings import Settings
 
 DEFAULT_LRS = [1e-3, 3e-3]
 DEFAULT_EPOCHS = [2, 4]
+MODES = ("grid", "halving")
 
 
 @dataclass
@@ -31,6 +43,48 @@ class TrainResult:
     model_uri: str
     best: TrialResult
     trials: list[TrialResult]
+    excluded: list[dict] = field(default_factory=list)
+    budget: str = ""
+    lr_suggestion: float | None = None
+    weights: str = ""
+
+
+@flow(name="trials", log_prints=True)
+def trials(
+    lrs: list[float],
+    epochs: list[int],
+    mode: str,
+    eta: int,
+    config: TrainConfig,
+    cache: str,
+    experiment: str,
+    parent: str,
+    digest: str,
+    tracking_uri: str,
+    torch_threads: int,
+) -> list[TrialResult]:
+    """Every grid trial at once, or successive halving one rung at a time."""
+
+    def run(batch: list[Trial]) -> list[TrialResult]:
+        futures = [
+            trial_task.submit(
+                t, config, cache, experiment, parent, digest, tracking_uri, torch_threads
+            )
+            for t in batch
+        ]
+        return [f.result() for f in futures]
+
+    if mode == "grid":
+        return run(trial_grid(lrs, epochs))
+    results: list[TrialResult] = []
+    alive = list(lrs)
+    for n in rungs(epochs):
+        results += run(rung_trials(alive, n))
+        alive = promoted(results[-len(alive) :], eta)
+        print(f"halving: after {n} epochs, going on with lrs {alive}")
+        if not alive:
+            break
+    return results
 
 
 @flow(name="train", log_prints=True)
@@ -44,8 +98,22 @@ def train(
     seed: int = 0,
     pretrained: bool = False,
     weights_path: str = "",
+    if_no_weights: str = "fail",
+    freeze_epochs: int = 1,
+    augment: bool = True,
+    flip: bool = False,
+    mode: str = "grid",
+    eta: int = DEFAULT_ETA,
+    lr_find: bool = False,
+    centre_lrs: bool = False,
+    lr_find_iters: int = 100,
+    runner: str = "threads",
+    workers: int = 1,
+    dask_address: str = "",
 ) -> TrainResult:
-    """Train every (learning rate, epochs) pair; log the best trial's model to MLflow."""
+    """Train (learning rate, epochs) pairs; log the best trial's model to MLflow."""
+    if mode not in MODES:
+        raise ValueError(f"mode is '{mode}'; expected one of {MODES}.")
     settings = Settings.from_env()
     config = TrainConfig(
         arch=arch,
@@ -54,20 +122,56 @@ def train(
         seed=seed,
         pretrained=pretrained,
         weights_path=weights_path,
+        if_no_weights=if_no_weights,
+        freeze_epochs=freeze_epochs,
+        augment=augment,
+        flip=flip,
     )
+    trial_grid(lrs, epochs)  # refuse bad values before anything starts
+    task_runner = trial_runner(runner, workers, dask_address)
+    config, weights = resolve_weights_task(config)
+    print(f"train: {weights}")
     dataset = load_dataset(dataset_manifest)
-    trials = trial_grid(lrs, epochs)
     experiment = experiment_id(settings)
-    parent = start_sweep_task(experiment, config, dataset, trials)
-    cache = cache_task(dataset, config.image_size)
-    # Trials run one after another: on a CPU each one already uses every core.
-    results = [
-        trial_task(trial, config, str(cache), experiment, parent, dataset.digest)
-        for trial in trials
-    ]
+    extra = {"mode": mode, "eta": eta, "runner": runner, "workers": workers, "weights": weights}
+    parent = start_sweep_task(experiment, config, dataset, trial_grid(lrs, epochs), extra)
+    cache = str(cache_task(dataset, config.image_size))
+    suggestion = None
+    if lr_find or centre_lrs:
+        suggestion = lr_find_task(config, cache, experiment, parent, lr_find_iters)
+        print(f"train: lr_find suggests {suggestion:.2g}")
+        if centre_lrs:
+            lrs = centred_lrs(suggestion, len(lrs))
+            print(f"train: learning rates centred on it: {lrs}")
+    results = trials.with_options(task_runner=task_runner)(
+        lrs,
+        epochs,
+        mode,
+        eta,
+        config,
+        cache,
+        experiment,
+        parent,
+        dataset.digest,
+        settings.tracking_uri,
+        threads_per_trial(runner, workers),
+    )
+    results = diagnose_task(results)
+    spent = budget(lrs, epochs, results)
     best = best_trial(results)
-    finish_sweep_task(parent, results, best)
-    model_uri = log_model_task(best, config, dataset, str(cache), parent)
-    publish_sweep(results, best, parent)
-    print(f"train: best {best.val_accuracy:.4f} at lr={best.lr:g} epochs={best.epochs}")
-    return TrainResult(parent_run_id=parent, model_uri=model_uri, best=best, trials=results)
+    excluded = finish_sweep_task(parent, results, best, str(spent))
+    model_uri = log_model_task(best, config, dataset, cache, parent)
+    publish_sweep(results, best, parent, excluded, str(spent))
+    for e in excluded:
+        print(f"train: excluded {e['trial']}: {e['diagnosis']} ({e['why']})")
+    print(f"train: best {best.val_accuracy:.4f} at {best.name} ({best.diagnosis}); trained {spent}")
+    return TrainResult(
+        parent_run_id=parent,
+        model_uri=model_uri,
+        best=best,
+        trials=results,
+        excluded=excluded,
+        budget=str(spent),
+        lr_suggestion=suggestion,
+        weights=weights,
+    )

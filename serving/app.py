@@ -1,8 +1,11 @@
-"""The Starlette application: predict, health, version and an admin reload.
+"""The Starlette application: the upload page, predict, health, version, metrics, the API
+description and an admin reload.
 
-Every error is answered as JSON ``{"error": "..."}``. Inference runs on one dedicated
-worker thread, never on the event loop; model reloads run on Starlette's thread pool so
-that predictions go on with the old model while the new one loads.
+Every error is answered as JSON ``{"error": "..."}``, never with a traceback or an internal
+path. Predictions go through the dynamic batcher (``serving/batching.py``), whose batches run
+on one dedicated inference thread, never on the event loop. Reloads (admin, polling, start)
+run on Starlette's thread pool, so predictions go on with the old model while the new one
+loads and warms; the swap itself is atomic.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import re
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -18,11 +22,17 @@ from mlflow.exceptions import MlflowException
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from serving.models import ModelHolder, NoChampion
+from serving.batching import Batcher, NotLoaded
+from serving.metrics import Metrics, MetricsMiddleware, metrics_endpoint
+from serving.models import ModelHolder, NoChampion, Reload
+from serving.openapi import openapi_endpoint
+from serving.page import upload_page
 from serving.uploads import UploadError, read_image
 from ursa.package import PackageError
 from ursa.settings import Settings
@@ -30,6 +40,12 @@ from ursa.settings import Settings
 logger = logging.getLogger("ursa.serving")
 
 DEFAULT_K = 3
+# Absolute paths and file URIs in error messages say where things live on the server.
+_PATH = re.compile(r"(?:file://|(?<![\w:/]))(?:/[^\s'\"/:]+){2,}/?")
+
+
+def redact_paths(message: str) -> str:
+    return _PATH.sub("<path>", message)
 
 
 def error(status_code: int, message: str, **extra: object) -> JSONResponse:
@@ -47,18 +63,19 @@ async def predict(request: Request) -> JSONResponse:
     k = top_k(request.query_params.get("k"), len(loaded.classes))
     settings: Settings = request.app.state.settings
     image = await read_image(request, settings.max_body_bytes, settings.max_image_pixels)
-    loop = asyncio.get_running_loop()
-    probabilities = await loop.run_in_executor(
-        request.app.state.inference, loaded.package.probabilities, [image]
-    )
-    row = probabilities[0]
-    best = row.argsort()[::-1][:k]
+    try:
+        scored = await request.app.state.batcher.score(image)
+    except NotLoaded:
+        return no_model()
+    # The batch ran on the model current when it started: name that one, not ``loaded``.
+    model, row = scored.model, scored.probabilities
+    best = row.argsort()[::-1][: min(k, len(model.classes))]
     return JSONResponse(
         {
-            "model": loaded.name,
-            "version": loaded.version,
+            "model": model.name,
+            "version": model.version,
             "predictions": [
-                {"label": str(loaded.classes[i]), "probability": float(row[i])} for i in best
+                {"label": str(model.classes[i]), "probability": float(row[i])} for i in best
             ],
         }
     )
@@ -99,11 +116,10 @@ async def reload(request: Request) -> JSONResponse:
         )
     holder: ModelHolder = request.app.state.holder
     try:
-        result = await run_in_threadpool(holder.reload)
+        result = await reload_model(request.app, "admin")
     except (NoChampion, PackageError) as exc:
-        return error(409, str(exc), version=current_version(holder))
+        return error(409, redact_paths(str(exc)), version=current_version(holder))
     except MlflowException:
-        logger.exception("Model registry unavailable during reload")
         return error(503, "The model registry is unavailable.", version=current_version(holder))
     return JSONResponse(
         {
@@ -112,6 +128,46 @@ async def reload(request: Request) -> JSONResponse:
             "previous": result.previous.version if result.previous else None,
         }
     )
+
+
+async def reload_model(app: Starlette, trigger: str, retry_refused: bool = True) -> Reload:
+    """Load the champion beside the served model and swap; count and log the outcome."""
+    holder: ModelHolder = app.state.holder
+    metrics: Metrics = app.state.metrics
+    try:
+        result = await run_in_threadpool(holder.reload, retry_refused)
+    except (NoChampion, PackageError):
+        metrics.reloads.labels(trigger, "refused").inc()
+        raise
+    except Exception:
+        metrics.reloads.labels(trigger, "error").inc()
+        logger.exception("Reload (%s) failed: the model registry is unavailable", trigger)
+        raise
+    metrics.reloads.labels(trigger, "changed" if result.changed else "unchanged").inc()
+    metrics.serving(result.current.name, result.current.version)
+    if result.changed:
+        logger.info(
+            "Serving %s version %s (was %s; %s)",
+            result.current.name,
+            result.current.version,
+            result.previous.version if result.previous else "none",
+            trigger,
+        )
+    return result
+
+
+async def poll_champion(app: Starlette, interval_s: float) -> None:
+    """Reload whenever the champion alias moves, e.g. by hand in the MLflow UI."""
+    last_problem = ""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await reload_model(app, "poll", retry_refused=False)
+            last_problem = ""
+        except Exception as exc:  # the server keeps serving; say so once, not every tick
+            if str(exc) != last_problem:
+                logger.warning("Polling the champion: %s", exc)
+                last_problem = str(exc)
 
 
 def authorized(request: Request, token: str) -> bool:
@@ -145,32 +201,63 @@ async def server_error(request: Request, exc: Exception) -> JSONResponse:
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings.from_env()
     holder = ModelHolder(settings.model_name, settings.tracking_uri)
+    metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         inference = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ursa-inference")
-        app.state.inference = inference
+        batcher = Batcher(
+            lambda: holder.current,
+            inference,
+            max_size=settings.batch_max_size,
+            max_wait_ms=settings.batch_max_wait_ms,
+            on_batch=metrics.batch_size.observe,
+        )
+        batcher.start()
+        app.state.batcher = batcher
         try:
-            loaded = (await run_in_threadpool(holder.reload)).current
-            logger.info("Serving %s version %s", loaded.name, loaded.version)
+            await reload_model(app, "start")
         except (NoChampion, PackageError) as exc:
             logger.warning("Starting without a model: %s", exc)
         except Exception:  # an unreachable registry must not stop the server: /readyz tells
-            logger.exception("Starting without a model: the champion could not be loaded")
+            logger.warning("Starting without a model: the champion could not be loaded")
+        poller = None
+        if settings.poll_interval_s > 0:
+            poller = asyncio.create_task(poll_champion(app, settings.poll_interval_s))
         yield
+        if poller is not None:
+            poller.cancel()
+            await asyncio.gather(poller, return_exceptions=True)
+        await batcher.stop()
         inference.shutdown(wait=False, cancel_futures=True)
 
     routes = [
+        Route("/", upload_page, methods=["GET"]),
         Route("/predict", predict, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/version", version, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
+        Route("/openapi.json", openapi_endpoint, methods=["GET"]),
     ]
     if settings.admin_token:  # no token configured: the admin endpoints do not exist
         routes.append(Route("/admin/reload", reload, methods=["POST"]))
 
+    middleware = [Middleware(MetricsMiddleware, metrics=metrics)]
+    if settings.cors_origins:  # off unless configured; never for the admin token header
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(settings.cors_origins),
+                allow_methods=["GET", "POST"],
+                allow_headers=["Content-Type"],
+                max_age=600,
+            )
+        )
+
     app = Starlette(
         routes=routes,
+        middleware=middleware,
         lifespan=lifespan,
         exception_handlers={
             HTTPException: http_error,
@@ -180,4 +267,5 @@ def create_app(settings: Settings | None = None) -> Starlette:
     )
     app.state.settings = settings
     app.state.holder = holder
+    app.state.metrics = metrics
     return app

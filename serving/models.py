@@ -68,25 +68,38 @@ class ModelHolder:
         self.tracking_uri = tracking_uri
         self._current: LoadedModel | None = None
         self._reload_lock = threading.Lock()
+        # Versions that failed to load, with why: polling does not retry them every tick.
+        self.refused: dict[str, PackageError] = {}
 
     @property
     def current(self) -> LoadedModel | None:
         return self._current
 
-    def reload(self) -> Reload:
+    def reload(self, retry_refused: bool = True) -> Reload:
         """Load the version the champion alias points at, unless it is already served.
 
         Blocking (registry calls, artifact download, a warm-up prediction): call it from a
         worker thread. Raises :class:`NoChampion` or :class:`PackageError`; on either the
-        current model keeps serving.
+        current model keeps serving. With ``retry_refused=False`` a version that failed
+        before fails again at once, without another download.
         """
         with self._reload_lock:
             previous = self._current
             version, run_id = self._champion()
             if previous is not None and previous.version == version:
                 return Reload(current=previous, previous=previous)
-            package = load_package(f"models:/{self.name}/{version}", self.tracking_uri)
-            warm_up(package)
+            if not retry_refused and version in self.refused:
+                raise self.refused[version]
+            try:
+                package = load_package(f"models:/{self.name}/{version}", self.tracking_uri)
+                warm_up(package)
+            except PackageError as exc:
+                refusal = PackageError(f"Version {version} of '{self.name}' is refused: {exc}")
+                self.refused[version] = refusal
+                raise refusal from exc
+            self.refused.pop(version, None)
+            # The swap is one reference assignment: a batch holds whichever model it started
+            # with, so requests in flight finish on the old model, new ones get the new.
             self._current = LoadedModel(
                 package=package,
                 name=self.name,
@@ -111,7 +124,9 @@ def warm_up(package: ModelPackage) -> None:
     """One prediction on a blank image: the first call is slow, and a bad model fails here."""
     try:
         size = int(package.meta["image_size"])
-        probabilities = package.probabilities([Image.new("RGB", (size, size))])
+        blank = Image.new("RGB", (size, size))
+        package.probabilities([blank, blank])  # the batched path too: the first call is slow
+        probabilities = package.probabilities([blank])
     except PackageError:
         raise
     except Exception as exc:  # bad metadata values, a graph that rejects the input

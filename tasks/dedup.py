@@ -9,9 +9,12 @@ images lie within a few bits of each other, so a hash alone would delete real da
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
+import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,21 +70,42 @@ def _popcount(x: np.ndarray) -> np.ndarray:
     return table[x.view(np.uint8).reshape(*x.shape, 8)].sum(axis=-1, dtype=np.uint8)
 
 
-def hamming_pairs(hashes: np.ndarray, radius: int, chunk: int = 4096) -> np.ndarray:
+def hamming_pairs(
+    hashes: np.ndarray, radius: int, chunk: int = 4096, workers: int = 2
+) -> np.ndarray:
     """All index pairs ``(i, j)``, ``i < j``, whose 64-bit hashes differ in <= ``radius`` bits.
 
-    Returns an ``(n_pairs, 2)`` int64 array sorted by ``i`` then ``j``. The hashes are compared
-    block by block (``chunk`` x ``chunk``, upper triangle only), so memory stays at about
-    ``9 * chunk**2`` bytes whatever the number of hashes.
+    Returns an ``(n_pairs, 2)`` int64 array sorted by ``i`` then ``j``. Uses multi-index
+    hashing (:func:`_mih_pairs`) where a cost model says it beats comparing every pair, and
+    the blockwise all-pairs comparison otherwise (few hashes, or a radius so large that
+    almost every pair is a candidate anyway). Memory is bounded either way: about
+    ``9 * chunk**2`` bytes per worker for all-pairs, a fixed number of candidates per step
+    for multi-index hashing. ``workers`` threads share the work (numpy releases the GIL).
     """
     hashes = np.ascontiguousarray(hashes, dtype=np.uint64).ravel()
     if radius < 0:
         raise ValueError(f"radius must be >= 0, got {radius}.")
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}.")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}.")
     n = len(hashes)
-    found: list[np.ndarray] = []
-    for a in range(0, n, chunk):
+    plan = _mih_plan(n, radius)
+    if plan is None:
+        pairs = _all_pairs(hashes, radius, chunk, workers)
+    else:
+        pairs = _mih_pairs(hashes, radius, plan, workers)
+    if len(pairs) == 0:
+        return np.empty((0, 2), dtype=np.int64)
+    return pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
+
+
+def _all_pairs(hashes: np.ndarray, radius: int, chunk: int, workers: int) -> np.ndarray:
+    """Every pair compared, one ``chunk`` x ``chunk`` block (upper triangle) at a time."""
+    n = len(hashes)
+
+    def block_row(a: int) -> list[np.ndarray]:
+        found = []
         rows = hashes[a : a + chunk, None]
         for b in range(a, n, chunk):
             near = _popcount(rows ^ hashes[None, b : b + chunk]) <= radius
@@ -89,10 +113,106 @@ def hamming_pairs(hashes: np.ndarray, radius: int, chunk: int = 4096) -> np.ndar
                 near = np.triu(near, k=1)  # i < j, and never a hash with itself
             i, j = np.nonzero(near)
             found.append(np.stack([i + a, j + b], axis=1))
+        return found
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        found = [p for ps in pool.map(block_row, range(0, n, chunk)) for p in ps]
+    return np.concatenate(found).astype(np.int64) if found else np.empty((0, 2), np.int64)
+
+
+@dataclass(frozen=True)
+class _MihPlan:
+    widths: tuple[int, ...]  # bits per block, most significant block first
+    sub_radius: int  # some block of a pair within `radius` differs in <= this many bits
+
+
+def _mih_plan(n: int, radius: int, max_block_bits: int = 22) -> _MihPlan | None:
+    """The cheapest multi-index plan for ``n`` random hashes, or None if all-pairs is cheaper.
+
+    Pigeonhole: split 64 bits into m blocks; if two hashes differ in <= radius bits, some
+    block differs in <= radius // m bits. Each hash looks up, per block, every block value
+    within that sub-radius (the "probes"), and compares itself with what it finds (the
+    "candidates"). Expected work for uniformly random hashes: n * m * probes lookups plus
+    n^2 * m * probes / 2^bits / 2 candidates; all-pairs costs n^2 / 2.
+    """
+    best: tuple[float, _MihPlan] | None = None
+    for m in range(-(-64 // max_block_bits), 17):
+        widths = tuple(64 // m + (1 if k < 64 % m else 0) for k in range(m))
+        sub = radius // m
+        probes = sum(math.comb(widths[0], k) for k in range(min(sub, widths[0]) + 1))
+        cost = n * m * probes * (1 + n / 2 ** widths[-1] / 2)
+        if best is None or cost < best[0]:
+            best = (cost, _MihPlan(widths, sub))
+    assert best is not None
+    # Each lookup and candidate costs a few numpy passes; a compared pair costs about one.
+    return best[1] if 4 * best[0] < n * n / 2 else None
+
+
+def _mih_pairs(hashes: np.ndarray, radius: int, plan: _MihPlan, workers: int) -> np.ndarray:
+    """Multi-index hashing: per block, sort by the block's value, probe every value within
+    the sub-radius, and compare the full hashes of what the probes find; no pair loop.
+    """
+    n = len(hashes)
+    jobs: list[tuple[int, int, int]] = []  # (shift, width, probe mask)
+    shift = 64
+    for width in plan.widths:
+        shift -= width
+        for mask in _masks(width, plan.sub_radius):
+            jobs.append((shift, width, mask))
+    indexes: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
+    shift = 64
+    for width in plan.widths:
+        shift -= width
+        keys = ((hashes >> np.uint64(shift)) & np.uint64((1 << width) - 1)).astype(np.int64)
+        order = np.argsort(keys, kind="stable")
+        starts = np.zeros((1 << width) + 1, dtype=np.int64)
+        np.cumsum(np.bincount(keys, minlength=1 << width), out=starts[1:])
+        indexes[shift] = (keys[order], hashes[order], order, starts)
+
+    def probe(job: tuple[int, int, int]) -> list[np.ndarray]:
+        shift, _, mask = job
+        keys, sorted_hashes, order, starts = indexes[shift]
+        found = []
+        step = _MIH_STEP
+        for a in range(0, n, step):
+            own = keys[a : a + step]
+            other = own ^ mask
+            lo = starts[other]
+            hi = starts[other + 1]
+            positions = np.arange(a, a + len(own))
+            if mask == 0:
+                lo = np.maximum(lo, positions + 1)  # same bucket: each pair once, i < j
+            else:
+                hi = np.where(own < other, hi, lo)  # two buckets: visit the pair from one side
+            lengths = np.maximum(hi - lo, 0)
+            total = int(lengths.sum())
+            if total == 0:
+                continue
+            left = np.repeat(positions, lengths)
+            right = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths - lo, lengths)
+            near = _popcount(sorted_hashes[left] ^ sorted_hashes[right]) <= radius
+            i, j = order[left[near]], order[right[near]]
+            found.append(np.stack([np.minimum(i, j), np.maximum(i, j)], axis=1))
+        return found
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        found = [p for ps in pool.map(probe, jobs) for p in ps]
     if not found:
         return np.empty((0, 2), dtype=np.int64)
-    pairs = np.concatenate(found).astype(np.int64)
-    return pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
+    # A pair close in several blocks is found once per such block.
+    return np.unique(np.concatenate(found).astype(np.int64), axis=0)
+
+
+_MIH_STEP = 1 << 16  # hashes per probe step: bounds the candidates held at once
+
+
+def _masks(width: int, radius: int) -> list[int]:
+    """Every ``width``-bit value with at most ``radius`` bits set."""
+    masks = []
+    for k in range(min(radius, width) + 1):
+        for bits in itertools.combinations(range(width), k):
+            masks.append(sum(1 << b for b in bits))
+    return masks
 
 
 def _thumbnail(image: Image.Image) -> np.ndarray:

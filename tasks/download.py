@@ -4,25 +4,34 @@ One aiohttp session per call, bounded concurrency, a total deadline per URL that
 its retries, and a byte cap enforced while reading. Every failure of a single URL becomes
 a row outcome (see ``tasks.manifest.DOWNLOAD_OUTCOMES``); nothing escapes, and no partial
 file is ever left in ``raw/``.
+
+Resume: every finished row is appended (and flushed) to ``manifests/urls.journal.jsonl``
+before the next one is reported, so a run killed at any point (SIGKILL included) and run
+again fetches no URL whose row was settled for good (see :func:`is_settled`); transient
+failures (timeouts, connection errors, 5xx, 429) are tried again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import email.utils
 import hashlib
+import json
 import os
 import tempfile
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 import aiohttp
 from prefect import task
 from prefect.cache_policies import NONE
 from yarl import URL
 
-from tasks.manifest import UrlRow
+from tasks.manifest import UrlRow, atomic_write_text, data_dir_lock
 from tasks.progress import progress as progress_bar
 from ursa.images import sniff_extension
 
@@ -30,6 +39,9 @@ _CHUNK = 64 * 1024
 _HEAD = 16  # enough bytes for every signature that sniff_extension knows
 _MAX_BACKOFF_S = 5.0
 _TEMP_PREFIX = ".part-"
+JOURNAL = Path("manifests") / "urls.journal.jsonl"  # relative to the data dir
+# Statuses that may pass on a later run; every other 4xx is an answer about the URL itself.
+_TRANSIENT_STATUSES = {408, 425, 429}
 
 
 @dataclass(frozen=True)
@@ -41,10 +53,11 @@ class DownloadOptions:
     retries: int = 3  # extra attempts after the first
     backoff_s: float = 0.2  # doubled after each failed attempt, capped at _MAX_BACKOFF_S
     max_bytes: int = 20 * 1024 * 1024
-    user_agent: str = "Ursa/0.1 (+image classifier dataset builder)"
+    max_redirects: int = 10
+    user_agent: str = "Ursa/0.1 (image classifier dataset builder; one GET per listed URL)"
 
     def __post_init__(self) -> None:
-        for name in ("concurrency", "per_host", "max_bytes"):
+        for name in ("concurrency", "per_host", "max_bytes", "max_redirects"):
             if getattr(self, name) < 1:
                 raise ValueError(f"DownloadOptions.{name} must be >= 1, got {getattr(self, name)}.")
         for name in ("timeout_s", "attempt_timeout_s"):
@@ -86,13 +99,16 @@ def download_urls(
     data_dir: Path,
     options: DownloadOptions = DownloadOptions(),
     progress: Callable[[UrlRow], None] | None = None,
+    resume: bool = True,
 ) -> list[UrlRow]:
     """Download every row's URL into ``data_dir/raw/``; return the rows with their outcomes.
 
     The result has the same length and order as ``rows``; the input rows are not changed.
-    ``progress(row)`` is called once per finished row.
+    ``progress(row)`` is called once per finished row. With ``resume``, rows settled by an
+    earlier (perhaps killed) run are taken from the journal instead of fetched again;
+    without it the journal starts afresh.
     """
-    return asyncio.run(download_urls_async(rows, data_dir, options, progress))
+    return asyncio.run(download_urls_async(rows, data_dir, options, progress, resume))
 
 
 async def download_urls_async(
@@ -100,49 +116,139 @@ async def download_urls_async(
     data_dir: Path,
     options: DownloadOptions = DownloadOptions(),
     progress: Callable[[UrlRow], None] | None = None,
+    resume: bool = True,
 ) -> list[UrlRow]:
     """:func:`download_urls` for callers that already run an event loop."""
-    raw_dir = Path(data_dir) / "raw"
+    data_dir = Path(data_dir)
+    raw_dir = data_dir / "raw"
     raw_dir.mkdir(parents=True, exist_ok=True)
+    journal_path = data_dir / JOURNAL
+    with data_dir_lock(data_dir, "download"):
+        # Under the lock nobody else writes here: any temporary file is a killed run's.
+        for stale in raw_dir.glob(f"{_TEMP_PREFIX}*"):
+            stale.unlink(missing_ok=True)
+        settled = read_journal(journal_path, data_dir) if resume else {}
+        journal_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(journal_path, "a" if resume else "w", encoding="utf-8") as journal:
+            out = await _download(rows, raw_dir, options, settled, journal, progress)
+        # Compact: one line per URL of this run, written atomically over the appended log.
+        write_journal(journal_path, out)
+    return out
+
+
+async def _download(
+    rows: list[UrlRow],
+    raw_dir: Path,
+    options: DownloadOptions,
+    settled: dict[str, UrlRow],
+    journal: TextIO,
+    progress: Callable[[UrlRow], None] | None,
+) -> list[UrlRow]:
     out: list[UrlRow | None] = [None] * len(rows)
 
-    def finish(index: int, row: UrlRow) -> None:
+    def finish(index: int, row: UrlRow, fetched: bool) -> None:
         out[index] = row
+        if fetched:
+            # Before anything else learns of it: once reported, a row survives a SIGKILL.
+            journal.write(json.dumps(dataclasses.asdict(row), ensure_ascii=False) + "\n")
+            journal.flush()
         if progress is not None:
             progress(row)
 
-    # Settle what needs no network first: malformed URLs and repeats.
+    # Settle what needs no network first: malformed URLs, repeats, and earlier runs' rows.
     first_seen: dict[str, int] = {}
     to_fetch: list[int] = []
     for index, row in enumerate(rows):
         problem = _url_problem(row.url)
         if problem:
-            finish(index, _result(row, "invalid_url", problem))
+            finish(index, _result(row, "invalid_url", problem), fetched=False)
         elif row.url in first_seen:
             first = rows[first_seen[row.url]]
             reason = f"Same URL as row {first_seen[row.url]} (label '{first.label}'); fetched once."
-            finish(index, _result(row, "duplicate_url", reason))
+            finish(index, _result(row, "duplicate_url", reason), fetched=False)
         else:
             first_seen[row.url] = index
-            to_fetch.append(index)
+            if row.url in settled:
+                earlier = settled[row.url]
+                finish(index, dataclasses.replace(earlier, label=row.label), fetched=False)
+            else:
+                to_fetch.append(index)
 
-    semaphore = asyncio.Semaphore(options.concurrency)
-    connector = aiohttp.TCPConnector(limit=options.concurrency, limit_per_host=options.per_host)
+    connector = aiohttp.TCPConnector(
+        limit=options.concurrency, limit_per_host=options.per_host, ttl_dns_cache=300
+    )
     # The session timeout is per attempt; the per-URL deadline is enforced around the retries.
     timeout = aiohttp.ClientTimeout(
         total=options.attempt_timeout_s, sock_connect=options.attempt_timeout_s
     )
     headers = {"User-Agent": options.user_agent}
+    pending: Iterator[int] = iter(to_fetch)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout, headers=headers) as s:
 
-        async def fetch(index: int) -> None:
-            async with semaphore:
-                row = await _fetch_row(s, rows[index], raw_dir, options)
-            finish(index, row)
+        async def worker() -> None:
+            # A fixed pool of workers pulling from one iterator: memory stays flat however
+            # many URLs there are (no task, coroutine or future per URL).
+            for index in pending:
+                finish(index, await _fetch_row(s, rows[index], raw_dir, options), fetched=True)
 
-        await asyncio.gather(*(fetch(index) for index in to_fetch))
+        await asyncio.gather(*(worker() for _ in range(min(options.concurrency, len(to_fetch)))))
     assert all(row is not None for row in out)
     return out  # type: ignore[return-value]
+
+
+def is_settled(row: UrlRow) -> bool:
+    """Whether another attempt at this URL would give the same answer: such rows are reused.
+
+    Timeouts, connection errors, 5xx and throttling (408, 425, 429) may pass; every other
+    outcome is an answer about the URL itself.
+    """
+    if row.outcome in ("timeout", "connection_error", "", "invalid_url", "duplicate_url"):
+        return False
+    if row.outcome == "http_error":
+        status = row.http_status or 0
+        return 400 <= status < 500 and status not in _TRANSIENT_STATUSES
+    return True
+
+
+def read_journal(path: Path, data_dir: Path) -> dict[str, UrlRow]:
+    """URL -> settled row from a journal; lines a kill cut short and vanished files are skipped."""
+    settled: dict[str, UrlRow] = {}
+    if not path.exists():
+        return settled
+    names = {f.name for f in UrlRow.__dataclass_fields__.values()}
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            try:
+                data = json.loads(line)
+                row = UrlRow(**{k: v for k, v in data.items() if k in names})
+            except (ValueError, TypeError):
+                continue  # the last line of a killed run may be cut short
+            if not is_settled(row):
+                continue
+            if row.outcome == "ok" and not _stored(data_dir, row.raw_path):
+                continue  # the file is gone (deleted by hand): fetch again
+            settled[row.url] = row
+    return settled
+
+
+def write_journal(path: Path, rows: list[UrlRow]) -> None:
+    """The journal of a finished run: one line per fetched URL, written atomically."""
+    seen: set[str] = set()
+    lines = []
+    for row in rows:
+        if row.outcome in ("invalid_url", "duplicate_url") or row.url in seen:
+            continue
+        seen.add(row.url)
+        lines.append(json.dumps(dataclasses.asdict(row), ensure_ascii=False) + "\n")
+    atomic_write_text(path, "".join(lines))
+
+
+def _stored(data_dir: Path, raw_path: str) -> bool:
+    """The downloaded file is in raw/, or verification has moved it to quarantine."""
+    if not raw_path:
+        return False
+    path = data_dir / raw_path
+    return path.exists() or any((data_dir / "quarantine").glob(f"*/{path.name}"))
 
 
 def _url_problem(url: str) -> str:
@@ -244,7 +350,7 @@ async def _attempt(
 ) -> UrlRow | _Retry:
     """One GET: a finished row, or a :class:`_Retry` for failures that may pass."""
     try:
-        async with session.get(row.url) as response:
+        async with session.get(row.url, max_redirects=options.max_redirects) as response:
             status = response.status
             if status >= 400:
                 reason = f"HTTP {status} {response.reason or ''}".rstrip()
@@ -254,6 +360,17 @@ async def _attempt(
             return await _save_body(row, response, raw_dir, options)
     except aiohttp.ClientSSLError as exc:  # a bad certificate does not get better by retrying
         return _result(row, "connection_error", f"{type(exc).__name__}: {exc}")
+    except aiohttp.TooManyRedirects as exc:  # a loop or an over-long chain: final
+        chain = " -> ".join(str(r.url) for r in exc.history[-3:])
+        return _result(
+            row,
+            "connection_error",
+            f"More than {options.max_redirects} redirects (a loop?); last: {chain}",
+            http_status=exc.history[-1].status if exc.history else None,
+        )
+    except (aiohttp.InvalidUrlRedirectClientError, aiohttp.NonHttpUrlRedirectClientError) as exc:
+        # A redirect to file://, ftp:// or garbage is refused, never followed.
+        return _result(row, "invalid_url", f"Redirect refused: {type(exc).__name__}: {exc}")
     except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
         return _Retry("connection_error", f"{type(exc).__name__}: {exc}")
     except TimeoutError as exc:
@@ -343,23 +460,33 @@ def _not_image(row: UrlRow, status: int, content_type: str, head: bytes) -> UrlR
 
 
 def _retry_after(response: aiohttp.ClientResponse) -> float | None:
-    """``Retry-After`` in seconds; the HTTP-date form is ignored (the backoff applies)."""
+    """``Retry-After`` in seconds, from either of its forms (delay-seconds or an HTTP-date)."""
     raw = response.headers.get("Retry-After", "").strip()
-    try:
-        return max(0.0, float(raw)) if raw else None
-    except ValueError:
+    if not raw:
         return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(raw)
+    except (TypeError, ValueError):
+        return None  # unparseable: the backoff applies
+    return max(0.0, when.timestamp() - time.time())
 
 
 # Retries live inside download_urls (per URL, within a deadline), so the task has none;
 # rows and options are small but a cache keyed on them would skip re-downloading changed URLs.
 @task(name="download", cache_policy=NONE)
 def download_task(
-    rows: list[UrlRow], data_dir: Path, options: DownloadOptions = DownloadOptions()
+    rows: list[UrlRow],
+    data_dir: Path,
+    options: DownloadOptions = DownloadOptions(),
+    resume: bool = True,
 ) -> list[UrlRow]:
     """download_urls with a progress bar on a terminal and a progress artifact in the UI.
 
     No task-level retries: each URL has its own retries within its deadline.
     """
     with progress_bar("download", len(rows)) as tick:
-        return download_urls(rows, data_dir, options, progress=tick)
+        return download_urls(rows, data_dir, options, progress=tick, resume=resume)

@@ -6,13 +6,15 @@ Both are CSV so that people can read them with pandas; both are written atomical
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
@@ -87,6 +89,30 @@ def atomic_write_text(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def data_dir_lock(data_dir: Path, what: str) -> Iterator[None]:
+    """Hold the data folder's ingest lock; fail at once, naming the folder, if it is held.
+
+    While it is held nobody else writes downloads or images there, so temporary files left
+    in them belong to a killed run and may be removed. The kernel drops the lock when its
+    holder dies, SIGKILL included, so a crash never leaves the folder locked.
+    """
+    path = Path(data_dir) / "manifests" / "ingest.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeError(
+                f"Cannot {what}: another ingest is writing to data folder {data_dir} "
+                f"(lock {path} is held)."
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 def write_rows(path: Path, rows: Iterable[Row], row_type: type[Row]) -> Path:

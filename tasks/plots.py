@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import matplotlib
 
 matplotlib.use("Agg")  # headless: flows run on workers without a display
@@ -51,3 +53,120 @@ def confusion_matrix_figure(matrix: np.ndarray, classes: list[str], title: str) 
     fig.tight_layout()
     plt.close(fig)
     return fig
+
+
+def most_confused(matrix: np.ndarray, classes: list[str], top: int = 10) -> list[dict]:
+    """The off-diagonal cells with the most examples, largest first (fast.ai's
+    ``most_confused``): which class was taken for which, and how often."""
+    pairs = [
+        {"actual": classes[i], "predicted": classes[j], "count": int(matrix[i, j])}
+        for i, j in zip(*np.nonzero(matrix), strict=True)
+        if i != j
+    ]
+    return sorted(pairs, key=lambda p: (-p["count"], p["actual"], p["predicted"]))[:top]
+
+
+def top_losses_figure(images: np.ndarray, captions: list[str], title: str) -> Figure:
+    """A grid of images (uint8, N x 3 x S x S) with a caption each: the examples the model got
+    most wrong, which is where mislabelled data and hard cases show up."""
+    n = len(images)
+    cols = max(1, min(4, n))
+    rows = max(1, math.ceil(n / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols, 2.5 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, caption in zip(axes.flat, images, captions, strict=False):
+        ax.imshow(np.transpose(image, (1, 2, 0)))
+        ax.set_title(caption, fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def heatmap_figure(
+    rows: list[float], cols: list[int], values: np.ndarray, title: str, label: str
+) -> Figure:
+    """Learning rate (rows) x epochs (columns) of a metric; NaN cells (not run, or diverged)
+    are left blank."""
+    fig, ax = plt.subplots(figsize=(1.2 * len(cols) + 3, 0.6 * len(rows) + 2))
+    shown = np.ma.masked_invalid(values)
+    image = ax.imshow(shown, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(len(cols)), [str(c) for c in cols])
+    ax.set_yticks(range(len(rows)), [f"{r:g}" for r in rows])
+    ax.set(xlabel="epochs", ylabel="learning rate", title=title)
+    for (i, j), v in np.ndenumerate(values):
+        ax.text(
+            j,
+            i,
+            "-" if not np.isfinite(v) else f"{v:.3f}",
+            ha="center",
+            va="center",
+            color="white",
+            fontsize=9,
+        )
+    fig.colorbar(image, ax=ax, label=label)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def lr_find_figure(lrs: list[float], losses: list[float], suggestion: float) -> Figure:
+    """Lesson 2's learning-rate finder plot: smoothed loss against a log-scaled rate."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(lrs, losses)
+    ax.axvline(suggestion, color="red", linestyle="--", label=f"suggested {suggestion:.2g}")
+    ax.set_xscale("log")
+    ax.set(xlabel="learning rate", ylabel="loss (smoothed)", title="learning-rate finder")
+    ax.legend()
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def fitted_lines_figure(
+    x: np.ndarray, y: np.ndarray, lines: dict[str, tuple[float, float]], title: str
+) -> Figure:
+    """The data and one fitted line y = a*x + b per label; the axes stay on the data, so a
+    diverged line visibly leaves the picture."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.scatter(x, y, s=10, color="grey", label="data")
+    grid = np.linspace(x.min(), x.max(), 2)
+    for label, (a, b) in lines.items():
+        if np.isfinite(a) and np.isfinite(b):
+            ax.plot(grid, a * grid + b, label=f"{label}: y={a:.2f}x+{b:.2f}")
+        else:
+            ax.plot([], [], label=f"{label}: diverged (non-finite)")
+    ax.set_ylim(y.min() - 1, y.max() + 1)
+    ax.set(xlabel="x", ylabel="y", title=title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def line_animation_gif(
+    x: np.ndarray, y: np.ndarray, steps: list[tuple[float, float]], path, title: str, frames=40
+) -> None:
+    """Write a GIF of the line y = a*x + b moving step by step toward (or away from) the data,
+    lesson2-sgd's animation; at most ``frames`` frames, evenly spaced over the steps."""
+    from matplotlib.animation import FuncAnimation, PillowWriter
+
+    chosen = sorted({round(i) for i in np.linspace(0, len(steps) - 1, min(frames, len(steps)))})
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.scatter(x, y, s=8, color="grey")
+    ax.set_ylim(y.min() - 1, y.max() + 1)
+    ax.set_xlim(x.min(), x.max())
+    grid = np.linspace(x.min(), x.max(), 2)
+    (line,) = ax.plot([], [], color="red")
+    caption = ax.set_title(title)
+
+    def draw(k: int):
+        a, b = steps[chosen[k]]
+        line.set_data(grid, a * grid + b if np.isfinite(a) and np.isfinite(b) else [np.nan] * 2)
+        caption.set_text(f"{title}, step {chosen[k]}")
+        return (line, caption)
+
+    animation = FuncAnimation(fig, draw, frames=len(chosen), blit=False)
+    animation.save(str(path), writer=PillowWriter(fps=10))
+    plt.close(fig)

@@ -49,22 +49,52 @@ def publish_ingest(rows: list[UrlRow], dataset: Dataset, url_manifest: Path) -> 
     create_markdown_artifact("\n".join(lines), key="ingest-summary", description="Ingest summary")
 
 
-def publish_sweep(results: list[TrialResult], best: TrialResult, parent_run_id: str) -> None:
+def publish_sweep(
+    results: list[TrialResult],
+    best: TrialResult,
+    parent_run_id: str,
+    excluded: list[dict] | None = None,
+    budget: str = "",
+) -> None:
     create_table_artifact(
         [
             {
-                "trial": f"lr={r.lr:g} epochs={r.epochs}",
+                "trial": r.name,
                 "val_accuracy": round(r.val_accuracy, 4),
                 "val_loss": round(r.val_loss, 4),
                 "train_loss": round(r.train_loss, 4),
+                "diagnosis": r.diagnosis,
+                "evidence": r.evidence,
                 "seconds": round(r.seconds, 1),
                 "best": r.run_id == best.run_id,
                 "mlflow_run": r.run_id,
             }
-            for r in sorted(results, key=lambda r: -r.val_accuracy)
+            for r in sorted(results, key=lambda r: (not r.usable, -r.val_accuracy))
         ],
         key="sweep-leaderboard",
         description=f"Sweep leaderboard (MLflow parent run {parent_run_id})",
+    )
+    lines = [
+        "# Sweep",
+        f"- best: **{best.name}**, validation accuracy **{best.val_accuracy:.4f}** "
+        f"({best.diagnosis}: {best.evidence})",
+        f"- trained: {budget or sum(r.epochs for r in results)} epochs",
+        f"- MLflow parent run: `{parent_run_id}`",
+        "",
+        "## Excluded trials",
+        *(
+            [f"- {e['trial']}: **{e['diagnosis']}** ({e['why']})" for e in excluded]
+            if excluded
+            else ["- none"]
+        ),
+    ]
+    create_markdown_artifact("\n".join(lines), key="sweep-summary", description="Sweep summary")
+
+
+def publish_sgd(runs: list[dict], parent_run_id: str) -> None:
+    """The SGD-from-scratch runs: final fit and diagnosis per learning rate."""
+    create_table_artifact(
+        runs, key="sgd-from-scratch", description=f"SGD from scratch (MLflow run {parent_run_id})"
     )
 
 

@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import asdict
+import os
+from dataclasses import asdict, replace
 
 import mlflow
+import numpy as np
 import torch
 from mlflow import MlflowClient
 from prefect import task
 from prefect.cache_policies import NONE
 
 from tasks.manifest import Dataset
-from tasks.plots import confusion_matrix, confusion_matrix_figure
+from tasks.plots import heatmap_figure
 from tasks.train import (
     MEAN,
     STD,
@@ -23,11 +25,14 @@ from tasks.train import (
     TrialResult,
     build_model,
     device_for_training,
+    diagnose_fit,
     evaluate,
     load_tensors,
+    resolve_weights,
     run_trial,
     tensor_cache,
 )
+from tasks.trial_report import diagnosis_tags
 from ursa.package import log_package
 
 
@@ -46,7 +51,11 @@ def trial_grid(lrs: list[float], epochs: list[int]) -> list[Trial]:
 
 
 def start_sweep(
-    experiment_id: str, config: TrainConfig, dataset: Dataset, trials: list[Trial]
+    experiment_id: str,
+    config: TrainConfig,
+    dataset: Dataset,
+    trials: list[Trial],
+    extra: dict | None = None,
 ) -> str:
     """Create the parent run; returns its id. Trials attach to it as children."""
     run = mlflow.start_run(experiment_id=experiment_id, run_name=f"sweep {dataset.digest[:8]}")
@@ -62,6 +71,7 @@ def start_sweep(
                 "n_train": dataset.n_train,
                 "n_valid": dataset.n_valid,
                 "classes": ",".join(dataset.classes),
+                **(extra or {}),
             }
         )
     finally:
@@ -74,34 +84,99 @@ def best_trial(results: list[TrialResult]) -> TrialResult:
     usable = [r for r in results if r.usable]
     if not usable:
         raise RuntimeError(
-            f"All {len(results)} trials diverged (non-finite loss): lower the learning rates."
+            f"All {len(results)} trials diverged (non-finite loss or loss explosion): "
+            "lower the learning rates, or run the learning-rate finder."
         )
     return max(usable, key=lambda r: (r.val_accuracy, -r.val_loss))
 
 
-def finish_sweep(parent_run_id: str, results: list[TrialResult], best: TrialResult) -> None:
-    """Log the leaderboard and the choice on the parent run."""
-    board = sorted(results, key=lambda r: (-r.val_accuracy if r.usable else 1, r.val_loss))
-    with mlflow.start_run(run_id=parent_run_id):
-        mlflow.log_table(
-            {
-                "run_id": [r.run_id for r in board],
-                "lr": [r.lr for r in board],
-                "epochs": [r.epochs for r in board],
-                "val_accuracy": [r.val_accuracy for r in board],
-                "val_loss": [r.val_loss for r in board],
-                "train_loss": [r.train_loss for r in board],
-                "seconds": [round(r.seconds, 2) for r in board],
-            },
-            "leaderboard.json",
-        )
-        mlflow.log_metrics({"best_val_accuracy": best.val_accuracy, "best_val_loss": best.val_loss})
-        mlflow.set_tags(
-            {
-                "ursa.best_run_id": best.run_id,
-                "ursa.best_trial": f"lr={best.lr:g} epochs={best.epochs}",
-            }
-        )
+def excluded_trials(results: list[TrialResult]) -> list[dict]:
+    """The trials that could not be chosen, each with the reason."""
+    return [
+        {"trial": r.name, "run_id": r.run_id, "diagnosis": r.diagnosis, "why": r.evidence}
+        for r in results
+        if not r.usable
+    ]
+
+
+def diagnose_in_sweep(results: list[TrialResult]) -> list[TrialResult]:
+    """Diagnose each trial again, now knowing the best accuracy of the sweep ("far from the
+    best trial" is underfitting), and update the MLflow tags that changed."""
+    usable = [r for r in results if r.usable]
+    if not usable:
+        return results
+    best_accuracy = max(r.val_accuracy for r in usable)
+    client = MlflowClient()
+    updated = []
+    for r in results:
+        d = diagnose_fit(r.history, r.initial_loss, best_accuracy) if r.history else None
+        if d is not None and (d.label, d.evidence) != (r.diagnosis, r.evidence):
+            for key, value in diagnosis_tags(d).items():
+                client.set_tag(r.run_id, key, value)
+            r = replace(r, diagnosis=d.label, evidence=d.evidence)
+        updated.append(r)
+    return updated
+
+
+def leaderboard(results: list[TrialResult]) -> list[TrialResult]:
+    """Usable trials by accuracy then loss, then the excluded ones."""
+    return sorted(results, key=lambda r: (not r.usable, -r.val_accuracy, r.val_loss))
+
+
+def heatmap(results: list[TrialResult]) -> tuple[list[float], list[int], np.ndarray]:
+    """(lrs, epochs, validation accuracy per cell); NaN where no usable trial ran."""
+    lrs = sorted({r.lr for r in results})
+    epochs = sorted({r.epochs for r in results})
+    values = np.full((len(lrs), len(epochs)), np.nan)
+    for r in results:
+        if r.usable:
+            values[lrs.index(r.lr), epochs.index(r.epochs)] = r.val_accuracy
+    return lrs, epochs, values
+
+
+def finish_sweep(
+    parent_run_id: str, results: list[TrialResult], best: TrialResult, budget_note: str = ""
+) -> list[dict]:
+    """Log the leaderboard, the lr x epochs heatmap, the exclusions and the choice on the
+    parent run; returns the excluded trials with their reasons."""
+    board = leaderboard(results)
+    excluded = excluded_trials(results)
+    client = MlflowClient()
+    client.log_table(
+        parent_run_id,
+        {
+            "run_id": [r.run_id for r in board],
+            "lr": [r.lr for r in board],
+            "epochs": [r.epochs for r in board],
+            "val_accuracy": [r.val_accuracy for r in board],
+            "val_loss": [r.val_loss for r in board],
+            "train_loss": [r.train_loss for r in board],
+            "diagnosis": [r.diagnosis for r in board],
+            "evidence": [r.evidence for r in board],
+            "seconds": [round(r.seconds, 2) for r in board],
+        },
+        "leaderboard.json",
+    )
+    lrs, epochs, values = heatmap(results)
+    client.log_figure(
+        parent_run_id,
+        heatmap_figure(lrs, epochs, values, "validation accuracy", "val_accuracy"),
+        "heatmap_val_accuracy.png",
+    )
+    client.log_dict(parent_run_id, {"excluded": excluded}, "excluded_trials.json")
+    client.log_metric(parent_run_id, "best_val_accuracy", best.val_accuracy)
+    client.log_metric(parent_run_id, "best_val_loss", best.val_loss)
+    client.log_metric(parent_run_id, "trials_excluded", len(excluded))
+    tags = {
+        "ursa.best_run_id": best.run_id,
+        "ursa.best_trial": best.name,
+        "ursa.excluded": "; ".join(f"{e['trial']}: {e['diagnosis']}" for e in excluded) or "none",
+    }
+    if budget_note:
+        tags["ursa.budget"] = budget_note
+    for key, value in tags.items():
+        client.set_tag(parent_run_id, key, value)
+    return excluded
 
 
 def log_best_model(
@@ -113,8 +188,7 @@ def log_best_model(
     model.load_state_dict(torch.load(best.checkpoint, map_location="cpu", weights_only=True))
     device = device_for_training()
     model.to(device)
-    _, accuracy, predicted = evaluate(model, data.x_valid, data.y_valid, device)
-    matrix = confusion_matrix(data.y_valid.numpy(), predicted.numpy(), len(data.classes))
+    _, accuracy, _ = evaluate(model, data.x_valid, data.y_valid, device)
     meta = {
         "arch": config.arch,
         "classes": list(data.classes),
@@ -124,14 +198,9 @@ def log_best_model(
         "metrics": {"val_accuracy": accuracy, "val_loss": best.val_loss},
         "dataset_digest": dataset.digest,
         "trial": {"lr": best.lr, "epochs": best.epochs, "run_id": best.run_id},
+        "diagnosis": best.diagnosis,
     }
     with mlflow.start_run(run_id=best.run_id):
-        mlflow.log_figure(
-            confusion_matrix_figure(
-                matrix, list(data.classes), f"confusion (valid), acc {accuracy:.3f}"
-            ),
-            "confusion_matrix.png",
-        )
         mlflow.set_tag("ursa.best", "true")
         model_uri = log_package(model, meta)
     # The sweep run names its model, so "the latest trained model" is one search away.
@@ -163,4 +232,39 @@ trial_task = task(
     name="trial", task_run_name="trial lr={trial.lr} epochs={trial.epochs}", cache_policy=NONE
 )(run_trial)
 finish_sweep_task = task(name="finish-sweep", cache_policy=NONE)(finish_sweep)
+diagnose_task = task(name="diagnose-in-sweep", cache_policy=NONE)(diagnose_in_sweep)
+resolve_weights_task = task(name="resolve-weights", cache_policy=NONE)(resolve_weights)
 log_model_task = task(name="log-best-model", cache_policy=NONE)(log_best_model)
+
+
+def trial_runner(runner: str, workers: int, dask_address: str = ""):
+    """The Prefect task runner that trials run on: threads in this process, or Dask worker
+    processes (a local cluster of ``workers`` processes, or the cluster at ``dask_address``)."""
+    if workers < 1:
+        raise ValueError(f"workers is {workers}; expected at least 1.")
+    if runner == "threads":
+        from prefect.task_runners import ThreadPoolTaskRunner
+
+        return ThreadPoolTaskRunner(max_workers=workers)
+    if runner == "dask":
+        from prefect_dask import DaskTaskRunner
+
+        if dask_address:
+            return DaskTaskRunner(address=dask_address)
+        return DaskTaskRunner(
+            cluster_kwargs={
+                "n_workers": workers,
+                "threads_per_worker": 1,
+                "processes": True,
+                "dashboard_address": None,
+            }
+        )
+    raise ValueError(f"runner is '{runner}'; expected 'threads' or 'dask'.")
+
+
+def threads_per_trial(runner: str, workers: int) -> int:
+    """Torch threads for each trial: worker processes on one machine split its cores; trials
+    in threads share one process-wide pool, which torch already sizes to the machine."""
+    if runner == "dask":
+        return max(1, (os.cpu_count() or 1) // workers)
+    return 0

@@ -1,9 +1,15 @@
 """Training: the whole loop visible top to bottom, in the style of torchvision's reference
-``train.py`` — ``load_tensors``, ``build_model``, ``train_one_epoch``, ``evaluate``,
-``run_trial``. The sweep (:mod:`tasks.sweep`) is a thin layer above it.
+``train.py`` — ``load_tensors``, ``build_model``, ``augment``, ``train_one_epoch``,
+``evaluate``, ``fit``, ``run_trial``. The sweep (:mod:`tasks.sweep`) is a thin layer above it.
 
 Each image is decoded once per dataset into a uint8 tensor cache at training resolution
-(:func:`tensor_cache`); every trial reads that file instead of decoding PNGs each epoch.
+(:func:`tensor_cache`); every trial reads that file instead of decoding PNGs each epoch, and
+augmentation happens on whole batches of tensors (:func:`augment`), not image by image.
+
+Fine-tuning follows lesson 2 (fast.ai's ``fine_tune``): with a pretrained backbone, the first
+``freeze_epochs`` train only the new head (and the batch-norm layers), then everything trains
+with discriminative rates — early layers slower than late ones — each phase on a one-cycle
+schedule. From scratch there is nothing to protect: one phase, one rate.
 """
 
 from __future__ import annotations
@@ -11,15 +17,17 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import torchvision
 from PIL import Image
 from torch import nn
 
+from tasks.diagnosis import Diagnosis, diagnose
 from tasks.manifest import Dataset, ImageRow, read_rows
 from ursa.package import normalise
 
@@ -27,6 +35,11 @@ from ursa.package import normalise
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 ARCHITECTURES = ("resnet18", "resnet34")
+IF_NO_WEIGHTS = ("fail", "scratch")
+# Discriminative rates after unfreezing (fast.ai's fine_tune): the base rate is halved, and
+# the stem + first blocks learn 100x slower than the head, the middle blocks 10x slower.
+UNFROZEN_BASE = 0.5
+LAYER_GROUP_DIVISORS = (100.0, 10.0, 1.0)
 
 
 class WeightsUnavailable(RuntimeError):
@@ -41,12 +54,26 @@ class TrainConfig:
     seed: int = 0
     pretrained: bool = False
     weights_path: str = ""  # a local state_dict file for the pretrained backbone
+    if_no_weights: str = "fail"  # when pretrained weights are missing: "fail" or "scratch"
+    freeze_epochs: int = 1  # pretrained only: epochs that train the head alone
+    augment: bool = True  # random affine + brightness/contrast, on batches of tensors
+    flip: bool = False  # horizontal flips: right for photos, wrong for digits and text
+    compile: bool = False  # torch.compile the model (CUDA; measure first: bench_gpu.py)
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHITECTURES:
             raise ValueError(f"TrainConfig.arch is '{self.arch}', expected one of {ARCHITECTURES}.")
         if self.image_size < 16:
             raise ValueError(f"TrainConfig.image_size is {self.image_size}, expected >= 16.")
+        if self.batch_size < 1:
+            raise ValueError(f"TrainConfig.batch_size is {self.batch_size}, expected >= 1.")
+        if self.if_no_weights not in IF_NO_WEIGHTS:
+            raise ValueError(
+                f"TrainConfig.if_no_weights is '{self.if_no_weights}', "
+                f"expected one of {IF_NO_WEIGHTS}."
+            )
+        if self.freeze_epochs < 0:
+            raise ValueError(f"TrainConfig.freeze_epochs is {self.freeze_epochs}, expected >= 0.")
 
 
 @dataclass(frozen=True)
@@ -70,10 +97,22 @@ class TrialResult:
     checkpoint: str  # state_dict file of the final weights
     seconds: float
     history: list[dict] = field(default_factory=list)
+    initial_loss: float = math.nan  # the first mini-batch's loss, before any update
+    diagnosis: str = ""
+    evidence: str = ""
 
     @property
     def usable(self) -> bool:
-        return math.isfinite(self.val_loss) and math.isfinite(self.train_loss)
+        """Finite losses and not diagnosed as diverged: a candidate for the sweep's best."""
+        return (
+            math.isfinite(self.val_loss)
+            and math.isfinite(self.train_loss)
+            and self.diagnosis != "diverged"
+        )
+
+    @property
+    def name(self) -> str:
+        return f"lr={self.lr:g} epochs={self.epochs}"
 
 
 @dataclass
@@ -83,6 +122,13 @@ class Tensors:
     y_train: torch.Tensor
     x_valid: torch.Tensor
     y_valid: torch.Tensor
+
+
+@dataclass
+class FitResult:
+    model: nn.Module
+    history: list[dict]  # one record per epoch
+    step_losses: list[float]  # training loss of every mini-batch, in order
 
 
 def device_for_training() -> torch.device:
@@ -121,28 +167,95 @@ def load_tensors(path: str | Path) -> Tensors:
     return Tensors(**torch.load(path, weights_only=True))
 
 
-def build_model(config: TrainConfig, num_classes: int) -> nn.Module:
-    """A torchvision model with a fresh head; pretrained backbone only from a local file."""
-    constructor = getattr(torchvision.models, config.arch)
-    model = constructor(weights=None)
-    if config.pretrained:
-        model.load_state_dict(_pretrained_state_dict(config))
-    model.fc = nn.Linear(model.fc.in_features, num_classes)
-    return model
+def resolve_weights(config: TrainConfig) -> tuple[TrainConfig, str]:
+    """Check pretrained weights up front, before any trial starts; returns (config, note).
+
+    Missing weights with ``if_no_weights="scratch"`` give a config that trains from scratch and
+    a note that says why; with ``"fail"`` they raise :class:`WeightsUnavailable`, whose message
+    names the files looked for and the two ways out.
+    """
+    if not config.pretrained:
+        return config, "trained from scratch (pretrained=False)"
+    try:
+        path = _pretrained_weights_file(config)
+    except WeightsUnavailable as exc:
+        if config.if_no_weights == "scratch":
+            return replace(config, pretrained=False), f"trained from scratch: {exc}"
+        raise
+    return config, f"fine-tuned from pretrained weights {path}"
 
 
-def _pretrained_state_dict(config: TrainConfig) -> dict:
+def _pretrained_weights_file(config: TrainConfig) -> Path:
     weights = torchvision.models.get_model_weights(config.arch).DEFAULT
     candidates = [Path(config.weights_path)] if config.weights_path else []
     candidates.append(Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name)
     for path in candidates:
         if path.is_file():
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return path
     raise WeightsUnavailable(
         f"Pretrained weights for '{config.arch}' were not found at "
         f"{', '.join(str(p) for p in candidates)}. This machine cannot download them: put the "
-        f"file there, pass a local file as weights_path, or train with pretrained=False."
+        f"file there, pass a local file as weights_path (--weights), train with "
+        f"pretrained=False, or choose if_no_weights='scratch' (--if-no-weights scratch) to fall "
+        f"back to training from scratch."
     )
+
+
+def build_model(config: TrainConfig, num_classes: int) -> nn.Module:
+    """A torchvision model with a fresh head; pretrained backbone only from a local file."""
+    constructor = getattr(torchvision.models, config.arch)
+    model = constructor(weights=None)
+    if config.pretrained:
+        path = _pretrained_weights_file(config)
+        try:
+            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        except (RuntimeError, KeyError) as exc:
+            raise WeightsUnavailable(
+                f"The weights file {path} does not fit '{config.arch}': {exc}"
+            ) from exc
+    model.fc = nn.Linear(model.fc.in_features, num_classes)
+    return model
+
+
+def layer_groups(model: nn.Module) -> list[list[nn.Parameter]]:
+    """ResNet parameters in three groups, early to late: stem + layer1-2, layer3-4, head."""
+    early = [model.conv1, model.bn1, model.layer1, model.layer2]
+    late = [model.layer3, model.layer4]
+    return [
+        [p for m in early for p in m.parameters()],
+        [p for m in late for p in m.parameters()],
+        list(model.fc.parameters()),
+    ]
+
+
+def _set_frozen(model: nn.Module, frozen: bool) -> None:
+    """Freeze everything but the head and the batch-norm layers (fast.ai keeps BN training:
+    its statistics must adapt to the new data even while the convolutions stay put)."""
+    for module in model.modules():
+        trainable = not frozen or isinstance(module, nn.BatchNorm2d) or module is model.fc
+        for p in module.parameters(recurse=False):
+            p.requires_grad_(trainable)
+
+
+def training_phases(trial: Trial, config: TrainConfig) -> list[tuple[str, int]]:
+    """[(phase, epochs)]: "frozen" then "unfrozen" when pretrained, else one "scratch" phase.
+    The frozen phase never takes every epoch: at least one epoch trains the whole network."""
+    if not config.pretrained:
+        return [("scratch", trial.epochs)]
+    frozen = min(config.freeze_epochs, trial.epochs - 1)
+    return [(name, n) for name, n in (("frozen", frozen), ("unfrozen", trial.epochs - frozen)) if n]
+
+
+def _optimizer(model: nn.Module, phase: str, lr: float) -> tuple[torch.optim.Optimizer, list]:
+    if phase == "unfrozen":
+        base = lr * UNFROZEN_BASE
+        rates = [base / d for d in LAYER_GROUP_DIVISORS]
+        groups = [{"params": ps, "lr": r} for ps, r in zip(layer_groups(model), rates, strict=True)]
+    else:
+        rates = [lr]
+        groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": lr}]
+    # fused: one kernel for all parameters; measured here ~10x faster than the default step.
+    return torch.optim.AdamW(groups, lr=lr, weight_decay=1e-2, fused=True), rates
 
 
 def _batches(n: int, batch_size: int, generator: torch.Generator | None):
@@ -151,8 +264,36 @@ def _batches(n: int, batch_size: int, generator: torch.Generator | None):
         yield order[start : start + batch_size]
 
 
-def _inputs(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+def augment(x: torch.Tensor, generator: torch.Generator, flip: bool = False) -> torch.Tensor:
+    """Random affine (rotate ±10°, scale 0.9-1.1, shift ±1/8) and brightness/contrast jitter,
+    for a whole float batch in [0, 1] at once: one ``grid_sample`` instead of a PIL transform
+    per image (measured here: about 0.3 ms for 64 images at 32 px)."""
+    b = x.shape[0]
+    r = torch.rand(b, 6, generator=generator).to(x.device)
+    angle = (r[:, 0] - 0.5) * math.radians(20)
+    scale = 1.0 / (0.9 + 0.2 * r[:, 1])
+    mirror = torch.where(r[:, 2] < 0.5, -1.0, 1.0) if flip else torch.ones_like(r[:, 2])
+    cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
+    theta = torch.stack(
+        [
+            torch.stack([cos * mirror, -sin, (r[:, 3] - 0.5) * 0.5], 1),
+            torch.stack([sin * mirror, cos, (r[:, 4] - 0.5) * 0.5], 1),
+        ],
+        1,
+    ).to(x.dtype)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    contrast = (0.8 + 0.4 * r[:, 5]).view(b, 1, 1, 1).to(x.dtype)
+    mean = out.mean(dim=(1, 2, 3), keepdim=True)
+    return ((out - mean) * contrast + mean).clamp_(0.0, 1.0)
+
+
+def _inputs(
+    x: torch.Tensor, device: torch.device, generator: torch.Generator | None = None, flip=False
+) -> torch.Tensor:
     batch = x.to(device, non_blocking=True).float().div_(255.0)
+    if generator is not None:
+        batch = augment(batch, generator, flip)
     return normalise(batch, MEAN, STD).contiguous(memory_format=torch.channels_last)
 
 
@@ -161,21 +302,46 @@ def _autocast(device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
+def _resident(data: Tensors, device: torch.device) -> Tensors:
+    """On CUDA, move the uint8 images to the GPU once when they take under a quarter of its
+    free memory, so that no batch crosses the PCIe bus again; otherwise leave them in RAM."""
+    if device.type != "cuda":
+        return data
+    size = sum(t.numel() * t.element_size() for t in (data.x_train, data.x_valid))
+    free, _ = torch.cuda.mem_get_info(device)
+    if size > free / 4:
+        return data
+    return Tensors(
+        data.classes,
+        data.x_train.to(device),
+        data.y_train.to(device),
+        data.x_valid.to(device),
+        data.y_valid.to(device),
+    )
+
+
 def train_one_epoch(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     data: Tensors,
-    batch_size: int,
+    config: TrainConfig,
     generator: torch.Generator,
     device: torch.device,
-) -> tuple[float, float]:
-    """One pass over the training set; returns (mean loss, accuracy)."""
+) -> tuple[float, float, list[float]]:
+    """One pass over the training set; returns (mean loss, accuracy, loss per mini-batch).
+
+    Losses stay on the device until the epoch ends: a ``.item()`` per step would make the
+    CPU wait for the GPU at every step.
+    """
     model.train()
     criterion = nn.CrossEntropyLoss()
-    total_loss, correct, seen = 0.0, 0, 0
-    for idx in _batches(len(data.y_train), batch_size, generator):
-        x, y = _inputs(data.x_train[idx], device), data.y_train[idx].to(device)
+    losses, correct, seen = [], torch.zeros((), device=device), 0
+    aug = generator if config.augment else None
+    for idx in _batches(len(data.y_train), config.batch_size, generator):
+        idx = idx.to(data.x_train.device)
+        x = _inputs(data.x_train[idx], device, aug, config.flip)
+        y = data.y_train[idx].to(device, non_blocking=True)
         with _autocast(device):
             logits = model(x)
             loss = criterion(logits.float(), y)
@@ -183,10 +349,15 @@ def train_one_epoch(
         loss.backward()
         optimizer.step()
         scheduler.step()
-        total_loss += loss.item() * len(y)
-        correct += (logits.argmax(1) == y).sum().item()
+        losses.append(loss.detach())
+        correct += (logits.argmax(1) == y).sum()
         seen += len(y)
-    return total_loss / max(seen, 1), correct / max(seen, 1)
+    if not losses:
+        return math.nan, math.nan, []
+    step_losses = torch.stack(losses).float().cpu().tolist()
+    weights = [min(config.batch_size, seen - i * config.batch_size) for i in range(len(losses))]
+    mean = sum(w * v for w, v in zip(weights, step_losses, strict=True)) / seen
+    return mean, correct.item() / seen, step_losses
 
 
 @torch.inference_mode()
@@ -194,53 +365,87 @@ def evaluate(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device, batch_size: int = 256
 ) -> tuple[float, float, torch.Tensor]:
     """Returns (mean loss, accuracy, predicted class per example)."""
+    losses, predicted, _ = predict_examples(model, x, y, device, batch_size)
+    accuracy = (predicted == y.cpu()).float().mean().item() if len(y) else float("nan")
+    return (losses.sum().item() / max(len(y), 1)), accuracy, predicted
+
+
+@torch.inference_mode()
+def predict_examples(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device, batch_size: int = 256
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per example: (loss, predicted class, probability of the prediction), all on the CPU."""
     model.eval()
-    criterion = nn.CrossEntropyLoss(reduction="sum")
-    total_loss, preds = 0.0, []
+    losses, preds, probs = [], [], []
     for idx in _batches(len(y), batch_size, None):
+        idx = idx.to(x.device)
         with _autocast(device):
             logits = model(_inputs(x[idx], device)).float()
-        total_loss += criterion(logits, y[idx].to(device)).item()
-        preds.append(logits.argmax(1).cpu())
-    predicted = torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
-    accuracy = (predicted == y).float().mean().item() if len(y) else float("nan")
-    return total_loss / max(len(y), 1), accuracy, predicted
+        target = y[idx].to(device)
+        losses.append(F.cross_entropy(logits, target, reduction="none"))
+        p, c = logits.softmax(1).max(1)
+        preds.append(c)
+        probs.append(p)
+    if not losses:
+        empty = torch.zeros(0)
+        return empty, empty.long(), empty
+    return torch.cat(losses).cpu(), torch.cat(preds).cpu(), torch.cat(probs).cpu()
 
 
-def fit(
-    trial: Trial, config: TrainConfig, data: Tensors, on_epoch=None
-) -> tuple[nn.Module, list[dict]]:
-    """Train one model with a one-cycle schedule; ``on_epoch(record)`` after every epoch."""
+def fit(trial: Trial, config: TrainConfig, data: Tensors, on_epoch=None) -> FitResult:
+    """Train one model, phase by phase, each on a one-cycle schedule; ``on_epoch(record)``
+    after every epoch. Stops early once the training loss is no longer finite."""
     torch.manual_seed(config.seed)
     device = device_for_training()
+    data = _resident(data, device)
     model = build_model(config, len(data.classes)).to(device, memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=trial.lr, weight_decay=1e-2)
+    trained = torch.compile(model) if config.compile else model
     steps = math.ceil(len(data.y_train) / config.batch_size)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=trial.lr, total_steps=max(steps * trial.epochs, 1)
-    )
     generator = torch.Generator().manual_seed(config.seed)
     history: list[dict] = []
-    for epoch in range(trial.epochs):
-        start = time.perf_counter()
-        train_loss, train_acc = train_one_epoch(
-            model, optimizer, scheduler, data, config.batch_size, generator, device
+    step_losses: list[float] = []
+    for phase, epochs in training_phases(trial, config):
+        _set_frozen(model, phase == "frozen")
+        optimizer, rates = _optimizer(model, phase, trial.lr)
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=rates, total_steps=max(steps * epochs, 1)
         )
-        val_loss, val_acc, _ = evaluate(model, data.x_valid, data.y_valid, device)
-        record = {
-            "epoch": epoch,
-            "train_loss": train_loss,
-            "train_accuracy": train_acc,
-            "val_loss": val_loss,
-            "val_accuracy": val_acc,
-            "epoch_seconds": time.perf_counter() - start,
-        }
-        history.append(record)
-        if on_epoch is not None:
-            on_epoch(record)
-        if not math.isfinite(train_loss):
-            break  # diverged: further epochs only burn time
-    return model, history
+        for _ in range(epochs):
+            start = time.perf_counter()
+            train_loss, train_acc, losses = train_one_epoch(
+                trained, optimizer, scheduler, data, config, generator, device
+            )
+            val_loss, val_acc, _ = evaluate(trained, data.x_valid, data.y_valid, device)
+            step_losses += losses
+            record = {
+                "epoch": len(history),
+                "train_loss": train_loss,
+                "train_accuracy": train_acc,
+                "val_loss": val_loss,
+                "val_accuracy": val_acc,
+                "epoch_seconds": time.perf_counter() - start,
+            }
+            history.append(record)
+            if on_epoch is not None:
+                on_epoch(record)
+            if not math.isfinite(train_loss):
+                _set_frozen(model, False)
+                return FitResult(model, history, step_losses)  # diverged: more only burns time
+    _set_frozen(model, False)
+    return FitResult(model, history, step_losses)
+
+
+def diagnose_fit(
+    history: list[dict], initial_loss: float, best_val_accuracy: float | None = None
+) -> Diagnosis:
+    """The lesson-2 diagnosis of an image-classifier trial from its epoch records."""
+    return diagnose(
+        [h["train_loss"] for h in history],
+        [h["val_loss"] for h in history],
+        initial_loss=initial_loss,
+        val_accuracy=history[-1]["val_accuracy"] if history else None,
+        best_val_accuracy=best_val_accuracy,
+    )
 
 
 def run_trial(
@@ -250,17 +455,32 @@ def run_trial(
     experiment_id: str,
     parent_run_id: str,
     dataset_digest: str,
+    tracking_uri: str = "",
+    torch_threads: int = 0,
 ) -> TrialResult:
-    """Train one trial as an MLflow child run of the sweep; save its weights for later logging."""
+    """Train one trial as an MLflow child run of the sweep; save its weights for later logging.
+
+    ``tracking_uri`` and ``torch_threads`` matter when the trial runs in another process (a
+    Dask worker): MLflow's URI is per process, and workers sharing a machine share its cores.
+    """
     import mlflow
 
-    from tasks.plots import loss_curves_figure
+    from tasks.trial_report import log_trial_report
 
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+    if torch_threads > 0:
+        torch.set_num_threads(torch_threads)
     data = load_tensors(cache_path)
     start = time.perf_counter()
+    # System metrics every second: trials on small data last seconds, not minutes.
+    mlflow.set_system_metrics_sampling_interval(1)
     # Linked to the parent explicitly: the active run is thread-local and trials may run in threads.
     with mlflow.start_run(
-        experiment_id=experiment_id, run_name=trial.name, parent_run_id=parent_run_id
+        experiment_id=experiment_id,
+        run_name=trial.name,
+        parent_run_id=parent_run_id,
+        log_system_metrics=True,
     ) as run:
         mlflow.log_params({**asdict(config), **asdict(trial), "dataset_digest": dataset_digest})
         mlflow.set_tag("ursa.role", "trial")
@@ -269,12 +489,14 @@ def run_trial(
             metrics = {k: v for k, v in record.items() if k != "epoch" and math.isfinite(v)}
             mlflow.log_metrics(metrics, step=record["epoch"])
 
-        model, history = fit(trial, config, data, on_epoch=log_epoch)
-        mlflow.log_figure(loss_curves_figure(history, trial.name), "loss_curves.png")
+        fitted = fit(trial, config, data, on_epoch=log_epoch)
+        initial = fitted.step_losses[0] if fitted.step_losses else math.nan
+        diagnosis = diagnose_fit(fitted.history, initial)
+        log_trial_report(run.info.run_id, trial.name, fitted, data, diagnosis)
         checkpoint = Path(cache_path).parent.parent / "checkpoints" / f"{run.info.run_id}.pt"
         checkpoint.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(model.state_dict(), checkpoint)
-        last = history[-1]
+        torch.save(fitted.model.state_dict(), checkpoint)
+        last = fitted.history[-1]
         return TrialResult(
             lr=trial.lr,
             epochs=trial.epochs,
@@ -284,5 +506,8 @@ def run_trial(
             train_loss=last["train_loss"],
             checkpoint=str(checkpoint),
             seconds=time.perf_counter() - start,
-            history=history,
+            history=fitted.history,
+            initial_loss=initial,
+            diagnosis=diagnosis.label,
+            evidence=diagnosis.evidence,
         )

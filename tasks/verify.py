@@ -20,7 +20,7 @@ from PIL import Image
 from prefect import task
 from prefect.cache_policies import NONE
 
-from tasks.manifest import OK, UrlRow
+from tasks.manifest import OK, UrlRow, data_dir_lock
 from ursa.images import ImageError, open_image
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -57,6 +57,16 @@ def verify_rows(
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}.")
     data_dir = Path(data_dir)
+    with data_dir_lock(data_dir, "verify"):
+        # Under the lock, a temporary PNG can only be a killed run's half-written one.
+        for stale in (data_dir / "images").glob(".*.tmp"):
+            stale.unlink(missing_ok=True)
+        return _verify_rows(rows, data_dir, max_pixels, min_side, workers)
+
+
+def _verify_rows(
+    rows: list[UrlRow], data_dir: Path, max_pixels: int, min_side: int, workers: int
+) -> list[UrlRow]:
     jobs: dict[str, _Job] = {}  # by sha256: the same bytes from two URLs are decoded once
     for row in rows:
         if row.outcome != OK or row.sha256 in jobs:

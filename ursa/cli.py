@@ -163,6 +163,43 @@ def cmd_host(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def project_dir() -> Path:
+    """The folder holding prefect.yaml: the source checkout, else the current folder."""
+    checkout = Path(__file__).resolve().parents[1]
+    return checkout if (checkout / "prefect.yaml").exists() else Path.cwd()
+
+
+def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
+    from ursa.stack import Ports, Stack
+
+    ports = Ports(args.prefect_port, args.mlflow_port, args.serve_port or settings.serve_port)
+    stack = Stack(settings, project_dir(), ports)
+    urls = stack.up()
+    for name, url in urls.items():
+        console.print(f"{name:12} {url}")
+    console.print(
+        f"Logs in {settings.data_dir / 'logs'}; admin token in {stack.state_file}. "
+        "Ctrl-C (or 'ursa down') stops everything."
+    )
+    try:
+        gone = stack.wait()
+        console.print(f"[red]{gone} stopped[/red]; stopping the rest.")
+        return 1
+    except KeyboardInterrupt:
+        console.print("Stopping...")
+        return 0
+    finally:
+        stack.down()
+
+
+def cmd_down(args: argparse.Namespace, settings: Settings) -> int:
+    from ursa.stack import down_from_state
+
+    stopped = down_from_state(settings.data_dir)
+    console.print(f"stopped: {', '.join(stopped)}" if stopped else "no stack is running here")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ursa",
@@ -253,6 +290,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8800)
     p.add_argument("--latency", type=float, default=0.0, help="added delay per response, s")
     p.set_defaults(func=cmd_host)
+
+    p = sub.add_parser(
+        "up", help="start Prefect, a worker, MLflow and the model server on 127.0.0.1"
+    )
+    p.add_argument(
+        "--prefect-port", type=int, default=int(os.environ.get("URSA_PREFECT_PORT", 4200))
+    )
+    p.add_argument("--mlflow-port", type=int, default=int(os.environ.get("URSA_MLFLOW_PORT", 5000)))
+    p.add_argument("--serve-port", type=int, default=None, help="default URSA_SERVE_PORT or 8000")
+    p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("down", help="stop the stack that 'ursa up' started")
+    p.set_defaults(func=cmd_down)
     return parser
 
 

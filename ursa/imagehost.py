@@ -15,6 +15,17 @@ Routes:
 - ``/page/<name>``: an HTML page (``text/html``), whatever the name promises.
 - ``/blob/<name>``: junk bytes derived from real images (see :meth:`ImageHost.junk`).
 - ``/endless.png``: a body that starts like a PNG and never ends, for byte-cap tests.
+- ``/big.png?bytes=N&declared=M``: N bytes that start like a PNG, streamed without a
+  Content-Length, or with ``Content-Length: M`` when M >= N (a header that claims more).
+- ``/status/<code>?retry_after=S``: always answers ``code`` (403, 404, 410, 503, ...).
+- ``/reset/<label>/<file>``: headers and half the file, then a TCP reset.
+- ``/drip/<label>/<file>?interval=0.5``: the file, one byte per ``interval`` seconds.
+- ``/redirect/<n>?to=PATH``: a chain of ``n`` 302s ending at ``PATH`` (default an image);
+  ``/loop/<a|b>`` redirects between two URLs forever; ``/goto?location=URL`` to anywhere.
+- ``/body/<json|svg|html>``: a JSON error, an SVG picture or a web page.
+
+Every request is counted (:meth:`ImageHost.requests_for`), with its User-Agent and the
+peak number of requests in flight, so tests can check what a client really did.
 """
 
 from __future__ import annotations
@@ -22,8 +33,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import socket
+import struct
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -31,8 +45,14 @@ from urllib.parse import quote
 
 from aiohttp import web
 from PIL import Image
+from yarl import URL
 
 _SLOW_DEFAULT_S = 30.0  # longer than any sane download timeout
+_JSON = b'{"error": "not found", "status": 404}'
+_SVG = (
+    b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg" width="64" height="64">'
+    b'<circle cx="32" cy="32" r="30" fill="red"/></svg>'
+)
 _HTML = (
     b"<!doctype html><html><head><title>Image not available</title></head>"
     b"<body><h1>This image is no longer available</h1></body></html>"
@@ -74,9 +94,15 @@ class ImageHost:
         self.latency_s = latency_s
         self._images: dict[str, list[str]] = {}  # label -> file names, sorted
         self._plan: list[_Junk] = []
+        self._no_junk = ""  # why there is no junk plan, when the folder cannot hold one
         self._replaced: dict[str, str] = {}  # real image path -> junk path listed instead
         self._blobs: dict[str, tuple[bytes, str]] = {}  # name -> (bytes, content type)
         self._hits: dict[str, int] = {}  # flaky URL -> requests so far
+        self._counts: Counter[str] = Counter()  # path?query -> requests
+        self._agents: set[str] = set()
+        self._in_flight = 0
+        self._peak_in_flight = 0
+        self._count_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
@@ -90,7 +116,13 @@ class ImageHost:
         if not self.image_root.is_dir():
             raise FileNotFoundError(f"Image root {self.image_root} is not a folder.")
         self._images = _list_images(self.image_root)
-        self._plan, self._replaced, self._blobs = _plan_junk(self.image_root, self._images)
+        try:
+            self._plan, self._replaced, self._blobs = _plan_junk(self.image_root, self._images)
+            self._no_junk = ""
+        except ValueError as exc:
+            # A folder too small for the junk is still worth serving; only junk is refused.
+            self._plan, self._replaced, self._blobs = [], {}, {}
+            self._no_junk = str(exc)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="ursa-imagehost", daemon=True
@@ -133,6 +165,27 @@ class ImageHost:
             raise RuntimeError("ImageHost is not running: call start() first.")
         return f"http://{self.host}:{self.port}"
 
+    # -- what clients did ------------------------------------------------------------------
+
+    def requests_for(self, url: str) -> int:
+        """How many requests reached this host for ``url`` (path and query), so far."""
+        with self._count_lock:
+            return self._counts[_request_key(URL(url).path, URL(url).query_string)]
+
+    def request_counts(self) -> dict[str, int]:
+        """``path?query`` (decoded) -> requests so far."""
+        with self._count_lock:
+            return dict(self._counts)
+
+    def user_agents(self) -> set[str]:
+        with self._count_lock:
+            return set(self._agents)
+
+    @property
+    def peak_in_flight(self) -> int:
+        """The most requests that were being answered at the same time."""
+        return self._peak_in_flight
+
     # -- URL lists ----------------------------------------------------------------------
 
     def write_url_lists(
@@ -149,6 +202,8 @@ class ImageHost:
         if max_per_class is not None and max_per_class < 1:
             raise ValueError(f"max_per_class must be >= 1 or None, got {max_per_class}.")
         listed = {label: names[:max_per_class] for label, names in self._images.items()}
+        if junk and self._no_junk:
+            raise ValueError(f"No junk for {self.image_root}: {self._no_junk}")
         if junk:
             self._check_sources_listed(listed)
         dest = Path(dest)
@@ -199,13 +254,21 @@ class ImageHost:
 
     async def _serve(self) -> int:
         self._stopping = asyncio.Event()
-        app = web.Application(middlewares=[self._latency])
+        app = web.Application(middlewares=[self._count, self._latency])
         app.router.add_static("/img", self.image_root)
         app.router.add_get("/flaky/{label}/{name}", self._flaky)
         app.router.add_get("/slow/{label}/{name}", self._slow)
         app.router.add_get("/page/{name}", self._page)
         app.router.add_get("/blob/{name}", self._blob)
         app.router.add_get("/endless.png", self._endless)
+        app.router.add_get("/big.png", self._big)
+        app.router.add_get("/status/{code}", self._status)
+        app.router.add_get("/reset/{label}/{name}", self._reset)
+        app.router.add_get("/drip/{label}/{name}", self._drip)
+        app.router.add_get("/redirect/{n}", self._redirect)
+        app.router.add_get("/loop/{name}", self._loop_redirect)
+        app.router.add_get("/goto", self._goto)
+        app.router.add_get("/body/{kind}", self._body)
         # handler_cancellation: a client that gives up on /slow must not pin a handler for
         # 30 s; a short shutdown_timeout keeps stop() fast with requests in flight.
         self._runner = web.AppRunner(
@@ -225,6 +288,19 @@ class ImageHost:
         for task in rest:
             task.cancel()
         await asyncio.gather(*rest, return_exceptions=True)
+
+    @web.middleware
+    async def _count(self, request: web.Request, handler: web.Handler) -> web.StreamResponse:
+        with self._count_lock:
+            self._counts[_request_key(request.path, request.query_string)] += 1
+            self._agents.add(request.headers.get("User-Agent", ""))
+            self._in_flight += 1
+            self._peak_in_flight = max(self._peak_in_flight, self._in_flight)
+        try:
+            return await handler(request)
+        finally:
+            with self._count_lock:
+                self._in_flight -= 1
 
     @web.middleware
     async def _latency(self, request: web.Request, handler: web.Handler) -> web.StreamResponse:
@@ -278,6 +354,108 @@ class ImageHost:
         chunk = bytes(64 * 1024)
         while True:  # until the client hangs up (the write raises) or the host stops
             await response.write(chunk)
+
+    async def _big(self, request: web.Request) -> web.StreamResponse:
+        size = _int_query(request, "bytes", 1 << 20)
+        declared = _int_query(request, "declared", -1)
+        response = web.StreamResponse(headers={"Content-Type": "image/png"})
+        if declared >= size:
+            response.content_length = declared  # claims more than will come
+        await response.prepare(request)
+        head = b"\x89PNG\r\n\x1a\n"
+        await response.write(head)
+        left = size - len(head)
+        chunk = bytes(64 * 1024)
+        while left > 0:
+            await response.write(chunk[: min(left, len(chunk))])
+            left -= len(chunk)
+        if declared >= size:
+            # Cut the connection short instead of finishing an honest response.
+            return await _hard_close(request)
+        await response.write_eof()
+        return response
+
+    async def _status(self, request: web.Request) -> web.StreamResponse:
+        code = int(request.match_info["code"]) if request.match_info["code"].isdigit() else 0
+        if not 400 <= code <= 599:
+            raise web.HTTPBadRequest(text=f"Status '{request.match_info['code']}' is not 4xx/5xx.")
+        headers = {}
+        if "retry_after" in request.query:
+            headers["Retry-After"] = request.query["retry_after"]
+        return web.Response(status=code, text=f"Status {code}", headers=headers)
+
+    async def _reset(self, request: web.Request) -> web.StreamResponse:
+        data = self._file(request).read_bytes()
+        response = web.StreamResponse(headers={"Content-Type": "image/png"})
+        response.content_length = len(data)
+        await response.prepare(request)
+        await response.write(data[: len(data) // 2])
+        await asyncio.sleep(0.05)  # let the first half reach the client
+        return await _hard_close(request)
+
+    async def _drip(self, request: web.Request) -> web.StreamResponse:
+        data = self._file(request).read_bytes()
+        interval = float(request.query.get("interval", 0.5))
+        response = web.StreamResponse(headers={"Content-Type": "image/png"})
+        response.content_length = len(data)
+        await response.prepare(request)
+        assert self._stopping is not None
+        for i in range(len(data)):
+            await response.write(data[i : i + 1])
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=interval)
+            if self._stopping.is_set():
+                break
+        return response
+
+    async def _redirect(self, request: web.Request) -> web.StreamResponse:
+        n = int(request.match_info["n"]) if request.match_info["n"].isdigit() else 0
+        target = request.query.get("to") or self._first_image_path()
+        if n <= 0:
+            raise web.HTTPFound(target)
+        raise web.HTTPFound(str(URL(f"/redirect/{n - 1}").with_query(to=target)))
+
+    async def _loop_redirect(self, request: web.Request) -> web.StreamResponse:
+        other = "b" if request.match_info["name"] == "a" else "a"
+        raise web.HTTPFound(f"/loop/{other}")
+
+    async def _goto(self, request: web.Request) -> web.StreamResponse:
+        raise web.HTTPFound(request.query.get("location", "/"))
+
+    async def _body(self, request: web.Request) -> web.StreamResponse:
+        kind = request.match_info["kind"]
+        bodies = {
+            "json": (_JSON, "application/json"),
+            "svg": (_SVG, "image/svg+xml"),
+            "html": (_HTML, "text/html"),
+        }
+        if kind not in bodies:
+            raise web.HTTPNotFound(text=f"No body kind '{kind}'; try {sorted(bodies)}")
+        body, content_type = bodies[kind]
+        return web.Response(body=body, content_type=content_type)
+
+    def _first_image_path(self) -> str:
+        label = next(iter(self._images))
+        return _img_path(label, self._images[label][0])
+
+
+def _request_key(path: str, query_string: str) -> str:
+    return f"{path}?{query_string}" if query_string else path
+
+
+async def _hard_close(request: web.Request) -> web.StreamResponse:
+    """Reset the client's connection (RST, not FIN): a server that dies mid-body."""
+    transport = request.transport
+    if transport is not None:
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            # SO_LINGER with a zero timeout turns close() into a reset.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        transport.abort()
+    # The connection is gone, so handler_cancellation cancels this wait at once; returning
+    # instead would make aiohttp finish a response on a dead transport and log an error.
+    await asyncio.sleep(3600)
+    raise AssertionError("unreachable: the handler is cancelled when its connection drops")
 
 
 def run_host(image_root: Path, host: str, port: int, latency_s: float = 0.0) -> None:

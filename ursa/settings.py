@@ -41,6 +41,23 @@ def _positive_int(raw: str) -> int:
 _positive_int.__name__ = "positive int"
 
 
+def _non_negative_float(raw: str) -> float:
+    value = float(raw)
+    if not value >= 0:  # also refuses NaN
+        raise ValueError("must be >= 0")
+    return value
+
+
+_non_negative_float.__name__ = "number >= 0"
+
+
+def _origins(raw: str) -> tuple[str, ...]:
+    return tuple(o.strip().rstrip("/") for o in raw.split(",") if o.strip())
+
+
+_origins.__name__ = "comma-separated origin list"
+
+
 @dataclass(frozen=True)
 class Settings:
     data_dir: Path = Path("ursa-data")
@@ -53,6 +70,13 @@ class Settings:
     serve_port: int = 8000
     max_body_bytes: int = 10 * 1024 * 1024
     max_image_pixels: int = 40_000_000
+    # Serving: dynamic batching, alias polling, browser access.
+    batch_max_size: int = 32
+    batch_max_wait_ms: float = 5.0
+    poll_interval_s: float = 30.0  # 0 turns polling off
+    cors_origins: tuple[str, ...] = ()  # empty: no CORS headers at all
+    # Release: accuracy a candidate must beat the champion by.
+    release_margin: float = 0.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -70,6 +94,11 @@ class Settings:
             serve_port=_read(env, "URSA_SERVE_PORT", int, 8000),
             max_body_bytes=_read(env, "URSA_MAX_BODY_BYTES", _positive_int, 10 * 1024 * 1024),
             max_image_pixels=_read(env, "URSA_MAX_IMAGE_PIXELS", _positive_int, 40_000_000),
+            batch_max_size=_read(env, "URSA_BATCH_MAX_SIZE", _positive_int, 32),
+            batch_max_wait_ms=_read(env, "URSA_BATCH_MAX_WAIT_MS", _non_negative_float, 5.0),
+            poll_interval_s=_read(env, "URSA_POLL_INTERVAL_S", _non_negative_float, 30.0),
+            cors_origins=_read(env, "URSA_CORS_ORIGINS", _origins, ()),
+            release_margin=_read(env, "URSA_RELEASE_MARGIN", _non_negative_float, 0.0),
         )
 
     @property

@@ -1,0 +1,333 @@
+"""Serving throughput: Ursa's batched server against the lesson's naive server, over HTTP.
+
+For each model (resnet18 at 64 px, the issue's yardstick, and the default resnet18 at 32 px;
+untrained weights, 10 classes, registered in a throw-away MLflow store):
+
+1. the in-process ceiling: the model's own images/s at its best batch size (forward pass on
+   a ready tensor batch, no HTTP, no decoding), measured before any server starts;
+2. a naive server written the way the lesson's app was: a Starlette route that decodes the
+   upload and runs the model on it inside the request (``async def`` calling the model);
+3. Ursa's server (``ursa serve``: dynamic batching, inference thread, limits, metrics);
+
+each server in its own process, and the load generator (32 concurrent aiohttp clients,
+keep-alive, raw PNG bodies at the model's input size) in this one, so the client never holds
+the server's GIL. Both servers and the client share the machine's cores.
+
+    .venv/bin/python benchmarks/bench_serve.py [--seconds 15] [--clients 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+
+import httpx  # noqa: E402
+
+from ursa.demo import free_port, server_process  # noqa: E402
+from ursa.settings import Settings  # noqa: E402
+
+CLASSES = [f"class{i}" for i in range(10)]
+BATCH_SIZES = (1, 4, 8, 16, 32, 64)
+
+
+@dataclass
+class Load:
+    requests: int
+    failures: int
+    seconds: float
+    latencies: list[float]
+
+    @property
+    def throughput(self) -> float:
+        return self.requests / self.seconds
+
+    def percentile(self, q: float) -> float:
+        return statistics.quantiles(self.latencies, n=100, method="inclusive")[int(q) - 1]
+
+
+# -- the model --------------------------------------------------------------------------
+
+
+def register_model(data_dir: Path, name: str, image_size: int) -> Settings:
+    """An untrained resnet18 at ``image_size``, logged as an Ursa package and crowned."""
+    import mlflow
+    import torchvision
+    from mlflow import MlflowClient
+
+    from ursa.package import log_package
+
+    settings = Settings(
+        data_dir=data_dir,
+        tracking_uri=f"sqlite:///{data_dir / 'mlflow.db'}",
+        model_name=name,
+        poll_interval_s=0,
+    )
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    experiment = mlflow.create_experiment(name, artifact_location=settings.artifact_location)
+    with mlflow.start_run(experiment_id=experiment):
+        model = torchvision.models.resnet18(num_classes=len(CLASSES))
+        meta = {
+            "arch": "resnet18",
+            "classes": CLASSES,
+            "image_size": image_size,
+            "mean": [0.485, 0.456, 0.406],
+            "std": [0.229, 0.224, 0.225],
+        }
+        uri = log_package(model, meta)
+    version = mlflow.register_model(uri, name).version
+    MlflowClient(settings.tracking_uri).set_registered_model_alias(name, "champion", version)
+    return settings
+
+
+def ceiling(settings: Settings) -> tuple[int, float, float]:
+    """(best batch size, its images/s, images/s at batch 1) of the bare forward pass."""
+    import torch
+
+    from ursa.package import load_package
+
+    package = load_package(settings.champion_uri, settings.tracking_uri)
+    size = package.meta["image_size"]
+    rates = {}
+    with torch.inference_mode():
+        for batch in BATCH_SIZES:
+            x = torch.randn(batch, 3, size, size)
+            package.module(x)  # warm-up
+            n, started = 0, time.perf_counter()
+            while time.perf_counter() - started < 1.5:
+                package.module(x)
+                n += batch
+            rates[batch] = n / (time.perf_counter() - started)
+    best = max(rates, key=rates.get)
+    return best, rates[best], rates[1]
+
+
+def upload(image_size: int) -> bytes:
+    """A photo-like PNG (smooth gradient plus noise) at the model's input size."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    ramp = np.linspace(0, 255, image_size)
+    pixels = np.stack([np.add.outer(ramp, ramp) / 2] * 3, axis=-1)
+    pixels = np.clip(pixels + rng.normal(0, 12, pixels.shape), 0, 255).astype("uint8")
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+# -- the naive server, the way the lesson wrote it --------------------------------------
+
+
+def naive_app(settings: Settings):
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from ursa.images import open_image
+    from ursa.package import load_package
+
+    package = load_package(settings.champion_uri, settings.tracking_uri)
+
+    async def predict(request):
+        image = open_image(await request.body())
+        row = package.probabilities([image])[0]  # the model runs inside the request
+        best = row.argsort()[::-1][:3]
+        return JSONResponse(
+            {
+                "predictions": [
+                    {"label": package.classes[i], "probability": float(row[i])} for i in best
+                ]
+            }
+        )
+
+    async def healthz(request):
+        return JSONResponse({"status": "ok"})
+
+    return Starlette(
+        routes=[Route("/predict", predict, methods=["POST"]), Route("/healthz", healthz)]
+    )
+
+
+@contextmanager
+def naive_process(settings: Settings, port: int):
+    log = open(settings.data_dir / "naive.log", "ab")  # noqa: SIM115 - closed below
+    env = {**os.environ, "URSA_DATA_DIR": str(settings.data_dir)}
+    command = [
+        sys.executable,
+        __file__,
+        "--naive-server",
+        str(settings.data_dir),
+        settings.model_name,
+    ]
+    proc = subprocess.Popen([*command, str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"The naive server exited; see {settings.data_dir / 'naive.log'}"
+                )
+            try:
+                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError("The naive server did not come up")
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
+def serve_naive(data_dir: str, name: str, port: int) -> None:
+    import uvicorn
+
+    settings = Settings(
+        data_dir=Path(data_dir),
+        tracking_uri=f"sqlite:///{Path(data_dir) / 'mlflow.db'}",
+        model_name=name,
+    )
+    uvicorn.run(naive_app(settings), host="127.0.0.1", port=port, log_level="warning")
+
+
+# -- the load generator -----------------------------------------------------------------
+
+
+async def generate_load(url: str, body: bytes, clients: int, seconds: float, warmup: float) -> Load:
+    import aiohttp
+
+    latencies: list[float] = []
+    counts = {"ok": 0, "failed": 0}
+    start = time.perf_counter()
+    measure_from = start + warmup
+    stop_at = measure_from + seconds
+
+    async def client(session: aiohttp.ClientSession) -> None:
+        while True:
+            sent = time.perf_counter()
+            if sent >= stop_at:
+                return
+            async with session.post(
+                f"{url}/predict", data=body, headers={"Content-Type": "image/png"}
+            ) as reply:
+                await reply.read()
+                ok = reply.status == 200
+            done = time.perf_counter()
+            if sent >= measure_from and done <= stop_at:
+                counts["ok" if ok else "failed"] += 1
+                latencies.append(done - sent)
+
+    connector = aiohttp.TCPConnector(limit=clients)
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        await asyncio.gather(*(client(session) for _ in range(clients)))
+    return Load(counts["ok"], counts["failed"], seconds, latencies)
+
+
+def run_load(url: str, body: bytes, clients: int, seconds: float) -> Load:
+    return asyncio.run(generate_load(url, body, clients, seconds, warmup=3.0))
+
+
+# -- the report -------------------------------------------------------------------------
+
+
+def measure(label: str, image_size: int, clients: int, seconds: float, root: Path) -> dict:
+    data_dir = root / f"{label}-{image_size}"
+    data_dir.mkdir()
+    settings = register_model(data_dir, f"bench{image_size}", image_size)
+    best_batch, ceiling_rate, single_rate = ceiling(settings)
+    body = upload(image_size)
+    with naive_process(settings, free_port()) as url:
+        naive = run_load(url, body, clients, seconds)
+    ursa_settings = Settings(**{**settings.__dict__, "serve_port": free_port()})
+    with server_process(ursa_settings) as url:
+        ursa = run_load(url, body, clients, seconds)
+        metrics = httpx.get(f"{url}/metrics").text
+    batches = [line for line in metrics.splitlines() if line.startswith("ursa_batch_size_")]
+    count = float(next(x for x in batches if "_count" in x).split()[-1])
+    total = float(next(x for x in batches if "_sum" in x).split()[-1])
+    return {
+        "model": f"{label} {image_size}px",
+        "ceiling": ceiling_rate,
+        "best_batch": best_batch,
+        "single": single_rate,
+        "naive": naive,
+        "ursa": ursa,
+        "mean_batch": total / count if count else 0.0,
+    }
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--naive-server":
+        serve_naive(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=15.0, help="measured seconds per server")
+    parser.add_argument("--clients", type=int, default=32)
+    args = parser.parse_args()
+
+    import torch
+
+    print(
+        f"cores: {os.cpu_count()}, torch threads: {torch.get_num_threads()}, "
+        f"clients: {args.clients}, {args.seconds:g} s measured per server after 3 s warm-up"
+    )
+    results = []
+    with tempfile.TemporaryDirectory(prefix="ursa-bench-serve-") as tmp:
+        for image_size in (64, 32):
+            results.append(measure("resnet18", image_size, args.clients, args.seconds, Path(tmp)))
+
+    print()
+    print(
+        "| model | ceiling img/s (batch) | batch-1 img/s | server | req/s | p50 ms | p99 ms "
+        "| failed | vs naive | of ceiling |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        for name in ("naive", "ursa"):
+            load: Load = r[name]
+            print(
+                f"| {r['model']} | {r['ceiling']:.0f} ({r['best_batch']}) | {r['single']:.0f} "
+                f"| {name} | {load.throughput:.0f} | {1000 * load.percentile(50):.1f} "
+                f"| {1000 * load.percentile(99):.1f} | {load.failures} "
+                f"| {load.throughput / r['naive'].throughput:.2f}x "
+                f"| {100 * load.throughput / r['ceiling']:.0f}% |"
+            )
+        print(f"(mean Ursa batch for {r['model']}: {r['mean_batch']:.1f} images)")
+    print()
+    for r in results:
+        goal = r["model"] == "resnet18 64px"
+        ratio = r["ursa"].throughput / r["naive"].throughput
+        share = 100 * r["ursa"].throughput / r["ceiling"]
+        print(
+            f"serve throughput vs naive, {r['model']}: {ratio:.2f}x "
+            f"({'goal 2.5x' if goal else 'no goal'})"
+        )
+        print(
+            f"serve throughput vs in-process ceiling, {r['model']}: {share:.0f}% "
+            f"({'goal 60%' if goal else 'no goal'})"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""Prometheus metrics: requests by route and status, latency, batch sizes, the served version.
+
+Each app gets its own registry, so two apps in one process (tests, benchmarks) never share
+or clash over counters.
+"""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "ursa_http_requests",
+            "HTTP requests answered, by route template, method and status code.",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "ursa_http_request_duration_seconds",
+            "Time from the request's arrival to the end of its response, by route.",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "ursa_batch_size",
+            "Images per inference batch.",
+            buckets=BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.model_version = Gauge(
+            "ursa_model_version_info",
+            "1 for the model version being served (no series while none is loaded).",
+            ["model", "version"],
+            registry=self.registry,
+        )
+        self.reloads = Counter(
+            "ursa_model_reloads",
+            "Model reload attempts, by trigger (admin or poll) and outcome.",
+            ["trigger", "outcome"],
+            registry=self.registry,
+        )
+
+    def serving(self, model: str, version: str) -> None:
+        """Record that ``model`` ``version`` is now the one served."""
+        self.model_version.clear()
+        self.model_version.labels(model=model, version=version).set(1)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class MetricsMiddleware:
+    """Counts and times every HTTP request; the route label is the template, never the path."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # what the client gets if the app fails before a response starts
+
+        async def send_and_record(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_record)
+        finally:
+            route = scope.get("route")
+            # Unmatched paths share one label, so a scan cannot blow up the series count.
+            label = getattr(route, "path", None) or "(unmatched)"
+            self.metrics.requests.labels(label, scope["method"], str(status)).inc()
+            self.metrics.latency.labels(label).observe(time.perf_counter() - started)
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    return Response(request.app.state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,136 @@
+"""Fit diagnostics: lesson 2's rules for reading loss curves, applied to every trial.
+
+One label per run, with the evidence that chose it, in this order of precedence:
+
+- ``diverged``: the learning rate is too high — a loss became NaN/inf, or training ended
+  worse than it started (the validation loss exploded past the untrained model's loss);
+- ``too_slow``: the learning rate is too low — the training loss barely moved;
+- ``overfitting``: over the last epochs the training loss kept falling while the validation
+  loss rose;
+- ``underfitting``: the training loss sits above the validation loss, or the run ended far
+  from the best trial of its sweep;
+- ``good`` otherwise.
+
+The rules read plain lists of numbers, so the same function diagnoses an image classifier's
+epochs and the hand-written SGD of :mod:`tasks.sgd` (which has no validation set).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+DIVERGED, TOO_SLOW, OVERFITTING, UNDERFITTING, GOOD = (
+    "diverged",
+    "too_slow",
+    "overfitting",
+    "underfitting",
+    "good",
+)
+LABELS = (DIVERGED, TOO_SLOW, OVERFITTING, UNDERFITTING, GOOD)
+
+# Why these thresholds: a healthy run cuts its training loss by far more than 10%, even in
+# one epoch; a loss that ends 50% above where it started has lost what it knew; a train loss
+# 10% above validation is more than the noise of averaging it over an epoch of learning; a run
+# 5 accuracy points under the sweep's best is not a close second.
+MIN_RELATIVE_DROP = 0.10
+EXPLODE_FACTOR = 1.5
+UNDERFIT_MARGIN = 0.10
+FAR_FROM_BEST = 0.05
+OVERFIT_EPOCHS = 3
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    label: str
+    evidence: str
+
+    @property
+    def usable(self) -> bool:
+        """A diverged run is never chosen as a sweep's best."""
+        return self.label != DIVERGED
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.4g}"
+
+
+def diagnose(
+    train_losses: list[float],
+    val_losses: list[float] | None = None,
+    initial_loss: float | None = None,
+    val_accuracy: float | None = None,
+    best_val_accuracy: float | None = None,
+) -> Diagnosis:
+    """Diagnose one run from its curves.
+
+    ``train_losses``: per step or per epoch, in order. ``val_losses``: per epoch, or None.
+    ``initial_loss``: the loss before any update (the first mini-batch's loss); defaults to
+    the first training loss. ``val_accuracy`` / ``best_val_accuracy``: this run's final
+    accuracy and the best of its sweep, for "far from the best trial".
+    """
+    if not train_losses:
+        raise ValueError("diagnose needs at least one training loss; got an empty list.")
+    val = list(val_losses or [])
+    start = train_losses[0] if initial_loss is None else initial_loss
+
+    for name, curve in (("training", train_losses), ("validation", val)):
+        bad = next((i for i, v in enumerate(curve) if not math.isfinite(v)), None)
+        if bad is not None:
+            return Diagnosis(
+                DIVERGED, f"{name} loss became {curve[bad]} at point {bad + 1} of {len(curve)}"
+            )
+    if not math.isfinite(start):
+        return Diagnosis(DIVERGED, f"the initial loss is {start}")
+    end = train_losses[-1]
+    if end > EXPLODE_FACTOR * start:
+        return Diagnosis(
+            DIVERGED,
+            f"training loss rose from {_fmt(start)} to {_fmt(end)} "
+            f"(over {EXPLODE_FACTOR}x where it started)",
+        )
+    if val and val[-1] > EXPLODE_FACTOR * start:
+        return Diagnosis(
+            DIVERGED,
+            f"validation loss {_fmt(val[-1])} is over {EXPLODE_FACTOR}x the untrained "
+            f"loss {_fmt(start)}",
+        )
+
+    drop = (start - end) / start if start > 0 else 0.0
+    if drop < MIN_RELATIVE_DROP:
+        return Diagnosis(
+            TOO_SLOW,
+            f"training loss moved {drop:.1%} ({_fmt(start)} -> {_fmt(end)}) over "
+            f"{len(train_losses)} points; a useful rate cuts it by over {MIN_RELATIVE_DROP:.0%}",
+        )
+
+    if len(val) >= OVERFIT_EPOCHS and len(train_losses) >= OVERFIT_EPOCHS:
+        t, v = train_losses[-OVERFIT_EPOCHS:], val[-OVERFIT_EPOCHS:]
+        train_falls = all(b < a for a, b in zip(t, t[1:], strict=False))
+        val_rises = all(b > a for a, b in zip(v, v[1:], strict=False))
+        if train_falls and val_rises:
+            return Diagnosis(
+                OVERFITTING,
+                f"over the last {OVERFIT_EPOCHS} epochs training loss fell "
+                f"{_fmt(t[0])} -> {_fmt(t[-1])} while validation loss rose "
+                f"{_fmt(v[0])} -> {_fmt(v[-1])}",
+            )
+
+    if val and end > (1 + UNDERFIT_MARGIN) * val[-1]:
+        return Diagnosis(
+            UNDERFITTING,
+            f"final training loss {_fmt(end)} is above validation loss {_fmt(val[-1])}: "
+            "train longer or at a higher rate",
+        )
+    if (
+        val_accuracy is not None
+        and best_val_accuracy is not None
+        and val_accuracy < best_val_accuracy - FAR_FROM_BEST
+    ):
+        return Diagnosis(
+            UNDERFITTING,
+            f"validation accuracy {val_accuracy:.4f} is over {FAR_FROM_BEST:.0%} points "
+            f"under the sweep's best {best_val_accuracy:.4f}",
+        )
+    ending = f"; validation loss {_fmt(val[-1])}" if val else ""
+    return Diagnosis(GOOD, f"training loss fell {drop:.0%} ({_fmt(start)} -> {_fmt(end)}){ending}")

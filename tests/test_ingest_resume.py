@@ -1,0 +1,132 @@
+"""Resume: a download killed with SIGKILL half-way and run again fetches no settled URL twice.
+
+The download runs in a real subprocess against the real image host (with latency, so that
+the kill lands mid-run); the host's request counters say what was fetched how often.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tasks.download import JOURNAL, DownloadOptions, download_urls, read_url_lists
+from tasks.manifest import UrlRow, data_dir_lock
+from ursa.embedded import write_embedded_images
+from ursa.imagehost import ImageHost
+
+REPO = Path(__file__).resolve().parents[1]
+CHILD = """
+import sys
+from pathlib import Path
+from tasks.download import DownloadOptions, download_urls, read_url_lists
+rows = read_url_lists(Path(sys.argv[1]))
+download_urls(rows, Path(sys.argv[2]), DownloadOptions(concurrency=4, per_host=4))
+"""
+
+
+@pytest.fixture
+def slow_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ImageHost]:
+    digits = write_embedded_images(tmp_path_factory.getbasetemp() / "digits")
+    with ImageHost(digits, latency_s=0.1) as host:
+        yield host
+
+
+def journal_urls(data_dir: Path) -> list[str]:
+    urls = []
+    for line in (data_dir / JOURNAL).read_text(encoding="utf-8").splitlines():
+        try:
+            urls.append(json.loads(line)["url"])
+        except ValueError:
+            pass
+    return urls
+
+
+def test_sigkill_half_way_then_rerun(slow_host: ImageHost, data_dir: Path, tmp_path: Path) -> None:
+    lists = slow_host.write_url_lists(tmp_path / "lists", max_per_class=10, junk=False)
+    (lists / "0.txt").write_text(
+        (lists / "0.txt").read_text() + f"{slow_host.base_url}/img/0/gone.png\n"
+    )
+    rows = read_url_lists(lists)
+    assert len(rows) == 101
+
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(lists), str(data_dir)],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    try:
+        journal = data_dir / JOURNAL
+        deadline = time.monotonic() + 60
+        while not (journal.exists() and len(journal.read_text().splitlines()) >= 30):
+            assert child.poll() is None, "the download finished before it could be killed"
+            assert time.monotonic() < deadline, "the download never got going"
+            time.sleep(0.02)
+        child.send_signal(signal.SIGKILL)
+        assert child.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        if child.poll() is None:
+            child.kill()
+
+    before = journal_urls(data_dir)
+    assert 30 <= len(before) < len(rows), "killed half-way, not at the start or the end"
+    fetched_before = sum(slow_host.request_counts().values())
+    # A kill can cut the last line short: simulate the worst case.
+    with open(data_dir / JOURNAL, "a", encoding="utf-8") as fh:
+        fh.write('{"url": "http://127.0.0.1/cut-sh')
+
+    out = download_urls(rows, data_dir, DownloadOptions(concurrency=8, per_host=8))
+
+    # The manifest is complete: every URL has its outcome.
+    assert [r.url for r in out] == [r.url for r in rows]
+    assert [r.outcome for r in out].count("ok") == 100
+    gone = out[[r.url for r in rows].index(f"{slow_host.base_url}/img/0/gone.png")]
+    assert (gone.outcome, gone.http_status) == ("http_error", 404)
+    # No URL settled before the kill was fetched again; the rest at most twice (in flight).
+    for url in before:
+        assert slow_host.requests_for(url) == 1, url
+    for row in rows:
+        assert 1 <= slow_host.requests_for(row.url) <= 2, row.url
+    assert sum(slow_host.request_counts().values()) - fetched_before == len(rows) - len(before)
+    # No partial file anywhere, every ok row's file in place, the journal compacted.
+    partial = [p for p in data_dir.rglob("*") if ".part-" in p.name or p.suffix == ".tmp"]
+    assert partial == []
+    assert all((data_dir / r.raw_path).is_file() for r in out if r.outcome == "ok")
+    assert sorted(journal_urls(data_dir)) == sorted(r.url for r in rows)
+
+    # A third run fetches nothing at all; without resume everything is fetched again.
+    counts = slow_host.request_counts()
+    assert download_urls(rows, data_dir) == out
+    assert slow_host.request_counts() == counts
+    fresh = download_urls(rows, data_dir, DownloadOptions(concurrency=16), resume=False)
+    assert [r.sha256 for r in fresh] == [r.sha256 for r in out]
+    assert all(slow_host.requests_for(r.url) >= 2 for r in rows)
+
+
+def test_transient_failures_are_tried_again_on_resume(slow_host: ImageHost, data_dir: Path) -> None:
+    url = f"{slow_host.base_url}/flaky/1/0001.png?status=503&times=1"
+    options = DownloadOptions(retries=0)
+    [first] = download_urls([_row(url)], data_dir, options)
+    assert (first.outcome, first.http_status) == ("http_error", 503)
+    [second] = download_urls([_row(url)], data_dir, options)
+    assert second.outcome == "ok" and slow_host.requests_for(url) == 2
+
+
+def test_a_second_ingest_on_the_same_folder_is_refused(data_dir: Path) -> None:
+    with data_dir_lock(data_dir, "download"):
+        with pytest.raises(RuntimeError, match=f"another ingest.*{data_dir}"):
+            download_urls([_row("http://127.0.0.1:9/a.png")], data_dir)
+    # Released: the same call now runs (and records the refused connection).
+    [row] = download_urls([_row("http://127.0.0.1:9/a.png")], data_dir, DownloadOptions(retries=0))
+    assert row.outcome == "connection_error"
+
+
+def _row(url: str) -> UrlRow:
+    return UrlRow(url=url, label="x")
