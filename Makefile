@@ -8,7 +8,7 @@ export MLFLOW_DISABLE_TELEMETRY ?= true
 export DO_NOT_TRACK ?= 1
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: install demo test lint format bench clean up down
+.PHONY: install demo test test-services test-browser lint format bench clean up down
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,8 +21,19 @@ install: $(STAMP)
 demo: install
 	$(BIN)/ursa demo
 
-test: install
+test: install test-services test-browser
 	$(BIN)/python -m pytest -q
+
+# Servers the suite starts for real. CI runs as root on a fresh machine: install them there.
+test-services:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; }
+
+# The upload page is tested in Debian's Chromium (never `playwright install`: it downloads).
+test-browser:
+	@test -x /usr/bin/chromium || \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
 lint: install
 	$(BIN)/ruff check .

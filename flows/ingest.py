@@ -31,15 +31,18 @@ def ingest(
     valid_pct: float = 0.2,
     seed: int = 0,
     concurrency: int = 32,
+    per_host: int = 16,
     timeout_s: float = 10.0,
+    fresh: bool = False,
 ) -> IngestResult:
-    """Build a dataset from per-class URL lists (a folder of <class>.txt, or "embedded")."""
+    """Build a dataset from URL lists (<class>.txt), CSVs with a url column, a folder of
+    class folders of images, or "embedded". A rerun resumes unless ``fresh``."""
     settings = Settings.from_env()
     data_dir = settings.data_dir
-    options = DownloadOptions(concurrency=concurrency, timeout_s=timeout_s)
+    options = DownloadOptions(concurrency=concurrency, per_host=per_host, timeout_s=timeout_s)
     with url_rows(source, data_dir, max_per_class) as rows:
-        rows = download_task(rows, data_dir, options)
-    rows = verify_task(rows, data_dir, max_pixels=settings.max_image_pixels)
+        rows = download_task(rows, data_dir, options, resume=not fresh)
+    rows = verify_task(rows, data_dir, max_pixels=settings.max_image_pixels, workers=None)
     url_manifest = write_rows(data_dir / "manifests" / "urls.csv", rows, UrlRow)
     dataset = dedup_task(rows, data_dir, valid_pct=valid_pct, seed=seed)
     publish_ingest(rows, dataset, url_manifest)

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 from prefect import flow
 
-from tasks.deploy import DeployResult, redeploy_task
+from tasks.deploy import DeployError, DeployResult, redeploy_task
 from tasks.manifest import load_dataset
-from tasks.registry import ReleaseResult, release_task
+from tasks.registry import ReleaseResult, release_task, set_aliases_task
 from tasks.reports import publish_release, release_note
 from ursa.settings import Settings
 
@@ -23,21 +23,38 @@ class ReleaseOutcome:
 def release(
     model_uri: str,
     dataset_manifest: str,
-    margin: float = 0.0,
+    margin: float | None = None,
     serve_url: str = "",
 ) -> ReleaseOutcome:
-    """Register ``model_uri``; make it champion if it beats the current one on the same data.
+    """Register ``model_uri``; make it champion if it beats the current one on the same data
+    by ``margin`` (default URSA_RELEASE_MARGIN).
 
     When a server URL is given (or URSA_SERVE_URL is set) the server is told to reload and
-    checked to serve the champion; a server that does not follow fails the flow.
+    checked to serve the champion; a server that does not follow fails the flow. A server that
+    refuses the new champion as broken keeps the old one, and so does the registry: the
+    aliases are put back before the flow fails.
     """
     settings = Settings.from_env()
     dataset = load_dataset(dataset_manifest)
+    margin = settings.release_margin if margin is None else margin
     result = release_task(model_uri, dataset, settings.model_name, settings.tracking_uri, margin)
     target = serve_url or settings.serve_url
     deployed = None
     if target:
-        deployed = redeploy_task(target, settings.admin_token, result.champion_version)
+        try:
+            deployed = redeploy_task(target, settings.admin_token, result.champion_version)
+        except DeployError as exc:
+            failure = str(exc)
+            if exc.refused and result.promoted:
+                set_aliases_task(
+                    settings.model_name,
+                    settings.tracking_uri,
+                    champion=result.previous_version,
+                    previous=result.prior_previous_version,
+                )
+                failure += f" The champion alias is back on '{result.previous_version}'."
+            publish_release(release_note(result, None, failure=failure))
+            raise
     note = release_note(result, deployed)
     publish_release(note)
     print(note)

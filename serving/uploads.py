@@ -6,6 +6,8 @@ Accepted bodies: the raw image bytes (``Content-Type: image/*`` or
 
 from __future__ import annotations
 
+import re
+
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -18,6 +20,7 @@ from ursa.images import ImageError, open_image
 
 MULTIPART = "multipart/form-data"
 MAX_FORM_FIELDS = 8  # plain text fields beside the one file; more is not a client of ours
+_BUFFER = re.compile(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>")
 
 
 class UploadError(Exception):
@@ -107,4 +110,5 @@ async def decode(data: bytes, max_image_pixels: int) -> Image.Image:
         return await run_in_threadpool(open_image, data, max_image_pixels)
     except ImageError as exc:
         status_code = 400 if exc.reason == "empty" else 422
-        raise UploadError(status_code, str(exc), reason=exc.reason) from exc
+        message = _BUFFER.sub("the upload", str(exc))  # Pillow names its buffer's address
+        raise UploadError(status_code, message, reason=exc.reason) from exc

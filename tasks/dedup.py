@@ -239,8 +239,8 @@ class _Image:
     """One distinct (file, label) with what dedup needs to know about it."""
 
     row: ImageRow
-    thumb: np.ndarray
     phash: int
+    thumb: np.ndarray | None = None  # loaded only for images that a hash pair proposes
 
 
 class _UnionFind:
@@ -277,7 +277,7 @@ def build_dataset(
     for i, im in enumerate(images):
         first = by_pixels.setdefault(im.row.pixel_hash, i)
         groups.union(first, i)
-    for i, j in _confirmed_pairs(images, radius):
+    for i, j in _confirmed_pairs(images, radius, data_dir):
         groups.union(i, j)
 
     members: dict[int, list[ImageRow]] = defaultdict(list)
@@ -299,13 +299,23 @@ def build_dataset(
 
 
 def _confirmed_pairs(
-    images: list[_Image], radius: int, chunk: int = 65536
+    images: list[_Image], radius: int, data_dir: Path, chunk: int = 65536
 ) -> list[tuple[int, int]]:
     """Perceptual-hash candidates that same_picture confirms: the hash only proposes."""
     if not images:
         return []
     candidates = hamming_pairs(np.array([im.phash for im in images], dtype=np.uint64), radius)
-    thumbs = np.stack([im.thumb.ravel() for im in images])
+    if len(candidates) == 0:
+        return []
+    # Only the images in some candidate pair are opened again, for their thumbnails.
+    for index in np.unique(candidates):
+        im = images[index]
+        if im.thumb is None:
+            with Image.open(data_dir / im.row.image_path) as opened:
+                im.thumb = _thumbnail(opened)
+    thumbs = np.zeros((len(images), THUMB_SIDE * THUMB_SIDE), dtype=np.float32)
+    for index in np.unique(candidates):
+        thumbs[index] = images[index].thumb.ravel()
     confirmed: list[tuple[int, int]] = []
     for start in range(0, len(candidates), chunk):  # bounded memory for many candidates
         pairs = candidates[start : start + chunk]
@@ -315,7 +325,11 @@ def _confirmed_pairs(
 
 
 def _load_images(rows: list[UrlRow], data_dir: Path) -> list[_Image]:
-    """One entry per distinct (file, label); the same file under two labels is a conflict."""
+    """One entry per distinct (file, label); the same file under two labels is a conflict.
+
+    Verification computes the hashes in its worker processes and leaves them on the rows;
+    a row without them (an older manifest) is decoded here.
+    """
     chosen: dict[tuple[str, str], UrlRow] = {}
     for row in rows:
         if row.outcome != OK or not row.image_path:
@@ -324,13 +338,16 @@ def _load_images(rows: list[UrlRow], data_dir: Path) -> list[_Image]:
         # Of several URLs with the same bytes, record the smallest: independent of row order.
         if key not in chosen or row.url < chosen[key].url:
             chosen[key] = row
-    decoded: dict[str, tuple[str, int, np.ndarray, int, int]] = {}
+    decoded: dict[str, tuple[str, int, np.ndarray | None, int, int]] = {}
     images: list[_Image] = []
     for (sha, label), row in sorted(chosen.items()):
         if sha not in decoded:
-            with Image.open(data_dir / row.image_path) as im:
-                im = im.convert("RGB")
-                decoded[sha] = (pixel_hash(im), phash(im), _thumbnail(im), im.width, im.height)
+            if row.pixel_hash and row.phash and row.width and row.height:
+                decoded[sha] = (row.pixel_hash, int(row.phash, 16), None, row.width, row.height)
+            else:
+                with Image.open(data_dir / row.image_path) as im:
+                    im = im.convert("RGB")
+                    decoded[sha] = (pixel_hash(im), phash(im), _thumbnail(im), *im.size)
         pix, ph, thumb, width, height = decoded[sha]
         image_row = ImageRow(
             sha256=sha,
@@ -343,7 +360,7 @@ def _load_images(rows: list[UrlRow], data_dir: Path) -> list[_Image]:
             phash=f"{ph:016x}",
             group="",
         )
-        images.append(_Image(row=image_row, thumb=thumb, phash=ph))
+        images.append(_Image(row=image_row, phash=ph, thumb=thumb))
     return images
 
 

@@ -10,7 +10,15 @@ from prefect.cache_policies import NONE
 
 
 class DeployError(RuntimeError):
-    pass
+    """The server did not end up serving the expected version.
+
+    ``refused`` is true when the server answered that the version is broken (409): the old
+    model keeps serving, retrying cannot help, and the registry should be put back.
+    """
+
+    def __init__(self, message: str, refused: bool = False) -> None:
+        super().__init__(message)
+        self.refused = refused
 
 
 @dataclass
@@ -31,13 +39,20 @@ def redeploy(
     with httpx.Client(base_url=serve_url, timeout=timeout_s) as client:
         try:
             reply = client.post("/admin/reload", headers={"Authorization": f"Bearer {admin_token}"})
+            if reply.status_code == 409:
+                raise DeployError(
+                    f"Server at '{serve_url}' refused version {expected_version} and keeps "
+                    f"serving version {reply.json().get('version')}: {reply.json().get('error')}",
+                    refused=True,
+                )
+            if reply.status_code != 200:
+                raise DeployError(
+                    f"Server at '{serve_url}' refused the reload with {reply.status_code}: "
+                    f"{reply.text}"
+                )
+            served = str(client.get("/version").json().get("version", ""))
         except httpx.HTTPError as exc:
             raise DeployError(f"Server at '{serve_url}' did not answer the reload: {exc}") from exc
-        if reply.status_code != 200:
-            raise DeployError(
-                f"Server at '{serve_url}' refused the reload with {reply.status_code}: {reply.text}"
-            )
-        served = str(client.get("/version").json().get("version", ""))
     if served != str(expected_version):
         raise DeployError(
             f"Server at '{serve_url}' serves version '{served}', expected '{expected_version}'."
@@ -47,4 +62,21 @@ def redeploy(
     )
 
 
-redeploy_task = task(name="redeploy", retries=2, retry_delay_seconds=2, cache_policy=NONE)(redeploy)
+def retry_unless_refused(task, task_run, state) -> bool:
+    """Prefect retry condition: a server that is down may come back; a refusal will not change."""
+    try:
+        state.result()
+    except DeployError as exc:
+        return not exc.refused
+    except Exception:
+        return True
+    return False
+
+
+redeploy_task = task(
+    name="redeploy",
+    retries=2,
+    retry_delay_seconds=2,
+    retry_condition_fn=retry_unless_refused,
+    cache_policy=NONE,
+)(redeploy)

@@ -32,12 +32,13 @@ LABELS = (DIVERGED, TOO_SLOW, OVERFITTING, UNDERFITTING, GOOD)
 # Why these thresholds: a healthy run cuts its training loss by far more than 10%, even in
 # one epoch; a loss that ends 50% above where it started has lost what it knew; a train loss
 # 10% above validation is more than the noise of averaging it over an epoch of learning; a run
-# 5 accuracy points under the sweep's best is not a close second.
+# 5 accuracy points under the sweep's best (or ending at twice its loss) is not a close second.
 MIN_RELATIVE_DROP = 0.10
 EXPLODE_FACTOR = 1.5
 UNDERFIT_MARGIN = 0.10
 FAR_FROM_BEST = 0.05
 OVERFIT_EPOCHS = 3
+FAR_LOSS_FACTOR = 2.0
 
 
 @dataclass(frozen=True)
@@ -61,13 +62,15 @@ def diagnose(
     initial_loss: float | None = None,
     val_accuracy: float | None = None,
     best_val_accuracy: float | None = None,
+    best_train_loss: float | None = None,
 ) -> Diagnosis:
     """Diagnose one run from its curves.
 
     ``train_losses``: per step or per epoch, in order. ``val_losses``: per epoch, or None.
     ``initial_loss``: the loss before any update (the first mini-batch's loss); defaults to
     the first training loss. ``val_accuracy`` / ``best_val_accuracy``: this run's final
-    accuracy and the best of its sweep, for "far from the best trial".
+    accuracy and the best of its sweep, for "far from the best trial"; without accuracies
+    (a regression), ``best_train_loss``: the lowest final training loss of the sweep.
     """
     if not train_losses:
         raise ValueError("diagnose needs at least one training loss; got an empty list.")
@@ -131,6 +134,12 @@ def diagnose(
             UNDERFITTING,
             f"validation accuracy {val_accuracy:.4f} is over {FAR_FROM_BEST:.0%} points "
             f"under the sweep's best {best_val_accuracy:.4f}",
+        )
+    if best_train_loss is not None and end > FAR_LOSS_FACTOR * best_train_loss:
+        return Diagnosis(
+            UNDERFITTING,
+            f"final training loss {_fmt(end)} is over {FAR_LOSS_FACTOR:g}x the sweep's best "
+            f"{_fmt(best_train_loss)}: train longer or at a higher rate",
         )
     ending = f"; validation loss {_fmt(val[-1])}" if val else ""
     return Diagnosis(GOOD, f"training loss fell {drop:.0%} ({_fmt(start)} -> {_fmt(end)}){ending}")

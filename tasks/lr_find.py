@@ -53,9 +53,7 @@ def lr_find(
     device = device_for_training()
     model = build_model(config, len(data.classes)).to(device, memory_format=torch.channels_last)
     model.train()
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=start_lr, weight_decay=1e-2, fused=True
-    )
+    optimizer = torch.optim.AdamW(model.parameters(), lr=start_lr, weight_decay=1e-2, fused=True)
     criterion = nn.CrossEntropyLoss()
     generator = torch.Generator().manual_seed(config.seed)
     ratio = (end_lr / start_lr) ** (1 / (num_iter - 1))

@@ -54,6 +54,8 @@ class UrlRow:
     image_path: str = ""  # the verified RGB image, relative to the data dir
     width: int | None = None
     height: int | None = None
+    pixel_hash: str = ""  # sha256 of the decoded RGB pixels (set by verification)
+    phash: str = ""  # 64-bit perceptual hash, 16 hex digits (set by verification)
 
 
 @dataclass

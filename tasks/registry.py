@@ -1,13 +1,16 @@
 """Release: register a candidate in the MLflow Model Registry and move ``champion`` to it only
-when it beats the current champion on the same validation data.
+when it beats the current champion on the same validation data; roll back to ``previous``.
 
 Both models are scored by :func:`validation_accuracy` through the model package reader, the
-very code path the server uses, on the validation split of one dataset manifest.
+very code path the server uses, on the validation split of one dataset manifest. The
+comparison is logged on the candidate's run (metrics and ``release_gate.json``) and as tags on
+its model version, so the MLflow UI shows why each version was or was not promoted.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import mlflow
@@ -34,6 +37,26 @@ class ReleaseResult:
     previous_accuracy: float | None
     promoted: bool
     reason: str
+    margin: float = 0.0
+    prior_previous_version: str = ""  # what ``previous`` pointed at before ("" if nothing)
+
+
+@dataclass
+class RollbackResult:
+    model_name: str
+    champion_version: str  # the restored champion (the former ``previous``)
+    replaced_version: str  # the champion that was rolled back (now ``previous``)
+
+    def summary(self) -> str:
+        return (
+            f"# Rollback of {self.model_name}\n"
+            f"- champion: version **{self.champion_version}** (restored from `previous`)\n"
+            f"- rolled back: version {self.replaced_version} (now `previous`)\n"
+        )
+
+
+class RollbackError(LookupError):
+    """There is nothing to roll back to."""
 
 
 def validation_accuracy(model_uri: str, dataset: Dataset, tracking_uri: str) -> float:
@@ -47,6 +70,12 @@ def validation_accuracy(model_uri: str, dataset: Dataset, tracking_uri: str) -> 
     if not rows:
         raise ValueError(f"Dataset '{dataset.manifest_path}' has no validation images.")
     classes = package.classes
+    unknown = sorted({r.label for r in rows} - set(classes))
+    if unknown:  # scoring would count them wrong and call the model worse than it is
+        raise ValueError(
+            f"Model at '{model_uri}' does not know the dataset's classes {unknown} "
+            f"(its classes: {classes})."
+        )
     correct = 0
     for start in range(0, len(rows), 128):
         chunk = rows[start : start + 128]
@@ -58,10 +87,17 @@ def validation_accuracy(model_uri: str, dataset: Dataset, tracking_uri: str) -> 
 
 def current_champion(client: MlflowClient, name: str) -> str:
     """The champion's version number, or "" when there is none yet."""
+    return aliased_version(client, name, CHAMPION)
+
+
+def aliased_version(client: MlflowClient, name: str, alias: str) -> str:
+    """The version that ``name@alias`` points at, or "" when there is none."""
     try:
-        return str(client.get_model_version_by_alias(name, CHAMPION).version)
-    except MlflowException:
-        return ""
+        return str(client.get_model_version_by_alias(name, alias).version)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return ""
+        raise  # an unreachable registry is not "no champion": that would promote blindly
 
 
 def release_model(
@@ -71,12 +107,19 @@ def release_model(
     tracking_uri: str,
     margin: float = 0.0,
 ) -> ReleaseResult:
-    """Register ``model_uri`` as a new version; promote it if it beats the champion by margin."""
+    """Register ``model_uri`` as a new version; promote it if it beats the champion by margin.
+
+    A candidate that does not load, or does not know the dataset's classes, fails here,
+    before anything is registered.
+    """
+    if not 0.0 <= margin < 1.0:
+        raise ValueError(f"Release margin must be in [0, 1) (an accuracy gap); got {margin}.")
     mlflow.set_tracking_uri(tracking_uri)
     client = MlflowClient(tracking_uri)
     candidate_accuracy = validation_accuracy(model_uri, dataset, tracking_uri)
     version = str(mlflow.register_model(model_uri, model_name).version)
     champion = current_champion(client, model_name)
+    prior_previous = aliased_version(client, model_name, PREVIOUS)
 
     champion_accuracy: float | None = None
     if not champion:
@@ -101,6 +144,11 @@ def release_model(
         "ursa.val_accuracy": f"{candidate_accuracy:.6f}",
         "ursa.gate": "promoted" if promoted else "rejected",
         "ursa.gate_reason": reason,
+        "ursa.gate_margin": str(margin),
+        "ursa.gate_champion_version": champion,
+        "ursa.gate_champion_accuracy": (
+            "" if champion_accuracy is None else f"{champion_accuracy:.6f}"
+        ),
     }
     for key, value in tags.items():
         client.set_model_version_tag(model_name, version, key, value)
@@ -118,18 +166,60 @@ def release_model(
         previous_accuracy=champion_accuracy,
         promoted=promoted,
         reason=reason,
+        margin=margin,
+        prior_previous_version=prior_previous,
     )
-    _log_gate(model_uri, result)
+    _log_gate(client, model_uri, result)
     return result
 
 
-def _log_gate(model_uri: str, result: ReleaseResult) -> None:
-    """Record the comparison on the run that produced the candidate."""
+def _log_gate(client: MlflowClient, model_uri: str, result: ReleaseResult) -> None:
+    """Record the comparison on the run that produced the candidate.
+
+    Through the client, not ``mlflow.start_run``: the candidate's run may be active in this
+    thread (a flow that trains and releases) and must not be ended here.
+    """
     run_id = mlflow.models.get_model_info(model_uri).run_id
-    if run_id:
-        with mlflow.start_run(run_id=run_id):
-            mlflow.log_dict(asdict(result), "release_gate.json")
-            mlflow.set_tag("ursa.gate", "promoted" if result.promoted else "rejected")
+    if not run_id:
+        return
+    metrics = {"gate_candidate_accuracy": result.candidate_accuracy, "gate_margin": result.margin}
+    if result.previous_accuracy is not None:
+        metrics["gate_champion_accuracy"] = result.previous_accuracy
+    for key, value in metrics.items():
+        client.log_metric(run_id, key, value)
+    client.log_dict(run_id, asdict(result), "release_gate.json")
+    client.set_tag(run_id, "ursa.gate", "promoted" if result.promoted else "rejected")
+
+
+def rollback_model(model_name: str, tracking_uri: str) -> RollbackResult:
+    """Make ``previous`` the champion again; the rolled-back champion becomes ``previous``.
+
+    Rolling back twice therefore returns to where it started, which is what an operator who
+    rolled back by mistake wants.
+    """
+    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
+    champion = current_champion(client, model_name)
+    previous = aliased_version(client, model_name, PREVIOUS)
+    if not previous:
+        raise RollbackError(f"No '{model_name}@{PREVIOUS}' to roll back to.")
+    set_aliases(model_name, tracking_uri, champion=previous, previous=champion)
+    when = datetime.now(UTC).isoformat(timespec="seconds")
+    client.set_model_version_tag(model_name, previous, "ursa.restored_at", when)
+    if champion:
+        client.set_model_version_tag(model_name, champion, "ursa.rolled_back_at", when)
+    return RollbackResult(model_name, champion_version=previous, replaced_version=champion)
+
+
+def set_aliases(model_name: str, tracking_uri: str, champion: str, previous: str) -> None:
+    """Point ``champion`` and ``previous`` at the given versions ("" removes the alias)."""
+    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
+    for alias, version in ((CHAMPION, champion), (PREVIOUS, previous)):
+        if version:
+            client.set_registered_model_alias(model_name, alias, version)
+        elif aliased_version(client, model_name, alias):
+            client.delete_registered_model_alias(model_name, alias)
 
 
 release_task = task(name="register-and-gate", cache_policy=NONE)(release_model)
+rollback_task = task(name="rollback-aliases", cache_policy=NONE)(rollback_model)
+set_aliases_task = task(name="restore-aliases", cache_policy=NONE)(set_aliases)

@@ -98,12 +98,13 @@ def publish_sgd(runs: list[dict], parent_run_id: str) -> None:
     )
 
 
-def release_note(result: ReleaseResult, deployed: DeployResult | None) -> str:
-    served = (
-        f"version {deployed.served_version} at {deployed.serve_url}"
-        if deployed
-        else "no server to redeploy (set URSA_SERVE_URL)"
-    )
+def release_note(result: ReleaseResult, deployed: DeployResult | None, failure: str = "") -> str:
+    if failure:
+        served = f"**redeploy failed**: {failure}"
+    elif deployed:
+        served = f"version {deployed.served_version} at {deployed.serve_url}"
+    else:
+        served = "no server to redeploy (set URSA_SERVE_URL)"
     return (
         f"# Release of {result.model_name}\n"
         f"- candidate: version **{result.candidate_version}**, "
@@ -114,5 +115,5 @@ def release_note(result: ReleaseResult, deployed: DeployResult | None) -> str:
     )
 
 
-def publish_release(note: str) -> None:
-    create_markdown_artifact(note, key="release-note", description="Release")
+def publish_release(note: str, key: str = "release-note") -> None:
+    create_markdown_artifact(note, key=key, description="Release")

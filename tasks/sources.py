@@ -1,7 +1,13 @@
-"""Where URL lists come from: a folder of ``<class>.txt`` files, or the embedded default."""
+"""Where the rows come from: URL lists (``<class>.txt``), CSV files with a ``url`` column,
+a folder of images per class (nothing to download), or the embedded default."""
 
 from __future__ import annotations
 
+import csv
+import hashlib
+import os
+import shutil
+import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -11,6 +17,7 @@ from tasks.download import read_url_lists
 from tasks.manifest import UrlRow
 from ursa.embedded import write_embedded_images
 from ursa.imagehost import ImageHost
+from ursa.images import sniff_extension
 
 EMBEDDED = "embedded"
 
@@ -24,7 +31,7 @@ def url_rows(
     ``"embedded"`` writes scikit-learn's bundled digits as image files, publishes them (and the
     junk real lists hold) from a local image host on 127.0.0.1 for the duration of the block,
     and yields the rows of the per-class lists that host exports (the junk comes on top of
-    ``max_per_class``). Anything else is a path to URL lists.
+    ``max_per_class``). Anything else is a path: see :func:`read_source`.
     """
     if source == EMBEDDED:
         images = write_embedded_images(data_dir / "embedded")
@@ -37,7 +44,95 @@ def url_rows(
             f"URL list source '{source}' does not exist: give a folder of <class>.txt files, "
             f"one such file, or '{EMBEDDED}'."
         )
-    yield limit_per_class(read_url_lists(path), max_per_class)
+    yield read_source(path, data_dir, max_per_class)
+
+
+def read_source(path: Path, data_dir: Path, max_per_class: int | None = None) -> list[UrlRow]:
+    """Rows from a path, by what it holds:
+
+    - a ``.csv`` file, or a folder of them: a ``url`` column, the label from a ``label``
+      column or else the file name;
+    - a ``.txt`` file, or a folder of them: one URL per line, the label from the file name;
+    - a folder of class folders of images: no download; each file is copied into ``raw/``
+      by content and its row is ``ok`` already (or ``empty``/``not_image``).
+    """
+    path = Path(path)
+    if path.is_file():
+        rows = read_csv_urls(path) if path.suffix.lower() == ".csv" else read_url_lists(path)
+        return limit_per_class(rows, max_per_class)
+    csvs = sorted(path.glob("*.csv"))
+    if csvs:
+        return limit_per_class([r for f in csvs for r in read_csv_urls(f)], max_per_class)
+    if any(path.glob("*.txt")):
+        return limit_per_class(read_url_lists(path), max_per_class)
+    classes = sorted(d for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise FileNotFoundError(
+            f"Source folder {path} holds no <class>.txt URL lists, no .csv files and no "
+            f"class folders of images."
+        )
+    return local_image_rows(path, data_dir, max_per_class)
+
+
+def read_csv_urls(path: Path) -> list[UrlRow]:
+    """Rows from a CSV with a ``url`` column (and maybe ``label``); blank URLs are skipped."""
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        columns = [c.strip().lower() for c in reader.fieldnames or []]
+        if "url" not in columns:
+            raise ValueError(f"CSV {path} has no 'url' column (columns: {reader.fieldnames}).")
+        rows = []
+        for line, raw in enumerate(reader, start=2):
+            record = {k.strip().lower(): (v or "").strip() for k, v in raw.items() if k}
+            if not record.get("url"):
+                continue
+            label = record.get("label") or path.stem
+            if not label:
+                raise ValueError(f"CSV {path}, line {line}: empty label.")
+            rows.append(UrlRow(url=record["url"], label=label))
+    return rows
+
+
+def local_image_rows(root: Path, data_dir: Path, max_per_class: int | None = None) -> list[UrlRow]:
+    """One settled row per file of ``root/<class>/``: copied into ``raw/`` by content.
+
+    The URL is the file's ``file://`` URI, so the manifest says where each image came from.
+    Files are taken in name order, at most ``max_per_class`` per class.
+    """
+    raw_dir = Path(data_dir) / "raw"
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    rows: list[UrlRow] = []
+    for folder in sorted(d for d in Path(root).iterdir() if d.is_dir()):
+        files = sorted(f for f in folder.iterdir() if f.is_file() and not f.name.startswith("."))
+        for file in files[:max_per_class]:
+            rows.append(_local_row(file.resolve(), folder.name, raw_dir))
+    return rows
+
+
+def _local_row(file: Path, label: str, raw_dir: Path) -> UrlRow:
+    data = file.read_bytes()
+    row = UrlRow(url=file.as_uri(), label=label, attempts=0)
+    if not data:
+        row.outcome, row.reason = "empty", "Zero-byte file"
+        return row
+    ext = sniff_extension(data[:16])
+    if ext is None:
+        row.outcome, row.reason = "not_image", f"Not an image: starts with {data[:16]!r}"
+        return row
+    sha = hashlib.sha256(data).hexdigest()
+    target = raw_dir / f"{sha}.{ext}"
+    if not target.exists():
+        # Copy beside the target, then rename: a kill never leaves half a file under its name.
+        fd, tmp = tempfile.mkstemp(dir=raw_dir, prefix=".part-", suffix=".tmp")
+        os.close(fd)
+        try:
+            shutil.copyfile(file, tmp)
+            os.replace(tmp, target)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+    row.outcome, row.reason = "ok", f"{len(data)} bytes, local file"
+    row.sha256, row.raw_path = sha, f"raw/{sha}.{ext}"
+    return row
 
 
 def limit_per_class(rows: list[UrlRow], max_per_class: int | None) -> list[UrlRow]:

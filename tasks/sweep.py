@@ -263,8 +263,9 @@ def trial_runner(runner: str, workers: int, dask_address: str = ""):
 
 
 def threads_per_trial(runner: str, workers: int) -> int:
-    """Torch threads for each trial: worker processes on one machine split its cores; trials
-    in threads share one process-wide pool, which torch already sizes to the machine."""
-    if runner == "dask":
-        return max(1, (os.cpu_count() or 1) // workers)
-    return 0
+    """Torch threads for each trial, so that concurrent trials split the cores rather than
+    oversubscribe them: Dask worker processes each set their own; in threads the setting is
+    process-wide, which is the same split. 0 (torch's default: every core) for one trial."""
+    if workers <= 1 or runner not in ("threads", "dask"):
+        return 0
+    return max(1, (os.cpu_count() or 1) // workers)

@@ -292,3 +292,21 @@ def test_same_picture_accepts_copies_and_rejects_other_pictures() -> None:
     assert same_picture(im, im.resize((40, 40), Image.Resampling.BICUBIC))
     assert same_picture(im, decode(encode(im, "JPEG", quality=30)))
     assert not same_picture(im, noise(11, side=64))
+
+
+@pytest.mark.parametrize("radius", [0, 2, 6, 10])
+def test_multi_index_hashing_agrees_with_all_pairs(radius: int) -> None:
+    from tasks.dedup import _all_pairs, _mih_plan
+
+    rng = np.random.default_rng(radius)
+    base = rng.integers(0, 2**64, 4000, dtype=np.uint64)
+    near = base[:400].copy()
+    for _ in range(4):  # 1 to 4 flipped bits (flips may repeat)
+        near ^= np.uint64(1) << rng.integers(0, 64, 400, dtype=np.uint64)
+    hashes = np.concatenate([base, near, base[:50]])
+    assert _mih_plan(len(hashes), radius) is not None  # the path under test
+    pairs = hamming_pairs(hashes, radius)
+    expected = _all_pairs(hashes, radius, 1024, 1)
+    expected = expected[np.lexsort((expected[:, 1], expected[:, 0]))]
+    assert np.array_equal(pairs, expected)
+    assert len(pairs) >= 50  # the exact repeats at least

@@ -86,6 +86,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("URSA_DATA_DIR", str(data_dir))
         mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mlflow.set_tracking_uri(uri)  # an earlier test may have set another one globally
         experiment = mlflow.create_experiment(
             "serving", artifact_location=(data_dir / "mlartifacts").as_uri()
         )
@@ -136,6 +137,29 @@ def png_claiming(width: int, height: int) -> bytes:
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+def encoded(image: Image.Image, fmt: str, **options: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def cmyk_jpeg() -> bytes:
+    return encoded(Image.new("CMYK", (20, 20), (0, 50, 100, 0)), "JPEG")
+
+
+def png_16bit() -> bytes:
+    return encoded(Image.fromarray(np.full((20, 20), 40000, dtype=np.uint16)), "PNG")
+
+
+def animated_gif() -> bytes:
+    frames = [Image.new("RGB", (20, 20), c) for c in ((255, 0, 0), (0, 255, 0), (0, 0, 255))]
+    return encoded(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=50)
+
+
+def half(data: bytes) -> bytes:
+    return data[: len(data) // 2]
 
 
 def multipart(parts: list[tuple[str, str | None, bytes]], boundary: str = "xyzzy") -> bytes:
@@ -336,7 +360,81 @@ BAD_INPUTS = {
         400,
         "empty",
     ),
+    "zero-size image (0x0 png)": (
+        {"content-type": "image/png"},
+        png_claiming(0, 0),
+        422,
+        "corrupt",
+    ),
+    "zero-width image (0x10 png)": (
+        {"content-type": "image/png"},
+        png_claiming(0, 10),
+        422,
+        "corrupt",
+    ),
+    "truncated cmyk jpeg": ({"content-type": "image/jpeg"}, half(cmyk_jpeg()), 422, "corrupt"),
+    "truncated 16-bit png": ({"content-type": "image/png"}, half(png_16bit()), 422, "corrupt"),
+    "animated gif cut in its first frame": (
+        {"content-type": "image/gif"},
+        animated_gif()[:40],
+        422,
+        "corrupt",
+    ),
+    "jpeg signature only": ({"content-type": "image/jpeg"}, b"\xff\xd8\xff", 422, "corrupt"),
+    "truncated webp": (
+        {"content-type": "image/webp"},
+        encoded(Image.new("RGB", (20, 20)), "WEBP")[:30],
+        422,
+        "corrupt",
+    ),
+    "truncated bmp": (
+        {"content-type": "image/bmp"},
+        encoded(Image.new("RGB", (20, 20)), "BMP")[:60],
+        422,
+        "corrupt",
+    ),
+    "svg (xml, not pixels)": (
+        {"content-type": "image/svg+xml"},
+        b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>',
+        422,
+        "not_image",
+    ),
+    "pdf as octet-stream": (
+        {"content-type": "application/octet-stream"},
+        b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj<<>>endobj",
+        422,
+        "not_image",
+    ),
+    "json content type": ({"content-type": "application/json"}, b'{"image": "x"}', 415, None),
+    "form-urlencoded": (
+        {"content-type": "application/x-www-form-urlencoded"},
+        b"file=abc",
+        415,
+        None,
+    ),
+    "multipart with many parts": (
+        {"content-type": "multipart/form-data; boundary=xyzzy"},
+        multipart([(f"f{i}", None, b"x") for i in range(200)] + [("a", "a.png", image_bytes())]),
+        400,
+        "bad_form",
+    ),
+    "multipart with a text file": (
+        {"content-type": "multipart/form-data; boundary=xyzzy"},
+        multipart([("a", "notes.txt", b"just some text")]),
+        422,
+        "not_image",
+    ),
+    "oversize multipart": (
+        {"content-type": "multipart/form-data; boundary=xyzzy"},
+        multipart([("a", "a.png", b"\x89PNG" + b"0" * (2 * MAX_BODY))]),
+        413,
+        None,
+    ),
 }
+
+
+def test_the_bad_input_corpus_is_large() -> None:
+    assert len(BAD_INPUTS) >= 20
 
 
 @pytest.mark.parametrize("case", BAD_INPUTS, ids=list(BAD_INPUTS))
@@ -348,7 +446,28 @@ def test_bad_input_is_a_json_4xx(served: LiveServer, case: str) -> None:
     assert response.headers["content-type"] == "application/json"
     assert response.json()["error"]
     assert response.json().get("reason") == reason
+    assert "object at 0x" not in response.text and "Traceback" not in response.text
     assert_healthy(served)
+
+
+# Unusual but valid images: the server takes them (converted to 8-bit RGB), it does not refuse.
+AWKWARD_BUT_VALID = {
+    "cmyk jpeg": ("image/jpeg", cmyk_jpeg),
+    "16-bit png": ("image/png", png_16bit),
+    "animated gif (first frame)": ("image/gif", animated_gif),
+    "grayscale png": ("image/png", lambda: encoded(Image.new("L", (20, 20), 99), "PNG")),
+    "rgba png": ("image/png", lambda: encoded(Image.new("RGBA", (20, 20), (1, 2, 3, 0)), "PNG")),
+    "webp": ("image/webp", lambda: encoded(Image.new("RGB", (20, 20)), "WEBP")),
+}
+
+
+@pytest.mark.parametrize("case", AWKWARD_BUT_VALID, ids=list(AWKWARD_BUT_VALID))
+def test_awkward_but_valid_images_are_classified(served: LiveServer, case: str) -> None:
+    content_type, build = AWKWARD_BUT_VALID[case]
+    with served.client() as client:
+        response = client.post("/predict", content=build(), headers={"content-type": content_type})
+    assert response.status_code == 200, response.text
+    check_prediction(response.json(), version="1")
 
 
 def test_oversize_chunked_body_is_refused(served: LiveServer) -> None:
@@ -444,3 +563,100 @@ def test_registered_model_without_alias_is_no_champion(registry: Registry) -> No
             ModelHolder(NAME, registry.tracking_uri).reload()
     finally:
         registry.crown("1")
+
+
+def test_metrics_count_routes_statuses_batches_and_the_version(served: LiveServer) -> None:
+    with served.client() as client:
+        for _ in range(3):
+            client.post("/predict", content=image_bytes(), headers={"content-type": "image/png"})
+        client.post("/predict", content=b"hello", headers={"content-type": "text/plain"})
+        client.get("/no/such/path/123")
+        response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    text = response.text
+
+    def value(series: str) -> float:
+        lines = [line for line in text.splitlines() if line.startswith(series + " ")]
+        assert lines, f"no series {series}"
+        return float(lines[0].split()[-1])
+
+    assert value('ursa_http_requests_total{method="POST",route="/predict",status="200"}') >= 3
+    assert value('ursa_http_requests_total{method="POST",route="/predict",status="415"}') >= 1
+    assert value('ursa_http_requests_total{method="GET",route="(unmatched)",status="404"}') >= 1
+    assert "/no/such/path" not in text  # one label for every unknown path
+    assert value('ursa_http_request_duration_seconds_count{route="/predict"}') >= 4
+    assert value("ursa_batch_size_count") >= 3
+    assert value("ursa_batch_size_sum") >= 3
+    assert value(f'ursa_model_version_info{{model="{NAME}",version="1"}}') == 1.0
+
+
+def test_openapi_describes_every_route_and_nothing_else(registry: Registry) -> None:
+    for token, admin_route in (("", False), (TOKEN, True)):
+        app = create_app(registry.settings(admin_token=token))
+        with LiveServer(app) as server, server.client() as client:
+            schema = client.get("/openapi.json").json()
+        assert schema["openapi"].startswith("3.")
+        routes = {(route.path, m.lower()) for route in app.routes for m in route.methods - {"HEAD"}}
+        described = {(path, method) for path, ops in schema["paths"].items() for method in ops}
+        assert described == routes
+        assert (("/admin/reload", "post") in described) == admin_route
+        for path, ops in schema["paths"].items():
+            for op in ops.values():
+                assert op["summary"] and op["responses"], path
+
+
+def test_cors_is_off_unless_configured(registry: Registry, served: LiveServer) -> None:
+    preflight = {
+        "origin": "https://example.org",
+        "access-control-request-method": "POST",
+        "access-control-request-headers": "content-type",
+    }
+    with served.client() as client:
+        response = client.options("/predict", headers=preflight)
+        plain = client.get("/version", headers={"origin": "https://example.org"})
+    assert "access-control-allow-origin" not in response.headers
+    assert "access-control-allow-origin" not in plain.headers
+
+    app = create_app(registry.settings(cors_origins=("https://example.org",)))
+    with LiveServer(app) as server, server.client() as client:
+        allowed = client.options("/predict", headers=preflight)
+        other = client.options("/predict", headers={**preflight, "origin": "https://evil.test"})
+        admin = client.options(
+            "/predict", headers={**preflight, "access-control-request-headers": "authorization"}
+        )
+    assert allowed.status_code == 200
+    assert allowed.headers["access-control-allow-origin"] == "https://example.org"
+    assert other.status_code == 400 and "access-control-allow-origin" not in other.headers
+    assert admin.status_code == 400  # the admin token header is never allowed cross-origin
+
+
+def test_upload_page_is_served_with_a_strict_policy(served: LiveServer) -> None:
+    with served.client() as client:
+        page = client.get("/")
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    policy = page.headers["content-security-policy"]
+    assert "default-src 'none'" in policy and "connect-src 'self'" in policy
+    nonce = policy.split("'nonce-")[1].split("'")[0]
+    assert f'<script nonce="{nonce}">' in page.text
+    assert 'type="file"' in page.text and "predict?k=" in page.text
+    assert "http://" not in page.text and "https://" not in page.text  # nothing external
+
+
+def test_serving_settings_come_from_the_environment() -> None:
+    env = {
+        "URSA_BATCH_MAX_SIZE": "8",
+        "URSA_BATCH_MAX_WAIT_MS": "2.5",
+        "URSA_POLL_INTERVAL_S": "0",
+        "URSA_CORS_ORIGINS": "https://a.example, https://b.example/",
+        "URSA_RELEASE_MARGIN": "0.02",
+    }
+    settings = Settings.from_env(env)
+    assert (settings.batch_max_size, settings.batch_max_wait_ms) == (8, 2.5)
+    assert settings.poll_interval_s == 0
+    assert settings.cors_origins == ("https://a.example", "https://b.example")
+    assert settings.release_margin == 0.02
+    for key, bad in (("URSA_BATCH_MAX_SIZE", "0"), ("URSA_BATCH_MAX_WAIT_MS", "-1")):
+        with pytest.raises(ValueError, match=key):
+            Settings.from_env({key: bad})

@@ -14,6 +14,7 @@ from mlflow import MlflowClient
 from tasks.manifest import Dataset
 from tasks.sweep import (
     best_trial,
+    diagnose_in_sweep,
     finish_sweep,
     latest_model_uri,
     log_best_model,
@@ -26,11 +27,16 @@ from tasks.train import (
     Trial,
     TrialResult,
     WeightsUnavailable,
+    _optimizer,
+    _set_frozen,
+    augment,
     build_model,
     fit,
     load_tensors,
+    resolve_weights,
     run_trial,
     tensor_cache,
+    training_phases,
 )
 from tests.datasets import digits_dataset
 from ursa.package import load_package
@@ -58,23 +64,78 @@ def test_tensor_cache_decodes_once_and_keeps_the_split(dataset: Dataset) -> None
 
 def test_fit_is_seeded_and_learns(dataset: Dataset) -> None:
     data = load_tensors(tensor_cache(dataset, 16))
-    _, first = fit(Trial(lr=3e-3, epochs=3), SMALL, data)
-    _, again = fit(Trial(lr=3e-3, epochs=3), SMALL, data)
-    assert [h["train_loss"] for h in first] == [h["train_loss"] for h in again]
-    assert first[-1]["train_loss"] < first[0]["train_loss"]
-    assert {"train_loss", "train_accuracy", "val_loss", "val_accuracy"} <= set(first[0])
+    first = fit(Trial(lr=3e-3, epochs=3), SMALL, data)
+    again = fit(Trial(lr=3e-3, epochs=3), SMALL, data)
+    assert first.step_losses == again.step_losses
+    assert [h["train_loss"] for h in first.history] == [h["train_loss"] for h in again.history]
+    assert first.history[-1]["train_loss"] < first.history[0]["train_loss"]
+    assert {"train_loss", "train_accuracy", "val_loss", "val_accuracy"} <= set(first.history[0])
+    assert len(first.step_losses) == 3 * math.ceil(dataset.n_train / SMALL.batch_size)
 
 
-def test_sweep_logs_parent_children_and_a_loadable_model(dataset: Dataset, data_dir) -> None:
+def test_augment_transforms_whole_batches_reproducibly() -> None:
+    x = torch.rand(6, 3, 16, 16)
+    a = augment(x, torch.Generator().manual_seed(1))
+    b = augment(x, torch.Generator().manual_seed(1))
+    assert a.shape == x.shape and torch.equal(a, b)
+    assert 0.0 <= a.min() and a.max() <= 1.0
+    assert not torch.allclose(a, x)
+    # Every image gets its own transform.
+    same = torch.rand(1, 3, 16, 16).expand(6, 3, 16, 16)
+    out = augment(same, torch.Generator().manual_seed(2))
+    assert not torch.allclose(out[0], out[1])
+
+
+def test_fine_tuning_freezes_then_unfreezes_with_discriminative_rates(
+    dataset: Dataset, tmp_path
+) -> None:
+    weights = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
+    config = TrainConfig(image_size=16, batch_size=16, pretrained=True, weights_path=str(weights))
+    assert training_phases(Trial(1e-3, 3), config) == [("frozen", 1), ("unfrozen", 2)]
+    assert training_phases(Trial(1e-3, 1), config) == [("unfrozen", 1)]
+    assert training_phases(Trial(1e-3, 3), SMALL) == [("scratch", 3)]
+
+    model = build_model(config, 4)
+    _set_frozen(model, True)
+    assert not model.conv1.weight.requires_grad and not model.layer4[0].conv1.weight.requires_grad
+    assert model.bn1.weight.requires_grad and model.fc.weight.requires_grad
+    _set_frozen(model, False)
+    optimizer, rates = _optimizer(model, "unfrozen", 1e-3)
+    assert rates == pytest.approx([5e-6, 5e-5, 5e-4])
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx(rates)
+    grouped = sum(len(g["params"]) for g in optimizer.param_groups)
+    assert grouped == len(list(model.parameters()))
+
+    fitted = fit(Trial(1e-3, 2), config, load_tensors(tensor_cache(dataset, 16)))
+    assert len(fitted.history) == 2
+    assert all(p.requires_grad for p in fitted.model.parameters())
+
+
+def test_sweep_logs_parent_children_diagnoses_and_a_loadable_model(
+    dataset: Dataset, data_dir
+) -> None:
+    """Real runs: lr 10 diverges, 1e-6 is too slow, and the best is never the diverged one."""
     settings = Settings.from_env()
     experiment = experiment_id(settings)
-    trials = trial_grid([1e-3, 3e-3], [1])
-    parent = start_sweep(experiment, SMALL, dataset, trials)
-    cache = str(tensor_cache(dataset, SMALL.image_size))
-    results = [run_trial(t, SMALL, cache, experiment, parent, dataset.digest) for t in trials]
+    config = TrainConfig(image_size=16, batch_size=8)
+    trials = trial_grid([1e-6, 3e-3, 10.0], [1])
+    parent = start_sweep(experiment, config, dataset, trials)
+    cache = str(tensor_cache(dataset, config.image_size))
+    results = [
+        run_trial(t, config, cache, experiment, parent, dataset.digest, settings.tracking_uri)
+        for t in trials
+    ]
+    results = diagnose_in_sweep(results)
+    by_lr = {r.lr: r for r in results}
+    assert by_lr[10.0].diagnosis == "diverged", by_lr[10.0].evidence
+    assert by_lr[1e-6].diagnosis == "too_slow", by_lr[1e-6].evidence
     best = best_trial(results)
-    finish_sweep(parent, results, best)
-    model_uri = log_best_model(best, SMALL, dataset, cache, parent)
+    assert best.lr != 10.0 and best.diagnosis != "diverged"
+    excluded = finish_sweep(parent, results, best, "3 of 3 grid epochs")
+    assert [e["trial"] for e in excluded] == ["lr=10 epochs=1"]
+    assert excluded[0]["diagnosis"] == "diverged" and excluded[0]["why"]
+    model_uri = log_best_model(best, config, dataset, cache, parent)
 
     client = MlflowClient(settings.tracking_uri)
     children = client.search_runs(
@@ -83,32 +144,47 @@ def test_sweep_logs_parent_children_and_a_loadable_model(dataset: Dataset, data_
     assert {c.info.run_id for c in children} == {r.run_id for r in results}
     for child in children:
         history = client.get_metric_history(child.info.run_id, "val_loss")
-        assert [m.step for m in history] == [0]
+        assert [m.step for m in history] in ([0], [])  # a NaN loss is not logged
+        steps = client.get_metric_history(child.info.run_id, "train_loss_step")
+        assert len(steps) >= 1
         assert child.data.params["dataset_digest"] == dataset.digest
-        assert "loss_curves.png" in [a.path for a in client.list_artifacts(child.info.run_id)]
+        assert child.data.tags["ursa.diagnosis"] == by_lr[float(child.data.params["lr"])].diagnosis
+        assert child.data.tags["ursa.diagnosis_evidence"]
+        assert any(k.startswith("system/") for k in child.data.metrics), child.data.metrics
+        artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
+        assert {
+            "loss_curves.png",
+            "confusion_matrix.png",
+            "most_confused.json",
+            "top_losses.png",
+        } <= artifacts
     parent_run = client.get_run(parent)
     assert parent_run.data.tags["ursa.best_run_id"] == best.run_id
+    assert "lr=10 epochs=1: diverged" in parent_run.data.tags["ursa.excluded"]
+    parent_artifacts = {a.path for a in client.list_artifacts(parent)}
+    assert {"leaderboard.json", "heatmap_val_accuracy.png", "excluded_trials.json"} <= (
+        parent_artifacts
+    )
     assert latest_model_uri(experiment) == model_uri
 
     package = load_package(model_uri, settings.tracking_uri)
     assert package.classes == list(dataset.classes)
     assert package.meta["image_size"] == 16
     assert package.meta["dataset_digest"] == dataset.digest
-    artifacts = [a.path for a in client.list_artifacts(best.run_id)]
-    assert "confusion_matrix.png" in artifacts
 
 
-def _result(acc: float, loss: float, run_id: str) -> TrialResult:
-    return TrialResult(0.1, 1, run_id, acc, loss, loss, "", 0.0)
+def _result(acc: float, loss: float, run_id: str, diagnosis: str = "good") -> TrialResult:
+    return TrialResult(0.1, 1, run_id, acc, loss, loss, "", 0.0, diagnosis=diagnosis)
 
 
 def test_best_trial_prefers_accuracy_then_loss_and_never_a_diverged_one() -> None:
     a = _result(0.9, 0.3, "a")
     b = _result(0.9, 0.2, "b")
     nan = _result(0.95, math.nan, "nan")
-    assert best_trial([a, b, nan]).run_id == "b"
+    exploded = _result(0.99, 0.1, "exploded", diagnosis="diverged")
+    assert best_trial([a, b, nan, exploded]).run_id == "b"
     with pytest.raises(RuntimeError, match="diverged"):
-        best_trial([nan])
+        best_trial([nan, exploded])
 
 
 def test_trial_grid_refuses_bad_values() -> None:
@@ -131,6 +207,23 @@ def test_pretrained_weights_come_from_a_local_file_or_a_clear_error(tmp_path, mo
     model = build_model(TrainConfig(pretrained=True, weights_path=str(weights)), 3)
     assert torch.equal(model.conv1.weight, reference.conv1.weight)
     assert model.fc.out_features == 3
+
+
+def test_missing_weights_fall_back_only_when_the_user_chose_so(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    missing = str(tmp_path / "nope.pth")
+    with pytest.raises(WeightsUnavailable, match="nope.pth"):
+        resolve_weights(TrainConfig(pretrained=True, weights_path=missing))
+    config, note = resolve_weights(
+        TrainConfig(pretrained=True, weights_path=missing, if_no_weights="scratch")
+    )
+    assert not config.pretrained and "from scratch" in note and "nope.pth" in note
+    wrong = tmp_path / "wrong.pth"
+    torch.save({"not": torch.zeros(1)}, wrong)
+    with pytest.raises(WeightsUnavailable, match="does not fit"):
+        build_model(TrainConfig(pretrained=True, weights_path=str(wrong)), 3)
+    with pytest.raises(ValueError, match="if_no_weights"):
+        TrainConfig(if_no_weights="maybe")
 
 
 def test_experiment_keeps_artifacts_in_the_data_folder(data_dir) -> None:

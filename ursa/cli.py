@@ -58,7 +58,9 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
         valid_pct=args.valid_pct,
         seed=args.seed,
         concurrency=args.concurrency,
+        per_host=args.per_host,
         timeout_s=args.timeout,
+        fresh=args.fresh,
     )
     from rich.table import Table
 
@@ -67,8 +69,15 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     table.add_column("URLs", justify="right")
     for outcome, count in result.outcomes.items():
         table.add_row(outcome, str(count))
+    table.add_section()
+    table.add_row("total", str(sum(result.outcomes.values())))
     console.print(table)
-    console.print(f"Dataset statuses: {result.statuses}")
+    statuses = Table(title="Dataset")
+    statuses.add_column("status")
+    statuses.add_column("images", justify="right")
+    for status, count in result.statuses.items():
+        statuses.add_row(status, str(count))
+    console.print(statuses)
     console.print(f"URL manifest: {result.url_manifest}")
     console.print(
         f"Dataset manifest: {result.dataset.manifest_path} (digest {result.dataset.digest[:12]})"
@@ -78,25 +87,53 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     from flows.train import train
+    from tasks.train import WeightsUnavailable
 
-    result = train(
-        dataset_manifest=args.dataset or _default_dataset(settings),
-        lrs=args.lr,
-        epochs=args.epochs,
-        arch=args.arch,
-        image_size=args.image_size,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        pretrained=args.pretrained,
-        weights_path=args.weights or "",
-    )
-    for t in sorted(result.trials, key=lambda t: -t.val_accuracy):
+    try:
+        result = train(
+            dataset_manifest=args.dataset or _default_dataset(settings),
+            lrs=args.lr,
+            epochs=args.epochs,
+            arch=args.arch,
+            image_size=args.image_size,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            pretrained=args.pretrained,
+            weights_path=args.weights or "",
+            if_no_weights=args.if_no_weights,
+            freeze_epochs=args.freeze_epochs,
+            augment=not args.no_augment,
+            flip=args.flip,
+            mode=args.mode,
+            eta=args.eta,
+            lr_find=args.lr_find,
+            centre_lrs=args.centre_lrs,
+            runner=args.runner,
+            workers=args.workers,
+            dask_address=args.dask_address or "",
+        )
+    except WeightsUnavailable as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        return 2
+    for t in sorted(result.trials, key=lambda t: (not t.usable, -t.val_accuracy)):
         mark = "  <- best" if t.run_id == result.best.run_id else ""
         console.print(
             f"lr={t.lr:<8g} epochs={t.epochs:<3} val_accuracy={t.val_accuracy:.4f} "
-            f"val_loss={t.val_loss:.4f}{mark}"
+            f"val_loss={t.val_loss:.4f} {t.diagnosis:<12}{mark}"
         )
+    for e in result.excluded:
+        console.print(f"excluded {e['trial']}: {e['diagnosis']} ({e['why']})")
+    if result.lr_suggestion is not None:
+        console.print(f"lr_find suggests {result.lr_suggestion:.2g}")
+    console.print(f"Trained {result.budget}. Weights: {result.weights}")
     console.print(f"Model: {result.model_uri} (MLflow parent run {result.parent_run_id})")
+    return 0
+
+
+def cmd_sgd(args: argparse.Namespace, settings: Settings) -> int:
+    from flows.sgd import sgd_from_scratch
+
+    sgd_from_scratch(lrs=args.lr, steps=args.steps, batch_size=args.batch_size, seed=args.seed)
     return 0
 
 
@@ -112,13 +149,30 @@ def cmd_release(args: argparse.Namespace, settings: Settings) -> int:
     outcome = release(
         model_uri=model_uri,
         dataset_manifest=args.dataset or _default_dataset(settings),
-        margin=args.margin,
+        margin=_margin(args, settings),
         serve_url=args.serve_url or "",
     )
     r = outcome.release
     console.print(
         f"{r.model_name} v{r.candidate_version}: {'promoted' if r.promoted else 'not promoted'} "
         f"({r.reason}); champion is v{r.champion_version}"
+    )
+    return 0
+
+
+def _margin(args: argparse.Namespace, settings: Settings) -> float:
+    return settings.release_margin if args.margin is None else args.margin
+
+
+def cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
+    from flows.rollback import rollback
+
+    outcome = rollback(serve_url=args.serve_url or "")
+    r = outcome.rollback
+    served = f"; served v{outcome.deploy.served_version}" if outcome.deploy else ""
+    console.print(
+        f"{r.model_name}: champion is v{r.champion_version} again "
+        f"(v{r.replaced_version or '-'} is now 'previous'){served}"
     )
     return 0
 
@@ -133,7 +187,7 @@ def cmd_pipeline(args: argparse.Namespace, settings: Settings) -> int:
         epochs=args.epochs,
         arch=args.arch,
         seed=args.seed,
-        margin=args.margin,
+        margin=_margin(args, settings),
         serve_url=args.serve_url or "",
     )
     r = result.release.release
@@ -216,8 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
             "source",
             nargs="?",
             default="embedded",
-            help="folder of <class>.txt URL lists (one URL per line), one such file, "
-            "or 'embedded' (default)",
+            help="folder of <class>.txt URL lists (one URL per line) or of CSVs with a url "
+            "column, one such file, a folder of class folders of images, or 'embedded' (default)",
         )
         p.add_argument("--max-per-class", type=int, default=None, help="first N URLs per class")
         p.add_argument("--seed", type=int, default=0, help="split and training seed")
@@ -226,7 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     ingest_args(p)
     p.add_argument("--valid-pct", type=float, default=0.2, help="validation share (default 0.2)")
     p.add_argument("--concurrency", type=int, default=32, help="parallel downloads (default 32)")
+    p.add_argument("--per-host", type=int, default=16, help="parallel per host (default 16)")
     p.add_argument("--timeout", type=float, default=10.0, help="deadline per URL in s (default 10)")
+    p.add_argument("--fresh", action="store_true", help="fetch every URL again instead of resuming")
     p.set_defaults(func=cmd_ingest)
 
     def sweep_args(p: argparse.ArgumentParser) -> None:
@@ -256,14 +312,46 @@ def build_parser() -> argparse.ArgumentParser:
         help="start from pretrained weights (a local file or torchvision's cache)",
     )
     p.add_argument("--weights", help="local state_dict file for --pretrained")
+    p.add_argument(
+        "--if-no-weights",
+        choices=["fail", "scratch"],
+        default="fail",
+        help="when --pretrained weights are missing: stop with a message (default) or "
+        "train from scratch",
+    )
+    p.add_argument("--freeze-epochs", type=int, default=1, help="head-only epochs (pretrained)")
+    p.add_argument("--no-augment", action="store_true", help="turn batch augmentation off")
+    p.add_argument("--flip", action="store_true", help="also flip images horizontally")
+    p.add_argument(
+        "--mode",
+        choices=["grid", "halving"],
+        default="grid",
+        help="every lr x epochs pair, or successive halving with epochs as the budget",
+    )
+    p.add_argument("--eta", type=int, default=3, help="halving: keep the best 1/eta per rung")
+    p.add_argument("--lr-find", action="store_true", help="run the learning-rate finder first")
+    p.add_argument(
+        "--centre-lrs", action="store_true", help="centre the --lr grid on lr_find's suggestion"
+    )
+    p.add_argument("--runner", choices=["threads", "dask"], default="threads")
+    p.add_argument("--workers", type=int, default=1, help="trials at once (threads or Dask)")
+    p.add_argument("--dask-address", help="scheduler of an existing Dask cluster (--runner dask)")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("sgd", help="lesson2-sgd: fit a line by hand-written SGD, in MLflow")
+    p.add_argument("--lr", type=_floats, default=[0.01, 0.1, 1.1], help="learning rates")
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--batch-size", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_sgd)
 
     def release_args(p: argparse.ArgumentParser) -> None:
         p.add_argument(
             "--margin",
             type=float,
-            default=0.0,
-            help="accuracy a candidate must beat the champion by (default 0)",
+            default=None,
+            help="accuracy a candidate must beat the champion by "
+            "(default URSA_RELEASE_MARGIN or 0)",
         )
         p.add_argument("--serve-url", help="server to redeploy (default: URSA_SERVE_URL)")
 
@@ -272,6 +360,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", help="dataset manifest to compare on (default: last ingest)")
     release_args(p)
     p.set_defaults(func=cmd_release)
+
+    p = sub.add_parser("rollback", help="make the previous champion the champion again")
+    p.add_argument("--serve-url", help="server to redeploy (default: URSA_SERVE_URL)")
+    p.set_defaults(func=cmd_rollback)
 
     p = sub.add_parser("pipeline", help="ingest, train and release in one flow run")
     ingest_args(p)

@@ -75,6 +75,7 @@ class Settings:
     batch_max_wait_ms: float = 5.0
     poll_interval_s: float = 30.0  # 0 turns polling off
     cors_origins: tuple[str, ...] = ()  # empty: no CORS headers at all
+    inference_threads: int = 0  # torch threads in `ursa serve`; 0: all cores but one
     # Release: accuracy a candidate must beat the champion by.
     release_margin: float = 0.0
 
@@ -98,6 +99,7 @@ class Settings:
             batch_max_wait_ms=_read(env, "URSA_BATCH_MAX_WAIT_MS", _non_negative_float, 5.0),
             poll_interval_s=_read(env, "URSA_POLL_INTERVAL_S", _non_negative_float, 30.0),
             cors_origins=_read(env, "URSA_CORS_ORIGINS", _origins, ()),
+            inference_threads=_read(env, "URSA_INFERENCE_THREADS", int, 0),
             release_margin=_read(env, "URSA_RELEASE_MARGIN", _non_negative_float, 0.0),
         )
 

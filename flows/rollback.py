@@ -1,0 +1,48 @@
+"""rollback: make the previous champion the champion again, and redeploy the server."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prefect import flow
+
+from tasks.deploy import DeployError, DeployResult, redeploy_task
+from tasks.registry import RollbackResult, rollback_task, set_aliases_task
+from tasks.reports import publish_release
+from ursa.settings import Settings
+
+
+@dataclass
+class RollbackOutcome:
+    rollback: RollbackResult
+    deploy: DeployResult | None
+
+
+@flow(name="rollback", log_prints=True)
+def rollback(serve_url: str = "") -> RollbackOutcome:
+    """Point ``champion`` back at ``previous`` (and ``previous`` at the rolled-back version).
+
+    With a server URL (or URSA_SERVE_URL) the server reloads and must serve the restored
+    version; if it refuses it as broken, the aliases are put back and the flow fails.
+    """
+    settings = Settings.from_env()
+    result = rollback_task(settings.model_name, settings.tracking_uri)
+    target = serve_url or settings.serve_url
+    deployed = None
+    if target:
+        try:
+            deployed = redeploy_task(target, settings.admin_token, result.champion_version)
+        except DeployError as exc:
+            if exc.refused:
+                set_aliases_task(
+                    settings.model_name,
+                    settings.tracking_uri,
+                    champion=result.replaced_version,
+                    previous=result.champion_version,
+                )
+            raise
+    served = f"\n- served: version {deployed.served_version} at {target}\n" if deployed else ""
+    note = result.summary() + served
+    publish_release(note, key="rollback-note")
+    print(note)
+    return RollbackOutcome(rollback=result, deploy=deployed)

@@ -1,0 +1,61 @@
+"""The fit diagnostics on constructed curves: one curve per rule, and the order of the rules."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from tasks.diagnosis import DIVERGED, GOOD, OVERFITTING, TOO_SLOW, UNDERFITTING, diagnose
+
+
+def test_a_nan_or_exploding_loss_is_diverged() -> None:
+    d = diagnose([2.3, 5.0, math.nan], [2.2, math.inf])
+    assert d.label == DIVERGED and "nan" in d.evidence and not d.usable
+    assert diagnose([2.3, 9.0, 40.0]).label == DIVERGED
+    # Training looked fine but the validation loss blew past the untrained model's loss.
+    d = diagnose([2.3, 1.0, 0.5], [1.2, 30.0, 80.0], initial_loss=2.3)
+    assert d.label == DIVERGED and "80" in d.evidence
+
+
+def test_a_loss_that_barely_moves_is_too_slow() -> None:
+    d = diagnose([2.30, 2.29, 2.28], [2.31, 2.30, 2.29], initial_loss=2.31)
+    assert d.label == TOO_SLOW and "1.3%" in d.evidence
+
+
+def test_train_falling_while_validation_rises_is_overfitting() -> None:
+    d = diagnose([2.0, 0.5, 0.3, 0.2, 0.1], [1.0, 0.4, 0.45, 0.5, 0.6], initial_loss=2.3)
+    assert d.label == OVERFITTING and "rose" in d.evidence
+    # Validation rising only once, or not over the last epochs, is not overfitting.
+    assert diagnose([2.0, 0.5, 0.3, 0.2], [1.0, 0.4, 0.5, 0.3], initial_loss=2.3).label == GOOD
+
+
+def test_train_above_validation_or_far_from_best_is_underfitting() -> None:
+    d = diagnose([2.0, 1.2, 0.9], [1.0, 0.7, 0.6], initial_loss=2.3)
+    assert d.label == UNDERFITTING and "above validation" in d.evidence
+    d = diagnose(
+        [2.0, 0.6, 0.4],
+        [1.0, 0.5, 0.4],
+        initial_loss=2.3,
+        val_accuracy=0.80,
+        best_val_accuracy=0.97,
+    )
+    assert d.label == UNDERFITTING and "0.9700" in d.evidence
+    d = diagnose([6.5, 2.0, 1.5], best_train_loss=0.08)
+    assert d.label == UNDERFITTING and "best" in d.evidence
+
+
+def test_a_healthy_run_is_good() -> None:
+    d = diagnose(
+        [2.0, 0.6, 0.4],
+        [1.0, 0.5, 0.42],
+        initial_loss=2.3,
+        val_accuracy=0.96,
+        best_val_accuracy=0.97,
+    )
+    assert d.label == GOOD and d.usable
+
+
+def test_diagnose_refuses_an_empty_curve() -> None:
+    with pytest.raises(ValueError, match="empty"):
+        diagnose([])

@@ -1,0 +1,210 @@
+"""Release gate, `previous` alias and rollback: the plain functions against a real SQLite
+registry, and the release/rollback flows under Prefect's harness against a real server.
+
+The models always answer one class (zero-weight head, one-hot bias), and the validation split
+is skewed (classes 0 and 2 have two images, class 1 one), so every accuracy is known exactly:
+always-0 and always-2 score 0.4, always-1 scores 0.2.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from urllib.parse import urlparse
+from urllib.request import url2pathname
+
+import mlflow
+import pytest
+import torch
+from mlflow import MlflowClient
+from PIL import Image
+from torch import nn
+
+from flows.release import release
+from flows.rollback import rollback
+from serving.app import create_app
+from tasks.deploy import DeployError, redeploy
+from tasks.manifest import Dataset, ImageRow, read_rows, write_dataset
+from tasks.registry import RollbackError, release_model, rollback_model
+from tests.datasets import digits_dataset
+from tests.live import LiveServer
+from ursa.package import PackageError, log_package, resolve_models_uri
+from ursa.settings import Settings
+
+TOKEN = "release-token"
+
+
+def png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (20, 20), (9, 9, 9)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def skewed_dataset(data_dir: Path) -> Dataset:
+    full = digits_dataset(data_dir, per_class=8, classes=3)
+    rows = read_rows(Path(full.manifest_path), ImageRow)
+    dropped = next(r for r in rows if r.split == "valid" and r.label == full.classes[1])
+    return write_dataset(data_dir, [r for r in rows if r is not dropped])
+
+
+def always(index: int, classes: list[str]) -> nn.Module:
+    head = nn.Linear(4, len(classes))
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.zero_()
+        head.bias[index] = 5.0
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), head
+    )
+
+
+def log_models(settings: Settings, classes: list[str], names: list[str]) -> dict[str, str]:
+    """Log one always-<class> package per name ("c0", "c1", ...), each in its own run."""
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    experiment = mlflow.create_experiment(
+        "release-test", artifact_location=settings.artifact_location
+    )
+    uris = {}
+    for name in names:
+        with mlflow.start_run(experiment_id=experiment):
+            meta = {"arch": "tiny", "classes": classes, "image_size": 16}
+            meta |= {"mean": [0.5] * 3, "std": [0.25] * 3}
+            uris[name] = log_package(always(int(name[1]), classes), meta, name="model")
+    return uris
+
+
+def corrupt(settings: Settings, version: str) -> None:
+    location = resolve_models_uri(f"models:/{settings.model_name}/{version}", settings.tracking_uri)
+    local = Path(url2pathname(urlparse(location).path)) if "://" in location else Path(location)
+    (local / "data" / "model.pt2").write_bytes(b"garbage" * 64)
+
+
+def aliases(settings: Settings) -> dict[str, str]:
+    model = MlflowClient(settings.tracking_uri).get_registered_model(settings.model_name)
+    return {alias: str(version) for alias, version in model.aliases.items()}
+
+
+def test_gate_margin_previous_and_rollback(data_dir: Path) -> None:
+    settings = Settings.from_env()
+    dataset = skewed_dataset(data_dir)
+    classes = list(dataset.classes)
+    uris = log_models(settings, classes, ["c1", "c0", "c2"])
+    name, uri = settings.model_name, settings.tracking_uri
+    client = MlflowClient(uri)
+
+    first = release_model(uris["c1"], dataset, name, uri)
+    assert first.promoted and first.reason == "no champion yet"
+    assert first.candidate_accuracy == pytest.approx(0.2)
+    assert aliases(settings) == {"champion": "1"}
+
+    short = release_model(uris["c0"], dataset, name, uri, margin=0.3)  # 0.4 vs 0.2 + 0.3
+    assert not short.promoted and short.champion_version == "1"
+    assert (short.candidate_accuracy, short.previous_accuracy) == pytest.approx((0.4, 0.2))
+    tags = client.get_model_version(name, short.candidate_version).tags
+    assert tags["ursa.gate"] == "rejected"
+    assert tags["ursa.gate_champion_version"] == "1"
+    assert float(tags["ursa.gate_champion_accuracy"]) == pytest.approx(0.2)
+    assert tags["ursa.gate_margin"] == "0.3"
+    run_id = mlflow.models.get_model_info(uris["c0"]).run_id
+    run = client.get_run(run_id)
+    assert run.data.metrics["gate_candidate_accuracy"] == pytest.approx(0.4)
+    assert run.data.metrics["gate_champion_accuracy"] == pytest.approx(0.2)
+    gate = json.loads(
+        Path(
+            mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path="release_gate.json", tracking_uri=uri
+            )
+        ).read_text()
+    )
+    assert gate["promoted"] is False and gate["margin"] == 0.3
+
+    promoted = release_model(uris["c0"], dataset, name, uri, margin=0.1)
+    assert promoted.promoted and promoted.champion_version == "3"
+    assert aliases(settings) == {"champion": "3", "previous": "1"}
+
+    tie = release_model(uris["c2"], dataset, name, uri)  # 0.4 vs 0.4: a tie does not promote
+    assert not tie.promoted and aliases(settings) == {"champion": "3", "previous": "1"}
+
+    back = rollback_model(name, uri)
+    assert (back.champion_version, back.replaced_version) == ("1", "3")
+    assert aliases(settings) == {"champion": "1", "previous": "3"}
+    assert "ursa.rolled_back_at" in client.get_model_version(name, "3").tags
+    rollback_model(name, uri)  # rolling back a rollback returns to where it started
+    assert aliases(settings) == {"champion": "3", "previous": "1"}
+
+    for bad in (-0.1, 1.0, float("nan")):
+        with pytest.raises(ValueError, match="margin"):
+            release_model(uris["c0"], dataset, name, uri, margin=bad)
+
+
+def test_gate_refuses_a_candidate_that_does_not_know_the_classes(data_dir: Path) -> None:
+    settings = Settings.from_env()
+    dataset = skewed_dataset(data_dir)
+    uris = log_models(settings, ["x", "y", "z"], ["c0"])
+    with pytest.raises(ValueError, match="does not know the dataset's classes"):
+        release_model(uris["c0"], dataset, settings.model_name, settings.tracking_uri)
+    assert MlflowClient(settings.tracking_uri).search_model_versions() == []
+
+
+def test_rollback_without_previous_is_a_clear_error(data_dir: Path) -> None:
+    settings = Settings.from_env()
+    dataset = skewed_dataset(data_dir)
+    uris = log_models(settings, list(dataset.classes), ["c0"])
+    release_model(uris["c0"], dataset, settings.model_name, settings.tracking_uri)
+    with pytest.raises(RollbackError, match="previous"):
+        rollback_model(settings.model_name, settings.tracking_uri)
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_rollback_flow_redeploys_and_refuses_a_broken_previous(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("URSA_ADMIN_TOKEN", TOKEN)
+    settings = Settings.from_env()
+    dataset = skewed_dataset(data_dir)
+    classes = list(dataset.classes)
+    uris = log_models(settings, classes, ["c1", "c0", "c2"])
+    name, uri = settings.model_name, settings.tracking_uri
+    release_model(uris["c1"], dataset, name, uri)  # v1
+    release_model(uris["c0"], dataset, name, uri)  # v2 beats it: champion 2, previous 1
+
+    app = create_app(settings)
+    with LiveServer(app) as server, server.client() as http:
+        assert http.get("/version").json()["version"] == "2"
+        done = rollback(serve_url=server.url)
+        assert done.deploy.served_version == "1"
+        assert aliases(settings) == {"champion": "1", "previous": "2"}
+        answer = http.post("/predict?k=1", content=png(), headers={"content-type": "image/png"})
+        assert answer.json()["version"] == "1"
+        assert answer.json()["predictions"][0]["label"] == classes[1]
+
+        # The release flow moves on to v3 (always-2 beats always-1) and redeploys.
+        released = release(
+            model_uri=uris["c2"], dataset_manifest=dataset.manifest_path, serve_url=server.url
+        )
+        assert released.release.promoted and released.deploy.served_version == "3"
+        assert aliases(settings) == {"champion": "3", "previous": "1"}
+
+        corrupt(settings, "1")  # `previous` breaks on disk
+        with pytest.raises(DeployError, match="refused version 1") as caught:
+            rollback(serve_url=server.url)
+        assert caught.value.refused
+        assert aliases(settings) == {"champion": "3", "previous": "1"}  # put back
+        assert http.get("/readyz").json()["version"] == "3"
+
+        # A broken candidate fails the release flow at the gate: nothing registered or moved.
+        with pytest.raises(PackageError):
+            release(
+                model_uri=f"models:/{name}/1",
+                dataset_manifest=dataset.manifest_path,
+                serve_url=server.url,
+            )
+        assert len(MlflowClient(uri).search_model_versions(f"name='{name}'")) == 3
+        assert http.get("/version").json()["version"] == "3"
+
+
+def test_redeploy_against_a_server_that_is_down_is_not_a_refusal() -> None:
+    with pytest.raises(DeployError, match="did not answer") as caught:
+        redeploy("http://127.0.0.1:9", TOKEN, "1", timeout_s=2)
+    assert not caught.value.refused

@@ -1,0 +1,85 @@
+"""The train flow under Prefect's test harness, against a real MLflow store: successive
+halving on concurrent threads, trials on a local Dask cluster of 2 worker processes, and
+missing pretrained weights from the command line."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from flows.train import train
+from tests.datasets import digits_dataset
+from ursa.cli import main
+from ursa.settings import Settings
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+@pytest.fixture
+def manifest(data_dir: Path) -> str:
+    return digits_dataset(data_dir, per_class=12, classes=4).manifest_path
+
+
+def _children(parent: str) -> list:
+    client = MlflowClient(Settings.from_env().tracking_uri)
+    return client.search_runs(
+        [client.get_run(parent).info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent}' and tags.`ursa.role` = 'trial'",
+    )
+
+
+def test_halving_on_concurrent_threads_reports_the_epochs_it_saved(manifest: str) -> None:
+    result = train(
+        dataset_manifest=manifest,
+        lrs=[1e-3, 3e-3, 1e-2],
+        epochs=[1, 2],
+        image_size=16,
+        batch_size=8,
+        mode="halving",
+        eta=3,
+        workers=2,
+    )
+    # Rung 1: three rates for 1 epoch; rung 2: the best one for 2 epochs.
+    assert sorted((t.epochs, t.lr) for t in result.trials)[:3] == [
+        (1, 1e-3),
+        (1, 3e-3),
+        (1, 1e-2),
+    ]
+    assert [t.epochs for t in result.trials].count(2) == 1
+    assert result.budget.startswith("5 of 9 grid epochs")
+    assert all(t.diagnosis for t in result.trials)
+    assert len(_children(result.parent_run_id)) == 4
+    tags = MlflowClient(Settings.from_env().tracking_uri).get_run(result.parent_run_id).data.tags
+    assert tags["ursa.budget"] == result.budget
+    assert tags["ursa.model_uri"] == result.model_uri
+
+
+def test_trials_run_on_a_local_dask_cluster_of_two_worker_processes(manifest: str) -> None:
+    result = train(
+        dataset_manifest=manifest,
+        lrs=[1e-3, 3e-3],
+        epochs=[1],
+        image_size=16,
+        batch_size=8,
+        runner="dask",
+        workers=2,
+    )
+    children = _children(result.parent_run_id)
+    assert {c.info.run_id for c in children} == {t.run_id for t in result.trials}
+    workers = {c.data.tags["ursa.worker"].rsplit(":", 1)[1] for c in children}
+    assert str(os.getpid()) not in workers, "trials ran in the test process, not on Dask"
+    assert result.model_uri.startswith("models:/")
+
+
+def test_missing_pretrained_weights_give_a_clear_message_not_a_traceback(
+    manifest: str, tmp_path, monkeypatch, capsys
+) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    missing = str(tmp_path / "resnet18.pth")
+    code = main(["train", "--dataset", manifest, "--pretrained", "--weights", missing])
+    assert code == 2
+    out = capsys.readouterr().out
+    assert "resnet18.pth" in out and "--if-no-weights scratch" in out
