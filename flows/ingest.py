@@ -9,10 +9,12 @@ from prefect import flow
 
 from tasks.dedup import dedup_task
 from tasks.download import DownloadOptions, download_task
+from tasks.ledger import load_ledger
 from tasks.manifest import Dataset, UrlRow, write_rows
 from tasks.reports import dataset_status_counts, outcome_counts, publish_ingest
 from tasks.sources import EMBEDDED, url_rows
 from tasks.verify import verify_task
+from ursa.ledger import ledger_path
 from ursa.settings import Settings
 
 
@@ -34,9 +36,12 @@ def ingest(
     per_host: int = 16,
     timeout_s: float = 10.0,
     fresh: bool = False,
+    ledger: str = "",
 ) -> IngestResult:
     """Build a dataset from URL lists (<class>.txt), CSVs with a url column, a folder of
-    class folders of images, or "embedded". A rerun resumes unless ``fresh``."""
+    class folders of images, or "embedded". A rerun resumes unless ``fresh``. The cleaning
+    ledger (``ledger``, default ``<data>/cleaning/ledger.jsonl``, written by the review page)
+    is applied: removed images leave the dataset, relabelled ones move."""
     settings = Settings.from_env()
     data_dir = settings.data_dir
     options = DownloadOptions(concurrency=concurrency, per_host=per_host, timeout_s=timeout_s)
@@ -44,7 +49,8 @@ def ingest(
         rows = download_task(rows, data_dir, options, resume=not fresh)
     rows = verify_task(rows, data_dir, max_pixels=settings.max_image_pixels, workers=None)
     url_manifest = write_rows(data_dir / "manifests" / "urls.csv", rows, UrlRow)
-    dataset = dedup_task(rows, data_dir, valid_pct=valid_pct, seed=seed)
+    decisions = load_ledger(Path(ledger) if ledger else ledger_path(data_dir))
+    dataset = dedup_task(rows, data_dir, valid_pct=valid_pct, seed=seed, ledger=decisions)
     publish_ingest(rows, dataset, url_manifest)
     result = IngestResult(
         dataset=dataset,
@@ -53,4 +59,9 @@ def ingest(
         statuses=dataset_status_counts(dataset),
     )
     print(f"ingest: {len(rows)} URLs -> {result.statuses.get('kept', 0)} images; {result.outcomes}")
+    if decisions.digest:
+        print(
+            f"ingest: applied {len(decisions.decisions)} review decisions from {decisions.path} "
+            f"(digest {decisions.digest[:12]}); {result.statuses.get('removed', 0)} removed"
+        )
     return result

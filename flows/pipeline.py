@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 from prefect import flow
+from pydantic import Field
 
 from flows.ingest import IngestResult, ingest
 from flows.release import ReleaseOutcome, release
 from flows.train import DEFAULT_EPOCHS, DEFAULT_LRS, TrainResult, train
+from tasks.reports import publish_pipeline
 from tasks.sources import EMBEDDED
+from tasks.tracking import experiment_id
+from ursa.settings import Settings
 
 
 @dataclass
@@ -19,19 +24,36 @@ class PipelineResult:
     release: ReleaseOutcome
 
 
+# Constraints live in the annotations (Prefect validates them and the UI form shows them);
+# descriptions live in the docstring, which is where Prefect reads them from.
 @flow(name="pipeline", log_prints=True)
 def pipeline(
     source: str = EMBEDDED,
-    max_per_class: int | None = None,
-    lrs: list[float] = DEFAULT_LRS,
-    epochs: list[int] = DEFAULT_EPOCHS,
-    arch: str = "resnet18",
-    image_size: int = 32,
-    seed: int = 0,
-    margin: float = 0.0,
+    max_per_class: Annotated[int, Field(ge=1)] | None = None,
+    lrs: Annotated[list[Annotated[float, Field(gt=0, le=10)]], Field(min_length=1)] = DEFAULT_LRS,
+    epochs: Annotated[list[Annotated[int, Field(ge=1, le=100)]], Field(min_length=1)] = (
+        DEFAULT_EPOCHS
+    ),
+    arch: Annotated[str, Field(pattern="^resnet(18|34)$")] = "resnet18",
+    image_size: Annotated[int, Field(ge=16, le=512)] = 32,
+    seed: Annotated[int, Field(ge=0)] = 0,
+    margin: Annotated[float, Field(ge=0)] | None = None,
     serve_url: str = "",
 ) -> PipelineResult:
-    """From per-class URL lists to a registered champion served over HTTP."""
+    """From per-class URL lists to a registered champion served over HTTP.
+
+    Args:
+        source: Folder of <class>.txt URL lists (one URL per line), one such file, a CSV
+            with a url column, a folder of class folders of images, or "embedded".
+        max_per_class: Take at most this many URLs per class (empty: all).
+        lrs: Learning rates of the sweep.
+        epochs: Epoch counts of the sweep.
+        arch: resnet18 or resnet34.
+        image_size: Training resolution in pixels.
+        seed: Seed of the split and of the training.
+        margin: Accuracy the candidate must beat the champion by (empty: URSA_RELEASE_MARGIN).
+        serve_url: Server to redeploy (empty: URSA_SERVE_URL, or none).
+    """
     ingested = ingest(source=source, max_per_class=max_per_class, seed=seed)
     trained = train(
         dataset_manifest=ingested.dataset.manifest_path,
@@ -47,4 +69,6 @@ def pipeline(
         margin=margin,
         serve_url=serve_url,
     )
+    settings = Settings.from_env()
+    publish_pipeline(settings, experiment_id(settings), trained.parent_run_id, released.release)
     return PipelineResult(ingest=ingested, train=trained, release=released)

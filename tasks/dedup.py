@@ -19,16 +19,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import scipy.fft
 from PIL import Image
 from prefect import task
 from prefect.cache_policies import NONE
 
+from tasks.checks import phash, pixel_hash
+from tasks.ledger import REMOVED, Ledger, apply_ledger
 from tasks.manifest import OK, Dataset, ImageRow, UrlRow, write_dataset
 
 log = logging.getLogger(__name__)
 
-STATUSES = ("kept", "duplicate", "near_duplicate", "label_conflict")
+# "removed": taken out by a reviewer through the cleaning ledger (tasks/ledger.py).
+STATUSES = ("kept", "duplicate", "near_duplicate", "label_conflict", "removed")
 
 # same_picture compares grayscale thumbnails of this side, with Pillow's antialiased bilinear.
 THUMB_SIDE = 16
@@ -41,26 +43,6 @@ THUMB_SIDE = 16
 # 0.015 sits between the two with about 2x margin on either side. (The same copies lie within
 # 2 (resize), 4 (q60) and 6 (q30) bits of their original's pHash: the default radius 10 finds them.)
 SAME_PICTURE_TOLERANCE = 0.015
-
-
-def phash(image: Image.Image) -> int:
-    """64-bit DCT perceptual hash, as imagehash's ``phash`` (hash_size=8, highfreq_factor=4).
-
-    Grayscale, 32x32 Lanczos, 2-D DCT-II, the 8x8 lowest frequencies, bit = coefficient >
-    their median; bits read row by row, the first one most significant.
-    """
-    pixels = np.asarray(image.convert("L").resize((32, 32), Image.Resampling.LANCZOS), float)
-    low = scipy.fft.dct(scipy.fft.dct(pixels, axis=0), axis=1)[:8, :8]
-    bits = (low > np.median(low)).ravel()
-    return int.from_bytes(np.packbits(bits).tobytes(), "big")
-
-
-def pixel_hash(image: Image.Image) -> str:
-    """sha256 of the decoded RGB pixels and the size: equal for one picture in two encodings."""
-    rgb = image.convert("RGB")
-    h = hashlib.sha256(f"{rgb.width}x{rgb.height}\n".encode())
-    h.update(rgb.tobytes())
-    return h.hexdigest()
 
 
 def _popcount(x: np.ndarray) -> np.ndarray:
@@ -265,8 +247,11 @@ def build_dataset(
     valid_pct: float = 0.2,
     seed: int = 0,
     radius: int = 10,
+    ledger: Ledger | None = None,
 ) -> Dataset:
-    """Group duplicates, keep one image per group, split the kept ones; write the manifest."""
+    """Group duplicates, keep one image per group, apply the reviewers' decisions of
+    ``ledger`` (removals and relabels, per duplicate group), split the kept ones; write the
+    manifest, which records the ledger's path and digest."""
     if not 0.0 <= valid_pct < 1.0:
         raise ValueError(f"valid_pct must be in [0, 1), got {valid_pct}.")
     data_dir = Path(data_dir)
@@ -285,17 +270,24 @@ def build_dataset(
         members[groups.find(i)].append(im.row)
     for group in members.values():
         _mark(group)
-    _split(
-        [r for r in (im.row for im in images) if r.status == "kept"],
-        valid_pct=valid_pct,
-        seed=seed,
-    )
+    image_rows = [im.row for im in images]
+    if ledger is not None and not ledger.empty:
+        image_rows = apply_ledger(image_rows, ledger.decisions)
+        regrouped: dict[str, list[ImageRow]] = defaultdict(list)
+        for r in image_rows:
+            if r.status != REMOVED:
+                regrouped[r.group].append(r)
+        for group in regrouped.values():
+            _mark(group)  # a relabel may have settled a label conflict
+    _split([r for r in image_rows if r.status == "kept"], valid_pct=valid_pct, seed=seed)
 
-    image_rows = sorted((im.row for im in images), key=lambda r: (r.sha256, r.label))
+    image_rows = sorted(image_rows, key=lambda r: (r.sha256, r.label))
     conflicts = label_conflicts(image_rows)
     if conflicts:
         log.warning("%d duplicate groups carry more than one label: %s", len(conflicts), conflicts)
-    return write_dataset(data_dir, image_rows)
+    if ledger is None or not ledger.digest:
+        return write_dataset(data_dir, image_rows)
+    return write_dataset(data_dir, image_rows, ledger_path=ledger.path, ledger_digest=ledger.digest)
 
 
 def _confirmed_pairs(
@@ -370,6 +362,7 @@ def _mark(group: list[ImageRow]) -> None:
     conflict = len({r.label for r in group}) > 1
     for r in group:
         r.group = best.sha256
+        r.duplicate_of = ""
         if conflict:
             # We cannot know which label is right, so none of them is kept.
             r.status = "label_conflict"

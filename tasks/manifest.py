@@ -71,9 +71,10 @@ class ImageRow:
     pixel_hash: str  # sha256 of the decoded RGB pixels: exact duplicates across encodings
     phash: str  # 64-bit perceptual hash, 16 hex digits
     group: str  # duplicate group id (sha256 of the kept member)
-    status: str = "kept"  # kept | duplicate | near_duplicate | label_conflict
+    status: str = "kept"  # kept | duplicate | near_duplicate | label_conflict | removed
     duplicate_of: str = ""  # sha256 of the kept member when not kept
     split: str = ""  # train | valid, for kept rows
+    review: str = ""  # the cleaning ledger's decision: keep | remove | relabel:<was>-><now>
 
 
 Row = TypeVar("Row", UrlRow, ImageRow)
@@ -160,6 +161,10 @@ class Dataset:
     classes: tuple[str, ...]
     n_train: int
     n_valid: int
+    # The cleaning ledger the dataset was built with (tasks/ledger.py): path and digest of the
+    # decisions read, "" when there was none.
+    ledger_path: str = ""
+    ledger_digest: str = ""
 
     @property
     def data_dir(self) -> Path:
@@ -174,7 +179,13 @@ def dataset_digest(rows: Iterable[ImageRow]) -> str:
     return h.hexdigest()
 
 
-def write_dataset(data_dir: Path, rows: list[ImageRow], name: str = "dataset") -> Dataset:
+def write_dataset(
+    data_dir: Path,
+    rows: list[ImageRow],
+    name: str = "dataset",
+    ledger_path: str = "",
+    ledger_digest: str = "",
+) -> Dataset:
     """Write ``<data_dir>/datasets/<name>.csv`` and its JSON summary; return the record."""
     kept = [r for r in rows if r.status == "kept"]
     digest = dataset_digest(rows)
@@ -185,6 +196,8 @@ def write_dataset(data_dir: Path, rows: list[ImageRow], name: str = "dataset") -
         classes=tuple(sorted({r.label for r in kept})),
         n_train=sum(r.split == "train" for r in kept),
         n_valid=sum(r.split == "valid" for r in kept),
+        ledger_path=ledger_path,
+        ledger_digest=ledger_digest,
     )
     atomic_write_text(path.with_suffix(".json"), json.dumps(dataclasses.asdict(ds), indent=2))
     return ds

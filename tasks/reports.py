@@ -12,6 +12,7 @@ from tasks.deploy import DeployResult
 from tasks.manifest import Dataset, ImageRow, UrlRow, read_rows
 from tasks.registry import ReleaseResult
 from tasks.train import TrialResult
+from ursa.settings import Settings
 
 
 def outcome_counts(rows: list[UrlRow]) -> dict[str, int]:
@@ -117,3 +118,38 @@ def release_note(result: ReleaseResult, deployed: DeployResult | None, failure: 
 
 def publish_release(note: str, key: str = "release-note") -> None:
     create_markdown_artifact(note, key=key, description="Release")
+
+
+def mlflow_link(ui_url: str, text: str, fragment: str) -> str:
+    """A markdown link into the MLflow UI, or the bare text when there is no UI address."""
+    return f"[{text}]({ui_url}/#/{fragment})" if ui_url else f"{text} (set URSA_MLFLOW_UI_URL)"
+
+
+def publish_pipeline(
+    settings: Settings, experiment_id: str, parent_run_id: str, release: ReleaseResult
+) -> str:
+    """The pipeline's one-page answer: links to the sweep, the model version, the server."""
+    ui = settings.mlflow_ui_url
+    sweep = mlflow_link(
+        ui, f"sweep run {parent_run_id}", f"experiments/{experiment_id}/runs/{parent_run_id}"
+    )
+    version = mlflow_link(
+        ui,
+        f"{release.model_name} version {release.candidate_version}",
+        f"models/{release.model_name}/versions/{release.candidate_version}",
+    )
+    champion = mlflow_link(
+        ui,
+        f"version {release.champion_version}",
+        f"models/{release.model_name}/versions/{release.champion_version}",
+    )
+    note = (
+        "# Pipeline\n"
+        f"- MLflow: {sweep}\n"
+        f"- registered: {version} ({'promoted' if release.promoted else 'not promoted'}: "
+        f"{release.reason})\n"
+        f"- champion: {champion}\n"
+        f"- server: {settings.serve_url or 'none configured (URSA_SERVE_URL)'}\n"
+    )
+    create_markdown_artifact(note, key="pipeline-links", description="Where to look next")
+    return note

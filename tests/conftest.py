@@ -20,10 +20,15 @@ os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 @pytest.fixture
 def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh data folder with its own SQLite MLflow store, set in the environment."""
+    import mlflow
+
     d = tmp_path / "data"
     d.mkdir()
+    uri = f"sqlite:///{d / 'mlflow.db'}"
     monkeypatch.setenv("URSA_DATA_DIR", str(d))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{d / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    # Code under test may set MLflow's process-wide URI; start every test on its own store.
+    mlflow.set_tracking_uri(uri)
     return d
 
 

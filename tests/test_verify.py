@@ -1,10 +1,13 @@
-"""tasks.verify: every download is decoded; good ones become PNG, bad ones go to quarantine."""
+"""tasks.verify: every download is decoded; good ones are stored as RGB images (as they came
+when they already decode to plain RGB, else as PNG), bad ones go to quarantine."""
 
 from __future__ import annotations
 
 import hashlib
 import io
 import struct
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -12,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tasks.checks import phash, pixel_hash
 from tasks.manifest import UrlRow
 from tasks.verify import verify_rows
 
@@ -46,14 +50,20 @@ def photo(size: tuple[int, int] = (40, 30), seed: int = 0) -> Image.Image:
     return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
 
 
-def test_good_image_becomes_content_addressed_png(data_dir: Path) -> None:
-    row = downloaded(data_dir, encode(photo(), "JPEG"), "http://h/a.jpg")
+@pytest.mark.parametrize(("fmt", "ext"), [("JPEG", "jpg"), ("PNG", "png")])
+def test_plain_rgb_image_is_kept_as_downloaded(data_dir: Path, fmt: str, ext: str) -> None:
+    data = encode(photo(), fmt)
+    row = downloaded(data_dir, data, f"http://h/a.{ext}")
     (out,) = verify_rows([row], data_dir)
     assert out.outcome == "ok"
-    assert out.image_path == f"images/{row.sha256}.png"
+    assert out.image_path == f"images/{row.sha256}.{ext}"  # content addressed
+    assert (data_dir / out.image_path).read_bytes() == data  # not re-encoded
     assert (out.width, out.height) == (40, 30)
     with Image.open(data_dir / out.image_path) as im:
-        assert (im.format, im.mode, im.size) == ("PNG", "RGB", (40, 30))
+        assert (im.format, im.mode, im.size) == (fmt, "RGB", (40, 30))
+        # The hashes describe the stored file's pixels, as dedup and training read them.
+        assert pixel_hash(im) == out.pixel_hash
+        assert f"{phash(im):016x}" == out.phash
     assert (data_dir / row.raw_path).exists()  # the raw download stays
 
 
@@ -77,7 +87,7 @@ def test_bad_files_are_quarantined_not_deleted(data_dir: Path, data: bytes, outc
     assert (data_dir / out.raw_path).read_bytes() == data
     assert not (data_dir / row.raw_path).exists()
     assert out.image_path == ""
-    assert not (data_dir / "images" / f"{row.sha256}.png").exists()
+    assert not list((data_dir / "images").glob(f"{row.sha256}.*"))
 
 
 def test_exif_orientation_is_applied(data_dir: Path) -> None:
@@ -88,6 +98,7 @@ def test_exif_orientation_is_applied(data_dir: Path) -> None:
     row = downloaded(data_dir, encode(im, "JPEG", exif=exif.tobytes(), quality=95), "http://h/e")
     (out,) = verify_rows([row], data_dir)
     assert (out.width, out.height) == (20, 40)
+    assert out.image_path.endswith(".png")  # rotated: the file as it came would be wrong
     pixels = np.asarray(Image.open(data_dir / out.image_path))
     assert pixels[5, 10, 0] > 200 and pixels[35, 10, 2] > 200  # red on top, blue below
 
@@ -101,6 +112,7 @@ MODES = {
     "palette": encode(Image.new("RGB", (16, 16), (9, 99, 199)).quantize(8), "PNG"),
     "rgba": encode(Image.new("RGBA", (16, 16), (255, 0, 0, 128)), "PNG"),
     "la": encode(Image.new("LA", (16, 16), (50, 255)), "PNG"),
+    "gray_jpeg": encode(Image.new("L", (16, 16), 99), "JPEG"),
     "gray16": encode(Image.fromarray(np.full((16, 16), 40000, np.uint16)), "PNG"),
     "gif": encode(_frames()[0], "GIF", save_all=True, append_images=_frames()[1:]),
     "webp": encode(Image.new("RGB", (16, 16), (0, 0, 255)), "WEBP"),
@@ -108,12 +120,14 @@ MODES = {
 
 
 @pytest.mark.parametrize("kind", list(MODES))
-def test_every_mode_is_stored_as_rgb_png(data_dir: Path, kind: str) -> None:
+def test_every_other_mode_is_stored_as_rgb_png(data_dir: Path, kind: str) -> None:
     row = downloaded(data_dir, MODES[kind], f"http://h/{kind}")
     (out,) = verify_rows([row], data_dir)
     assert out.outcome == "ok", out.reason
+    assert out.image_path == f"images/{row.sha256}.png"
     with Image.open(data_dir / out.image_path) as im:
         assert (im.format, im.mode, im.size) == ("PNG", "RGB", (16, 16))
+        assert pixel_hash(im) == out.pixel_hash
 
 
 def test_same_bytes_from_two_urls_are_decoded_once(data_dir: Path) -> None:
@@ -169,6 +183,15 @@ def test_worker_processes_agree_with_the_plain_loop(data_dir: Path) -> None:
         assert (data_dir / r.image_path).exists()
     # Rerun with the plain loop: content-addressed outputs are reused, rows are identical.
     assert verify_rows(rows, data_dir, workers=1) == parallel
+
+
+def test_worker_module_does_not_import_prefect() -> None:
+    # Spawned workers import tasks.checks: with Prefect they would each spend seconds starting.
+    code = "import sys, tasks.checks; print(sorted(m for m in sys.modules if 'prefect' in m))"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert result.stdout.strip() == "[]"
 
 
 def test_ok_row_without_a_valid_sha256_is_refused(data_dir: Path) -> None:

@@ -7,8 +7,9 @@ same files for the same reasons.
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 # Known image signatures: anything else is not an image, whatever its Content-Type says.
 _SIGNATURES = (
@@ -40,6 +41,22 @@ def sniff_extension(head: bytes) -> str | None:
     return None
 
 
+# Formats whose files every image reader decodes alike: such a file that already decodes to
+# plain 8-bit RGB can be kept byte for byte instead of being re-encoded.
+_KEEPABLE = ("jpg", "png")
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A fully decoded image, and whether its bytes can be stored as they are."""
+
+    image: Image.Image  # 8-bit RGB, EXIF orientation applied
+    extension: str  # what the bytes announce (see sniff_extension)
+    # The bytes are a JPEG or PNG that decodes by itself, single frame, no rotation, no mode
+    # conversion, to exactly ``image``: storing them loses nothing and costs no re-encoding.
+    keep_as_is: bool
+
+
 def open_image(data: bytes, max_pixels: int = 40_000_000, min_side: int = 1) -> Image.Image:
     """Fully decode ``data`` into an RGB image, EXIF orientation applied.
 
@@ -47,9 +64,15 @@ def open_image(data: bytes, max_pixels: int = 40_000_000, min_side: int = 1) -> 
     ``too_small`` or ``corrupt``. The pixel guard is checked on the header, before decoding,
     so a decompression bomb costs nothing.
     """
+    return decode_image(data, max_pixels, min_side).image
+
+
+def decode_image(data: bytes, max_pixels: int = 40_000_000, min_side: int = 1) -> Decoded:
+    """:func:`open_image`, also saying whether ``data`` may be stored without re-encoding."""
     if not data:
         raise ImageError("empty", "The file is empty (0 bytes).")
-    if sniff_extension(data[:16]) is None:
+    extension = sniff_extension(data[:16])
+    if extension is None:
         raise ImageError("not_image", f"Not an image: starts with {data[:16]!r}.")
     try:
         # Our own pixel guard runs on the header, before any decoding; Pillow's global
@@ -66,10 +89,15 @@ def open_image(data: bytes, max_pixels: int = 40_000_000, min_side: int = 1) -> 
             raise ImageError(
                 "too_small", f"Image is {width}x{height}, under the minimum side {min_side}."
             )
+        frames = getattr(im, "n_frames", 1)
         im.seek(0)  # animated images: the first frame
         im.load()  # the full decode: verify() alone misses truncated data
-        im = ImageOps.exif_transpose(im)
-        return to_rgb(im)
+        # The same test as exif_transpose's, made here so that an upright image is not copied.
+        rotated = im.getexif().get(ExifTags.Base.Orientation, 1) in range(2, 9)
+        if rotated:
+            im = ImageOps.exif_transpose(im)
+        keep = extension in _KEEPABLE and im.mode == "RGB" and frames == 1 and not rotated
+        return Decoded(to_rgb(im), extension, keep)
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

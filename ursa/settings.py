@@ -78,15 +78,20 @@ class Settings:
     inference_threads: int = 0  # torch threads in `ursa serve`; 0: all cores but one
     # Release: accuracy a candidate must beat the champion by.
     release_margin: float = 0.0
+    # Where people browse MLflow: links in Prefect artifacts point there ("" when unknown).
+    mlflow_ui_url: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         data_dir = _read(env, "URSA_DATA_DIR", Path, Path("ursa-data")).resolve()
-        default_uri = f"sqlite:///{data_dir / 'mlflow.db'}"
+        tracking_uri = _read(env, "MLFLOW_TRACKING_URI", str, f"sqlite:///{data_dir / 'mlflow.db'}")
+        # A tracking server is also its own UI; a SQLite store has none until `mlflow ui` runs.
+        default_ui = tracking_uri.rstrip("/") if tracking_uri.startswith("http") else ""
         return cls(
             data_dir=data_dir,
-            tracking_uri=_read(env, "MLFLOW_TRACKING_URI", str, default_uri),
+            tracking_uri=tracking_uri,
+            mlflow_ui_url=_read(env, "URSA_MLFLOW_UI_URL", str, default_ui).rstrip("/"),
             experiment=_read(env, "URSA_EXPERIMENT", str, "ursa"),
             model_name=_read(env, "URSA_MODEL_NAME", str, "ursa"),
             admin_token=_read(env, "URSA_ADMIN_TOKEN", str, ""),
