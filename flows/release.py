@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 from prefect import flow
+from pydantic import Field
 
 from tasks.deploy import DeployError, DeployResult, redeploy_task
 from tasks.manifest import load_dataset
@@ -23,16 +25,21 @@ class ReleaseOutcome:
 def release(
     model_uri: str,
     dataset_manifest: str,
-    margin: float | None = None,
+    margin: Annotated[float, Field(ge=0, lt=1)] | None = None,
     serve_url: str = "",
 ) -> ReleaseOutcome:
-    """Register ``model_uri``; make it champion if it beats the current one on the same data
-    by ``margin`` (default URSA_RELEASE_MARGIN).
+    """Register a model; make it champion if it beats the current one on the same data.
 
     When a server URL is given (or URSA_SERVE_URL is set) the server is told to reload and
     checked to serve the champion; a server that does not follow fails the flow. A server that
     refuses the new champion as broken keeps the old one, and so does the registry: the
     aliases are put back before the flow fails.
+
+    Args:
+        model_uri: The candidate, e.g. models:/m-<id> as printed by the train flow.
+        dataset_manifest: The dataset whose validation split both models are scored on.
+        margin: Accuracy the candidate must beat the champion by (empty: URSA_RELEASE_MARGIN).
+        serve_url: Server to redeploy (empty: URSA_SERVE_URL, or none).
     """
     settings = Settings.from_env()
     dataset = load_dataset(dataset_manifest)

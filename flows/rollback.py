@@ -24,6 +24,9 @@ def rollback(serve_url: str = "") -> RollbackOutcome:
 
     With a server URL (or URSA_SERVE_URL) the server reloads and must serve the restored
     version; if it refuses it as broken, the aliases are put back and the flow fails.
+
+    Args:
+        serve_url: Server to redeploy (empty: URSA_SERVE_URL, or none).
     """
     settings = Settings.from_env()
     result = rollback_task(settings.model_name, settings.tracking_uri)

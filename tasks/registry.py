@@ -18,9 +18,9 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from PIL import Image
 from prefect import task
-from prefect.cache_policies import NONE
 
 from tasks.manifest import Dataset, ImageRow, read_rows
+from tasks.policies import CPU, NETWORK
 from ursa.package import load_package
 
 CHAMPION = "champion"
@@ -220,6 +220,8 @@ def set_aliases(model_name: str, tracking_uri: str, champion: str, previous: str
             client.delete_registered_model_alias(model_name, alias)
 
 
-release_task = task(name="register-and-gate", cache_policy=NONE)(release_model)
-rollback_task = task(name="rollback-aliases", cache_policy=NONE)(rollback_model)
-set_aliases_task = task(name="restore-aliases", cache_policy=NONE)(set_aliases)
+# Registering is not idempotent (a retry would add a version), so the release is never
+# retried; moving aliases is, so those calls ride out a registry hiccup.
+release_task = task(name="register-and-gate", **CPU)(release_model)
+rollback_task = task(name="rollback-aliases", **NETWORK)(rollback_model)
+set_aliases_task = task(name="restore-aliases", **NETWORK)(set_aliases)

@@ -189,7 +189,12 @@ def test_worker_module_does_not_import_prefect() -> None:
     # Spawned workers import tasks.checks: with Prefect they would each spend seconds starting.
     code = "import sys, tasks.checks; print(sorted(m for m in sys.modules if 'prefect' in m))"
     result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+        [sys.executable, "-c", code],
+        cwd=Path(__file__).parents[1],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
     )
     assert result.stdout.strip() == "[]"
 

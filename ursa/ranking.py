@@ -61,7 +61,9 @@ def write_ranking(data_dir: Path, rows: list[RankedImage], meta: dict) -> Path:
     """Write the ranking (rows in rank order) and its description; return the CSV path."""
     csv_path, json_path = ranking_paths(data_dir)
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=[f.name for f in fields(RankedImage)], lineterminator="\n")
+    writer = csv.DictWriter(
+        out, fieldnames=[f.name for f in fields(RankedImage)], lineterminator="\n"
+    )
     writer.writeheader()
     for row in rows:
         writer.writerow(dataclasses.asdict(row))
@@ -83,7 +85,9 @@ def read_ranking(data_dir: Path) -> tuple[list[RankedImage], dict]:
             values = {}
             for key, kind in types.items():
                 text = raw.get(key, "")
-                values[key] = int(text) if kind == "int" else float(text) if kind == "float" else text
+                values[key] = (
+                    int(text) if kind == "int" else float(text) if kind == "float" else text
+                )
             rows.append(RankedImage(**values))
     meta = json.loads(json_path.read_text()) if json_path.is_file() else {}
     return rows, meta
