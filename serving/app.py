@@ -33,6 +33,7 @@ from serving.metrics import Metrics, MetricsMiddleware, metrics_endpoint
 from serving.models import ModelHolder, NoChampion, Reload
 from serving.openapi import openapi_endpoint
 from serving.page import upload_page
+from serving.review import review_routes
 from serving.uploads import UploadError, read_image
 from ursa.package import PackageError
 from ursa.settings import Settings
@@ -242,6 +243,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     ]
     if settings.admin_token:  # no token configured: the admin endpoints do not exist
         routes.append(Route("/admin/reload", reload, methods=["POST"]))
+    routes += review_routes(settings)  # /review: also only with an admin token
 
     middleware = [Middleware(MetricsMiddleware, metrics=metrics)]
     if settings.cors_origins:  # off unless configured; never for the admin token header

@@ -50,6 +50,7 @@ from tasks.train import (
 )
 from ursa.package import normalise
 from ursa.ranking import RankedImage, ranking_paths, read_ranking, write_ranking
+from ursa.settings import Settings
 
 KEPT, CONFLICT = "kept", "label_conflict"
 GRID_SIZE = 16  # top suspects in the MLflow grid image
@@ -320,5 +321,47 @@ def log_ranking(ranking: Ranking, experiment_id: str, data_dir: Path) -> str:
         return run.info.run_id
 
 
+def review_url(settings: Settings, given: str = "") -> str:
+    """Where people review: ``given``, else the configured server's ``/review``."""
+    if given:
+        return given
+    base = settings.serve_url or f"http://{settings.serve_host}:{settings.serve_port}"
+    return f"{base}/review"
+
+
+def publish_review(ranking: Ranking, url: str, run_id: str, top: int = 10) -> str:
+    """The review link as a Prefect link artifact, and a note with the top suspects."""
+    from prefect.artifacts import create_link_artifact, create_markdown_artifact
+
+    ranked, _ = read_ranking(Path(ranking.csv_path).parent.parent)
+    create_link_artifact(
+        link=url,
+        link_text="Review the suspect images",
+        key="review-link",
+        description=f"{ranking.n_images} images ranked; decisions go into the cleaning ledger",
+    )
+    lines = [
+        "# Images to review",
+        f"- review page: [{url}]({url}) (admin token; decisions go into the cleaning ledger, "
+        "which the next ingest applies)",
+        f"- ranked: **{ranking.n_images}** images ({ranking.n_confident_issues} confident "
+        f"issues, {ranking.n_label_conflicts} label conflicts); fold accuracy "
+        f"{ranking.fold_accuracy:.3f}",
+        f"- MLflow run: `{run_id}` (ranking table, top-suspects grid)",
+        "",
+        "| rank | image | given | predicted | confidence | p(given) | flags |",
+        "|---|---|---|---|---|---|---|",
+        *[
+            f"| {r.rank} | `{r.sha256[:12]}` | {r.given} | {r.predicted} | "
+            f"{r.confidence:.2f} | {r.self_confidence:.3f} | {r.flags} |"
+            for r in ranked[:top]
+        ],
+    ]
+    note = "\n".join(lines)
+    create_markdown_artifact(note, key="clean-summary", description="Suspect images")
+    return note
+
+
 rank_task = task(name="rank-suspects", cache_policy=NONE)(rank_dataset)
 log_ranking_task = task(name="log-ranking", cache_policy=NONE)(log_ranking)
+publish_review_task = task(name="publish-review", cache_policy=NONE)(publish_review)

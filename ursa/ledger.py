@@ -7,7 +7,8 @@ both import this module, which needs neither Prefect nor training code.
 
 Each entry is written with one ``write`` on a file opened for appending, under an exclusive
 lock, and flushed to disk before the call returns; a reader skips a last line without its
-newline (a writer killed mid-line), so nobody ever reads half an entry.
+newline (a writer killed mid-line), and the next writer cuts it off, so nobody ever reads
+half an entry.
 """
 
 from __future__ import annotations
@@ -109,10 +110,11 @@ def _append(path: Path, entry: Entry) -> Entry:
     fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        # A writer killed mid-line left a torn last line: start ours on a line of its own.
+        # A writer killed mid-line left a torn last line, which no reader ever took for an
+        # entry: cut it off, so that ours starts on a line of its own.
         size = os.fstat(fd).st_size
         if size and os.pread(fd, 1, size - 1) != b"\n":
-            line = b"\n" + line
+            os.ftruncate(fd, os.pread(fd, size, 0).rfind(b"\n") + 1)
         os.write(fd, line)
         os.fsync(fd)
     finally:

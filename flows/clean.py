@@ -1,0 +1,53 @@
+"""clean: rank the images most likely mislabelled and publish the review link.
+
+It only ranks: a person decides on the review page (``/review``), the decisions go into the
+cleaning ledger, and the next ingest (the next scheduled pipeline run) applies them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prefect import flow
+
+from tasks.cleaning import Ranking, log_ranking_task, publish_review_task, rank_task, review_url
+from tasks.manifest import load_dataset
+from tasks.tracking import experiment_id
+from tasks.train import TrainConfig
+from ursa.settings import Settings
+
+
+@dataclass
+class CleanResult:
+    ranking: Ranking
+    run_id: str  # the MLflow run holding the ranking table and the top-suspects grid
+    review_url: str
+
+
+@flow(name="clean", log_prints=True)
+def clean(
+    dataset_manifest: str = "",
+    folds: int = 4,
+    epochs: int = 3,
+    lr: float = 3e-3,
+    arch: str = "resnet18",
+    image_size: int = 32,
+    batch_size: int = 64,
+    seed: int = 0,
+    review: str = "",
+) -> CleanResult:
+    """Rank the dataset's images by how likely their label is wrong (k-fold out-of-sample
+    probabilities; see tasks/cleaning.py), log the ranking to MLflow and publish the link to
+    the review page (``review``, default: the configured server's /review)."""
+    settings = Settings.from_env()
+    dataset = load_dataset(dataset_manifest or settings.data_dir / "datasets" / "dataset.csv")
+    config = TrainConfig(arch=arch, image_size=image_size, batch_size=batch_size, seed=seed)
+    ranking = rank_task(dataset, folds, lr, epochs, config)
+    run_id = log_ranking_task(ranking, experiment_id(settings), settings.data_dir)
+    url = review_url(settings, review)
+    publish_review_task(ranking, url, run_id)
+    print(
+        f"clean: ranked {ranking.n_images} images ({ranking.n_confident_issues} confident "
+        f"issues, {ranking.n_label_conflicts} label conflicts); review them at {url}"
+    )
+    return CleanResult(ranking=ranking, run_id=run_id, review_url=url)
