@@ -63,6 +63,7 @@ def diagnose(
     val_accuracy: float | None = None,
     best_val_accuracy: float | None = None,
     best_train_loss: float | None = None,
+    clean_train_loss: float | None = None,
 ) -> Diagnosis:
     """Diagnose one run from its curves.
 
@@ -71,6 +72,9 @@ def diagnose(
     the first training loss. ``val_accuracy`` / ``best_val_accuracy``: this run's final
     accuracy and the best of its sweep, for "far from the best trial"; without accuracies
     (a regression), ``best_train_loss``: the lowest final training loss of the sweep.
+    ``clean_train_loss``: the final model's loss on training data measured like the validation
+    loss (no augmentation, no running mean); when given, the underfitting rule compares it,
+    not the last epoch's running training loss, with the validation loss.
     """
     if not train_losses:
         raise ValueError("diagnose needs at least one training loss; got an empty list.")
@@ -119,10 +123,11 @@ def diagnose(
                 f"{_fmt(v[0])} -> {_fmt(v[-1])}",
             )
 
-    if val and end > (1 + UNDERFIT_MARGIN) * val[-1]:
+    fitted = end if clean_train_loss is None else clean_train_loss
+    if val and fitted > (1 + UNDERFIT_MARGIN) * val[-1]:
         return Diagnosis(
             UNDERFITTING,
-            f"final training loss {_fmt(end)} is above validation loss {_fmt(val[-1])}: "
+            f"final training loss {_fmt(fitted)} is above validation loss {_fmt(val[-1])}: "
             "train longer or at a higher rate",
         )
     if (

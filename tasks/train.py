@@ -35,6 +35,7 @@ from ursa.package import normalise
 # ImageNet statistics: right for pretrained backbones, harmless for models trained from scratch.
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
+CLEAN_TRAIN_SAMPLE = 1024  # training images re-scored without augmentation for the diagnosis
 ARCHITECTURES = ("resnet18", "resnet34")
 IF_NO_WEIGHTS = ("fail", "scratch")
 # Discriminative rates after unfreezing (fast.ai's fine_tune): the base rate is halved, and
@@ -443,6 +444,14 @@ def fit(trial: Trial, config: TrainConfig, data: Tensors, on_epoch=None) -> FitR
                 _set_frozen(model, False)
                 return FitResult(model, history, step_losses)  # diverged: more only burns time
     _set_frozen(model, False)
+    if history:
+        # The epoch's training loss is a running mean over augmented batches while the model
+        # was still learning, so it sits above the validation loss even when the model fits
+        # well. The diagnosis compares like with like: the final model on (a sample of) the
+        # training images, measured exactly as the validation loss is.
+        sample = slice(0, CLEAN_TRAIN_SAMPLE)
+        clean_loss, _, _ = evaluate(trained, data.x_train[sample], data.y_train[sample], device)
+        history[-1]["train_eval_loss"] = clean_loss
     return FitResult(model, history, step_losses)
 
 
@@ -456,6 +465,7 @@ def diagnose_fit(
         initial_loss=initial_loss,
         val_accuracy=history[-1]["val_accuracy"] if history else None,
         best_val_accuracy=best_val_accuracy,
+        clean_train_loss=history[-1].get("train_eval_loss") if history else None,
     )
 
 
@@ -504,6 +514,9 @@ def run_trial(
             mlflow.log_metrics(metrics, step=record["epoch"])
 
         fitted = fit(trial, config, data, on_epoch=log_epoch)
+        clean = fitted.history[-1].get("train_eval_loss") if fitted.history else None
+        if clean is not None and math.isfinite(clean):
+            mlflow.log_metric("train_eval_loss", clean, step=fitted.history[-1]["epoch"])
         initial = fitted.step_losses[0] if fitted.step_losses else math.nan
         diagnosis = diagnose_fit(fitted.history, initial)
         log_trial_report(run.info.run_id, trial.name, fitted, data, diagnosis)

@@ -59,3 +59,12 @@ def test_a_healthy_run_is_good() -> None:
 def test_diagnose_refuses_an_empty_curve() -> None:
     with pytest.raises(ValueError, match="empty"):
         diagnose([])
+
+
+def test_the_clean_training_loss_decides_underfitting_when_given() -> None:
+    # Augmented, running-mean training loss above validation: alone it reads as underfitting,
+    curve, val = [2.3, 0.6, 0.3], [0.9, 0.3, 0.12]
+    assert diagnose(curve, val).label == UNDERFITTING
+    # but the final model scored on training images like validation fits them well.
+    assert diagnose(curve, val, clean_train_loss=0.05).label == GOOD
+    assert diagnose(curve, val, clean_train_loss=0.5).label == UNDERFITTING
