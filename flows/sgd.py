@@ -3,7 +3,10 @@ child run with its loss per step, a GIF of the line, and the fit diagnosis."""
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from prefect import flow
+from pydantic import Field
 
 from tasks.reports import publish_sgd
 from tasks.sgd import finish_sgd_task, sgd_task, start_sgd_task
@@ -15,13 +18,21 @@ DEFAULT_SGD_LRS = [0.01, 0.1, 1.1]
 
 @flow(name="sgd_from_scratch", log_prints=True)
 def sgd_from_scratch(
-    lrs: list[float] = DEFAULT_SGD_LRS,
-    steps: int = 100,
-    batch_size: int = 20,
-    n: int = 100,
-    seed: int = 0,
+    lrs: Annotated[list[Annotated[float, Field(gt=0)]], Field(min_length=1)] = DEFAULT_SGD_LRS,
+    steps: Annotated[int, Field(ge=1, le=100_000)] = 100,
+    batch_size: Annotated[int, Field(ge=1)] = 20,
+    n: Annotated[int, Field(ge=2)] = 100,
+    seed: Annotated[int, Field(ge=0)] = 0,
 ) -> list[dict]:
-    """Fit y = 3x + 2 + noise by hand-written mini-batch SGD at each learning rate."""
+    """Fit y = 3x + 2 + noise by hand-written mini-batch SGD at each learning rate.
+
+    Args:
+        lrs: Learning rates, one MLflow child run each.
+        steps: SGD steps per learning rate.
+        batch_size: Points per mini-batch.
+        n: Points in the data set.
+        seed: Seed of the data and the batches.
+    """
     settings = Settings.from_env()
     experiment = experiment_id(settings)
     parent = start_sgd_task(experiment, lrs, steps, batch_size, n)

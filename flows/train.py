@@ -8,8 +8,10 @@ is chosen per run: threads here, or Dask worker processes (``runner="dask"``). `
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Annotated, Literal
 
 from prefect import flow
+from pydantic import Field
 
 from tasks.halving import DEFAULT_ETA, budget, promoted, rung_trials, rungs
 from tasks.lr_find import centred_lrs, lr_find_task
@@ -89,29 +91,55 @@ def trials(
 
 @flow(name="train", log_prints=True)
 def train(
-    dataset_manifest: str,
-    lrs: list[float] = DEFAULT_LRS,
-    epochs: list[int] = DEFAULT_EPOCHS,
-    arch: str = "resnet18",
-    image_size: int = 32,
-    batch_size: int = 64,
-    seed: int = 0,
+    dataset_manifest: str = "",
+    lrs: Annotated[list[Annotated[float, Field(gt=0, le=10)]], Field(min_length=1)] = DEFAULT_LRS,
+    epochs: Annotated[list[Annotated[int, Field(ge=1, le=100)]], Field(min_length=1)] = (
+        DEFAULT_EPOCHS
+    ),
+    arch: Literal["resnet18", "resnet34"] = "resnet18",
+    image_size: Annotated[int, Field(ge=16, le=512)] = 32,
+    batch_size: Annotated[int, Field(ge=1, le=4096)] = 64,
+    seed: Annotated[int, Field(ge=0)] = 0,
     pretrained: bool = False,
     weights_path: str = "",
-    if_no_weights: str = "fail",
-    freeze_epochs: int = 1,
+    if_no_weights: Literal["fail", "scratch"] = "fail",
+    freeze_epochs: Annotated[int, Field(ge=0)] = 1,
     augment: bool = True,
     flip: bool = False,
-    mode: str = "grid",
-    eta: int = DEFAULT_ETA,
+    mode: Literal["grid", "halving"] = "grid",
+    eta: Annotated[int, Field(ge=2)] = DEFAULT_ETA,
     lr_find: bool = False,
     centre_lrs: bool = False,
-    lr_find_iters: int = 100,
-    runner: str = "threads",
-    workers: int = 1,
+    lr_find_iters: Annotated[int, Field(ge=10, le=10_000)] = 100,
+    runner: Literal["threads", "dask"] = "threads",
+    workers: Annotated[int, Field(ge=1, le=256)] = 1,
     dask_address: str = "",
 ) -> TrainResult:
-    """Train (learning rate, epochs) pairs; log the best trial's model to MLflow."""
+    """Train (learning rate, epochs) pairs; log the best trial's model to MLflow.
+
+    Args:
+        dataset_manifest: A dataset.csv written by ingest (empty: the data folder's last one).
+        lrs: Learning rates of the sweep (peak rates of the one-cycle schedule).
+        epochs: Epoch counts of the sweep (the budget in halving mode).
+        arch: The torchvision architecture.
+        image_size: Training resolution in pixels.
+        batch_size: Images per training step.
+        seed: Seed of initialisation, data order and augmentation.
+        pretrained: Start from pretrained weights (a local file or torchvision's cache).
+        weights_path: A local state_dict file for the pretrained backbone.
+        if_no_weights: When pretrained weights are missing: fail, or train from scratch.
+        freeze_epochs: Epochs with the pretrained backbone frozen before unfreezing.
+        augment: Random crops and shifts on the training batches.
+        flip: Also flip horizontally (wrong for digits and text).
+        mode: The full grid, or successive halving with epochs as the budget.
+        eta: Halving keeps the best 1/eta of each rung.
+        lr_find: Run the learning-rate range test first and log its plot.
+        centre_lrs: Centre the learning rates on the range test's suggestion.
+        lr_find_iters: Mini-batches of the range test.
+        runner: Run trials in threads of this process or on a Dask cluster.
+        workers: Trials at a time (threads, or local Dask workers).
+        dask_address: A Dask scheduler, e.g. tcp://host:8786 (empty: a local cluster).
+    """
     if mode not in MODES:
         raise ValueError(f"mode is '{mode}'; expected one of {MODES}.")
     settings = Settings.from_env()
@@ -131,7 +159,7 @@ def train(
     task_runner = trial_runner(runner, workers, dask_address)
     config, weights = resolve_weights_task(config)
     print(f"train: {weights}")
-    dataset = load_dataset(dataset_manifest)
+    dataset = load_dataset(dataset_manifest or settings.data_dir / "datasets" / "dataset.csv")
     experiment = experiment_id(settings)
     extra = {"mode": mode, "eta": eta, "runner": runner, "workers": workers, "weights": weights}
     parent = start_sweep_task(experiment, config, dataset, trial_grid(lrs, epochs), extra)
