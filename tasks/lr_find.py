@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from prefect import task
-from prefect.cache_policies import NONE
 from torch import nn
 
+from tasks.policies import ACCELERATOR
 from tasks.train import (
     Tensors,
     TrainConfig,
@@ -141,4 +141,4 @@ def run_lr_find(
     return found.suggestion
 
 
-lr_find_task = task(name="lr-find", cache_policy=NONE)(run_lr_find)
+lr_find_task = task(name="lr-find", **ACCELERATOR)(run_lr_find)

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 from prefect import task
-from prefect.cache_policies import NONE
 
 from tasks.diagnosis import diagnose
+from tasks.policies import CPU, NETWORK
 
 TRUE_SLOPE, TRUE_INTERCEPT = 3.0, 2.0
 
@@ -187,6 +187,6 @@ def finish_sgd(parent_run_id: str, runs: list[SGDRun], n: int, seed: int) -> lis
     ]
 
 
-start_sgd_task = task(name="start-sgd", cache_policy=NONE)(start_sgd)
-sgd_task = task(name="sgd", task_run_name="sgd lr={lr}", cache_policy=NONE)(run_sgd)
-finish_sgd_task = task(name="finish-sgd", cache_policy=NONE)(finish_sgd)
+start_sgd_task = task(name="start-sgd", **CPU)(start_sgd)
+sgd_task = task(name="sgd", task_run_name="sgd lr={lr}", **CPU)(run_sgd)
+finish_sgd_task = task(name="finish-sgd", **NETWORK)(finish_sgd)

@@ -13,10 +13,10 @@ import numpy as np
 import torch
 from mlflow import MlflowClient
 from prefect import task
-from prefect.cache_policies import NONE
 
 from tasks.manifest import Dataset
 from tasks.plots import heatmap_figure
+from tasks.policies import ACCELERATOR, CPU, NETWORK
 from tasks.train import (
     MEAN,
     STD,
@@ -226,15 +226,15 @@ def latest_model_uri(experiment_id: str) -> str:
 
 
 # Prefect wrappers. Weights and tensors stay on disk; only paths and small records travel.
-cache_task = task(name="tensor-cache", cache_policy=NONE)(tensor_cache)
-start_sweep_task = task(name="start-sweep", cache_policy=NONE)(start_sweep)
+cache_task = task(name="tensor-cache", **CPU)(tensor_cache)
+start_sweep_task = task(name="start-sweep", **CPU)(start_sweep)  # a retry = a 2nd run
 trial_task = task(
-    name="trial", task_run_name="trial lr={trial.lr} epochs={trial.epochs}", cache_policy=NONE
+    name="trial", task_run_name="trial lr={trial.lr} epochs={trial.epochs}", **ACCELERATOR
 )(run_trial)
-finish_sweep_task = task(name="finish-sweep", cache_policy=NONE)(finish_sweep)
-diagnose_task = task(name="diagnose-in-sweep", cache_policy=NONE)(diagnose_in_sweep)
-resolve_weights_task = task(name="resolve-weights", cache_policy=NONE)(resolve_weights)
-log_model_task = task(name="log-best-model", cache_policy=NONE)(log_best_model)
+finish_sweep_task = task(name="finish-sweep", **NETWORK)(finish_sweep)
+diagnose_task = task(name="diagnose-in-sweep", **NETWORK)(diagnose_in_sweep)
+resolve_weights_task = task(name="resolve-weights", **CPU)(resolve_weights)
+log_model_task = task(name="log-best-model", **CPU)(log_best_model)  # a retry = a 2nd model
 
 
 def trial_runner(runner: str, workers: int, dask_address: str = ""):
