@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 from prefect import flow
+from pydantic import Field
 
 from tasks.dedup import dedup_task
 from tasks.download import DownloadOptions, download_task
@@ -29,19 +31,32 @@ class IngestResult:
 @flow(name="ingest", log_prints=True)
 def ingest(
     source: str = EMBEDDED,
-    max_per_class: int | None = None,
-    valid_pct: float = 0.2,
-    seed: int = 0,
-    concurrency: int = 32,
-    per_host: int = 16,
-    timeout_s: float = 10.0,
+    max_per_class: Annotated[int, Field(ge=1)] | None = None,
+    valid_pct: Annotated[float, Field(ge=0, lt=1)] = 0.2,
+    seed: Annotated[int, Field(ge=0)] = 0,
+    concurrency: Annotated[int, Field(ge=1, le=1024)] = 32,
+    per_host: Annotated[int, Field(ge=1, le=1024)] = 16,
+    timeout_s: Annotated[float, Field(gt=0, le=3600)] = 10.0,
     fresh: bool = False,
     ledger: str = "",
 ) -> IngestResult:
-    """Build a dataset from URL lists (<class>.txt), CSVs with a url column, a folder of
-    class folders of images, or "embedded". A rerun resumes unless ``fresh``. The cleaning
-    ledger (``ledger``, default ``<data>/cleaning/ledger.jsonl``, written by the review page)
-    is applied: removed images leave the dataset, relabelled ones move."""
+    """Build a dataset: download, verify and dedup, then split into train and valid.
+
+    A rerun resumes from the download journal unless ``fresh``. The cleaning ledger written by
+    the review page is applied: removed images leave the dataset, relabelled ones move.
+
+    Args:
+        source: Folder of <class>.txt URL lists (one URL per line), one such file, a CSV
+            with a url column, a folder of class folders of images, or "embedded".
+        max_per_class: Take at most this many URLs per class (empty: all).
+        valid_pct: Share of each class's images held out for validation.
+        seed: Seed of the train/valid split.
+        concurrency: Downloads in flight at once.
+        per_host: Downloads in flight at once to any one host (politeness).
+        timeout_s: Deadline per URL in seconds, retries included.
+        fresh: Ignore the download journal and fetch every URL again.
+        ledger: Cleaning ledger to apply (empty: <data>/cleaning/ledger.jsonl).
+    """
     settings = Settings.from_env()
     data_dir = settings.data_dir
     options = DownloadOptions(concurrency=concurrency, per_host=per_host, timeout_s=timeout_s)

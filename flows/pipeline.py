@@ -8,6 +8,8 @@ from typing import Annotated
 from prefect import flow
 from pydantic import Field
 
+from flows.clean import CleanResult
+from flows.clean import clean as clean_flow
 from flows.ingest import IngestResult, ingest
 from flows.release import ReleaseOutcome, release
 from flows.train import DEFAULT_EPOCHS, DEFAULT_LRS, TrainResult, train
@@ -22,6 +24,7 @@ class PipelineResult:
     ingest: IngestResult
     train: TrainResult
     release: ReleaseOutcome
+    clean: CleanResult | None = None
 
 
 # Constraints live in the annotations (Prefect validates them and the UI form shows them);
@@ -39,6 +42,7 @@ def pipeline(
     seed: Annotated[int, Field(ge=0)] = 0,
     margin: Annotated[float, Field(ge=0)] | None = None,
     serve_url: str = "",
+    clean: bool = False,
 ) -> PipelineResult:
     """From per-class URL lists to a registered champion served over HTTP.
 
@@ -53,6 +57,8 @@ def pipeline(
         seed: Seed of the split and of the training.
         margin: Accuracy the candidate must beat the champion by (empty: URSA_RELEASE_MARGIN).
         serve_url: Server to redeploy (empty: URSA_SERVE_URL, or none).
+        clean: After training, rank the images most likely mislabelled and publish the
+            review link; the next run's ingest applies what people decide there.
     """
     ingested = ingest(source=source, max_per_class=max_per_class, seed=seed)
     trained = train(
@@ -63,6 +69,17 @@ def pipeline(
         image_size=image_size,
         seed=seed,
     )
+    cleaned = None
+    if clean:
+        cleaned = clean_flow(
+            dataset_manifest=ingested.dataset.manifest_path,
+            lr=trained.best.lr,
+            epochs=trained.best.epochs,
+            arch=arch,
+            image_size=image_size,
+            seed=seed,
+            review=f"{serve_url.rstrip('/')}/review" if serve_url else "",
+        )
     released = release(
         model_uri=trained.model_uri,
         dataset_manifest=ingested.dataset.manifest_path,
@@ -71,4 +88,4 @@ def pipeline(
     )
     settings = Settings.from_env()
     publish_pipeline(settings, experiment_id(settings), trained.parent_run_id, released.release)
-    return PipelineResult(ingest=ingested, train=trained, release=released)
+    return PipelineResult(ingest=ingested, train=trained, release=released, clean=cleaned)

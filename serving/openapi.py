@@ -10,6 +10,8 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from serving.review import openapi_paths as review_openapi_paths
+
 ERROR = {
     "type": "object",
     "required": ["error"],
@@ -148,6 +150,7 @@ def api_schema(max_body_bytes: int, admin: bool) -> dict:
                 },
             }
         }
+        paths.update(review_openapi_paths())  # /review: also only with an admin token
     return {
         "openapi": "3.1.0",
         "info": {"title": "Ursa image classifier", "version": "1"},

@@ -402,6 +402,118 @@ def review_routes(settings: Settings) -> list[Route]:
     ]
 
 
+def _reply(description: str, ref: str = "Error") -> dict:
+    schema = {"$ref": f"#/components/schemas/{ref}"} if ref else {"type": "object"}
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def openapi_paths() -> dict:
+    """The review routes for ``/openapi.json`` (they exist only with an admin token)."""
+    bearer = [{"bearer": []}]
+    unauthorized = _reply("No admin bearer token and no review login.")
+    decision = {
+        "type": "object",
+        "required": ["sha256", "decision"],
+        "properties": {
+            "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+            "decision": {"type": "string", "description": "keep, remove or relabel:<class>"},
+        },
+    }
+    html = {"description": "An HTML page.", "content": {"text/html": {}}}
+    see_other = {"description": "Back to /review."}
+    return {
+        "/review": {
+            "get": {
+                "summary": "The review page (a login form until logged in).",
+                "responses": {"200": html},
+            }
+        },
+        "/review/login": {
+            "post": {
+                "summary": "Log in with a name and the admin token; sets an HttpOnly cookie.",
+                "requestBody": {
+                    "content": {"application/x-www-form-urlencoded": {"schema": {"type": "object"}}}
+                },
+                "responses": {"303": see_other, "400": html, "401": html, "413": html},
+            }
+        },
+        "/review/logout": {
+            "post": {"summary": "Forget the review login.", "responses": {"303": see_other}}
+        },
+        "/review/api/suspects": {
+            "get": {
+                "summary": "A page of the ranking, most suspect first, with the decisions.",
+                "security": bearer,
+                "parameters": [
+                    {"name": n, "in": "query", "schema": {"type": t}}
+                    for n, t in (
+                        ("page", "integer"),
+                        ("per_page", "integer"),
+                        ("order", "string"),
+                        ("flag", "string"),
+                    )
+                ],
+                "responses": {
+                    "200": _reply("The page of suspects.", ""),
+                    "400": _reply("A bad query parameter."),
+                    "401": unauthorized,
+                    "404": _reply("No ranking yet."),
+                },
+            }
+        },
+        "/review/api/images/{sha256}": {
+            "get": {
+                "summary": "A ranked image, from the data folder.",
+                "security": bearer,
+                "parameters": [
+                    {"name": "sha256", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
+                "responses": {
+                    "200": {"description": "The image.", "content": {"image/*": {}}},
+                    "401": unauthorized,
+                    "404": _reply("Not an image of the ranking."),
+                },
+            }
+        },
+        "/review/api/decisions": {
+            "post": {
+                "summary": "Append a decision about an image to the cleaning ledger.",
+                "security": bearer,
+                "requestBody": {"content": {"application/json": {"schema": decision}}},
+                "responses": {
+                    "201": _reply("The ledger entry.", ""),
+                    "400": _reply("A bad decision; nothing was written."),
+                    "401": unauthorized,
+                    "403": _reply("A cross-origin request."),
+                },
+            }
+        },
+        "/review/api/undo": {
+            "post": {
+                "summary": "Append the reversal of a ledger entry.",
+                "security": bearer,
+                "requestBody": {"content": {"application/json": {"schema": {"type": "object"}}}},
+                "responses": {
+                    "201": _reply("The undo entry.", ""),
+                    "400": _reply("No such entry, or already undone."),
+                    "401": unauthorized,
+                    "403": _reply("A cross-origin request."),
+                },
+            }
+        },
+        "/review/api/ledger.csv": {
+            "get": {
+                "summary": "The cleaning ledger as CSV, one row per entry.",
+                "security": bearer,
+                "responses": {
+                    "200": {"description": "CSV.", "content": {"text/csv": {}}},
+                    "401": unauthorized,
+                },
+            }
+        },
+    }
+
+
 _STYLE = """
   body { font: 15px/1.45 system-ui, sans-serif; margin: 1.5rem auto; max-width: 72rem;
          padding: 0 1rem; color: #222; }

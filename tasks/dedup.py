@@ -29,8 +29,7 @@ from tasks.manifest import OK, Dataset, ImageRow, UrlRow, write_dataset
 
 log = logging.getLogger(__name__)
 
-# "removed": taken out by a reviewer through the cleaning ledger (tasks/ledger.py).
-STATUSES = ("kept", "duplicate", "near_duplicate", "label_conflict", "removed")
+STATUSES = ("kept", "duplicate", "near_duplicate", "label_conflict")
 
 # same_picture compares grayscale thumbnails of this side, with Pillow's antialiased bilinear.
 THUMB_SIDE = 16
@@ -391,9 +390,13 @@ def _split(kept: list[ImageRow], valid_pct: float, seed: int) -> None:
 
 
 def status_counts(rows: Iterable[ImageRow]) -> dict[str, int]:
-    """How many images are kept, duplicate, near_duplicate and label_conflict."""
+    """How many images are kept, duplicate, near_duplicate and label_conflict (and removed,
+    by a reviewer through the cleaning ledger, when there are any)."""
     counts = Counter(r.status for r in rows)
-    return {status: counts.get(status, 0) for status in STATUSES}
+    found = {status: counts.get(status, 0) for status in STATUSES}
+    if counts.get(REMOVED):
+        found[REMOVED] = counts[REMOVED]
+    return found
 
 
 def label_conflicts(rows: Iterable[ImageRow]) -> dict[str, list[str]]:

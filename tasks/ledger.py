@@ -91,14 +91,3 @@ def ledger_params(dataset: Dataset) -> dict[str, str]:
         "ledger_path": dataset.ledger_path or "none",
         "ledger_digest": dataset.ledger_digest or "none",
     }
-
-
-def record_ledger(run_id: str, dataset: Dataset) -> dict[str, str]:
-    """Log, on MLflow run ``run_id``, which ledger (path and digest) its dataset used."""
-    from mlflow import MlflowClient
-
-    params = ledger_params(dataset)
-    client = MlflowClient()
-    for key, value in params.items():
-        client.log_param(run_id, key, value)
-    return params

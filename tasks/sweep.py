@@ -14,6 +14,7 @@ import torch
 from mlflow import MlflowClient
 from prefect import task
 
+from tasks.ledger import ledger_params
 from tasks.manifest import Dataset
 from tasks.plots import heatmap_figure
 from tasks.policies import ACCELERATOR, CPU, NETWORK
@@ -71,6 +72,7 @@ def start_sweep(
                 "n_train": dataset.n_train,
                 "n_valid": dataset.n_valid,
                 "classes": ",".join(dataset.classes),
+                **ledger_params(dataset),  # which cleaning decisions shaped the data
                 **(extra or {}),
             }
         )

@@ -15,19 +15,20 @@ import dataclasses
 import multiprocessing
 import os
 import re
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 
 from prefect import task
 from prefect.cache_policies import NONE
 
-from tasks.checks import FileCheck, Verdict, check_file
+from tasks.checks import FileCheck, Verdict, check_files
 from tasks.manifest import OK, UrlRow, data_dir_lock
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-# A spawned worker imports only tasks.checks (Pillow, numpy, scipy: well under a second),
-# which about this many files repay.
-_FILES_PER_EXTRA_WORKER = 100
+# A spawned worker imports tasks.checks (Pillow, numpy, scipy: about half a second) and the
+# caller's main module (``ursa`` CLI: a tenth of a second), which about this many files repay.
+_FILES_PER_EXTRA_WORKER = 200
+_CHUNK_FILES = 16  # files per message to a worker: few round trips, fine-grained balance
 
 
 def verify_rows(
@@ -41,8 +42,9 @@ def verify_rows(
 
     A good file's verified image is ``images/<sha256>.jpg`` or ``.png``: the downloaded bytes
     themselves when they already decode to plain RGB, else their RGB PNG (see
-    :func:`tasks.checks.check_file`). ``workers=None`` picks: one process per core once
-    there are enough files to pay for starting them, else one.
+    :func:`tasks.checks.check_file`). ``workers`` counts this process, which checks files
+    too; ``workers=None`` picks one per core once there are enough files to pay for
+    starting the others, else one.
     """
     if workers is None:
         distinct = len({r.sha256 for r in rows if r.outcome == OK})
@@ -80,15 +82,9 @@ def _verify_rows(
         )
 
     if workers == 1 or len(jobs) < 2:
-        verdicts = [check_file(job) for job in jobs.values()]
+        verdicts = check_files(list(jobs.values()))
     else:
-        # Decoding holds the GIL, so threads would not help. "spawn" rather than fork:
-        # the caller (Prefect) runs threads, and forking a threaded process can deadlock.
-        # One pool for the whole call; its workers import tasks.checks, not this module.
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            chunksize = max(1, len(jobs) // (workers * 8))
-            verdicts = list(pool.map(check_file, jobs.values(), chunksize=chunksize))
+        verdicts = _checked_in_parallel(list(jobs.values()), workers)
 
     # Quarantine here, once per file: rows that share the bytes share the move.
     by_sha = {
@@ -96,6 +92,39 @@ def _verify_rows(
         for sha, verdict in zip(jobs, verdicts, strict=True)
     }
     return [_apply(row, by_sha[row.sha256], data_dir) if row.outcome == OK else row for row in rows]
+
+
+def _checked_in_parallel(jobs: list[FileCheck], workers: int) -> list[Verdict]:
+    """check_files over ``workers - 1`` worker processes and this one, verdicts in job order.
+
+    Decoding holds the GIL, so threads would not help. "spawn" rather than fork: the caller
+    (Prefect) runs threads, and forking a threaded process can deadlock. A spawned worker
+    first imports the caller's main module and tasks.checks (not this module: no Prefect);
+    this process checks files meanwhile instead of waiting, so starting workers never makes
+    the call slower than doing it alone, whatever the main module costs to import.
+    """
+    chunks = [jobs[i : i + _CHUNK_FILES] for i in range(0, len(jobs), _CHUNK_FILES)]
+    results: list[list[Verdict] | None] = [None] * len(chunks)
+    children = workers - 1
+    context = multiprocessing.get_context("spawn")
+    # One pool for the whole call; each worker keeps at most two chunks queued.
+    with ProcessPoolExecutor(max_workers=children, mp_context=context) as pool:
+        in_flight: dict[Future[list[Verdict]], int] = {}
+        taken = 0
+        while taken < len(chunks) or in_flight:
+            while taken < len(chunks) and len(in_flight) < 2 * children:
+                in_flight[pool.submit(check_files, chunks[taken])] = taken
+                taken += 1
+            if taken < len(chunks):
+                results[taken] = check_files(chunks[taken])  # this process's share
+                taken += 1
+                done = [f for f in in_flight if f.done()]
+            else:
+                done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+            for future in done:
+                results[in_flight.pop(future)] = future.result()
+    assert all(chunk is not None for chunk in results)
+    return [verdict for chunk in results for verdict in chunk]  # type: ignore[union-attr]
 
 
 def _quarantine(verdict: Verdict, root: Path) -> Verdict:

@@ -15,9 +15,12 @@ import pytest
 from PIL import Image
 
 from tasks.dedup import build_dataset
-from tasks.ledger import load_ledger, record_ledger
+from tasks.ledger import load_ledger
 from tasks.manifest import ImageRow, load_dataset, read_rows
 from tasks.sources import local_image_rows
+from tasks.sweep import start_sweep, trial_grid
+from tasks.tracking import experiment_id
+from tasks.train import TrainConfig
 from tasks.verify import verify_rows
 from ursa.embedded import write_embedded_images
 from ursa.ledger import (
@@ -30,6 +33,7 @@ from ursa.ledger import (
     record,
     undo,
 )
+from ursa.settings import Settings
 
 A = "a" * 64
 B = "b" * 64
@@ -194,10 +198,8 @@ def test_a_run_records_which_ledger_its_dataset_used(tmp_path: Path, data_dir: P
     rows = verify_rows(local_image_rows(tmp_path / "src", data_dir), data_dir)
     record(ledger_path(data_dir), "alice", _sha(files["1"]), "remove")
     dataset = build_dataset(rows, data_dir, ledger=load_ledger(ledger_path(data_dir)))
-    mlflow.set_tracking_uri(f"sqlite:///{data_dir / 'mlflow.db'}")
-    with mlflow.start_run() as run:
-        pass
-    record_ledger(run.info.run_id, dataset)
-    params = mlflow.get_run(run.info.run_id).data.params
+    experiment = experiment_id(Settings.from_env())
+    run_id = start_sweep(experiment, TrainConfig(), dataset, trial_grid([1e-3], [1]))
+    params = mlflow.get_run(run_id).data.params
     assert params["ledger_path"] == str(ledger_path(data_dir).resolve())
     assert params["ledger_digest"] == dataset.ledger_digest != ""

@@ -25,14 +25,25 @@ pytestmark = pytest.mark.usefixtures("prefect_harness")
 TOKEN = "review-test-token"
 
 
-@pytest.fixture
-def ranked(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
-    """An ingested and ranked embedded default (small), with an admin token set."""
-    monkeypatch.setenv("URSA_ADMIN_TOKEN", TOKEN)
-    monkeypatch.setenv("URSA_POLL_INTERVAL_S", "0")
-    ingest(source="embedded", max_per_class=6, timeout_s=3.0)
-    clean(folds=2, epochs=1, image_size=16, batch_size=32)
-    yield Settings.from_env()
+@pytest.fixture(scope="module")
+def ranked(tmp_path_factory: pytest.TempPathFactory, prefect_harness) -> Iterator[Settings]:
+    """An ingested and ranked embedded default (small), with an admin token set; shared by
+    the tests of this module, each of which starts from an empty ledger."""
+    data_dir = tmp_path_factory.mktemp("review") / "data"
+    data_dir.mkdir()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("URSA_DATA_DIR", str(data_dir))
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{data_dir / 'mlflow.db'}")
+        mp.setenv("URSA_ADMIN_TOKEN", TOKEN)
+        mp.setenv("URSA_POLL_INTERVAL_S", "0")
+        ingest(source="embedded", max_per_class=6, timeout_s=3.0)
+        clean(folds=2, epochs=1, image_size=16, batch_size=32)
+        yield Settings.from_env()
+
+
+@pytest.fixture(autouse=True)
+def empty_ledger(ranked: Settings) -> None:
+    ledger_path(ranked.data_dir).unlink(missing_ok=True)
 
 
 def test_review_in_the_browser_then_ingest_applies_the_decisions(ranked: Settings) -> None:

@@ -189,9 +189,42 @@ def cmd_pipeline(args: argparse.Namespace, settings: Settings) -> int:
         seed=args.seed,
         margin=_margin(args, settings),
         serve_url=args.serve_url or "",
+        clean=args.clean,
     )
     r = result.release.release
     console.print(f"champion: {r.model_name} v{r.champion_version} ({r.reason})")
+    if result.clean is not None:
+        console.print(f"review the suspect images at {result.clean.review_url}")
+    return 0
+
+
+def cmd_clean(args: argparse.Namespace, settings: Settings) -> int:
+    from flows.clean import clean
+
+    result = clean(
+        dataset_manifest=args.dataset or _default_dataset(settings),
+        folds=args.folds,
+        epochs=args.epochs,
+        lr=args.lr,
+        arch=args.arch,
+        image_size=args.image_size,
+        seed=args.seed,
+        review=args.review_url or "",
+    )
+    from ursa.ranking import read_ranking
+
+    ranked, _ = read_ranking(settings.data_dir)
+    for r in ranked[:10]:
+        console.print(
+            f"#{r.rank:<4} {r.sha256[:12]}  given {r.given:<10} predicted {r.predicted:<10} "
+            f"({r.confidence:.0%})  p(given) {r.self_confidence:.3f}  {r.flags}"
+        )
+    k = result.ranking
+    console.print(
+        f"Ranked {k.n_images} images ({k.n_confident_issues} confident issues, "
+        f"{k.n_label_conflicts} label conflicts) in {k.csv_path}; MLflow run {result.run_id}."
+    )
+    console.print(f"Review them at {result.review_url} (admin token); the next ingest applies it.")
     return 0
 
 
@@ -369,7 +402,19 @@ def build_parser() -> argparse.ArgumentParser:
     ingest_args(p)
     sweep_args(p)
     release_args(p)
+    p.add_argument("--clean", action="store_true", help="rank suspect images after training")
     p.set_defaults(func=cmd_pipeline)
+
+    p = sub.add_parser("clean", help="rank the images most likely mislabelled, for review")
+    p.add_argument("--dataset", help="dataset manifest (default: the data folder's last ingest)")
+    p.add_argument("--folds", type=int, default=4, help="k of the k-fold (default 4)")
+    p.add_argument("--epochs", type=int, default=3, help="epochs per fold model (default 3)")
+    p.add_argument("--lr", type=float, default=3e-3, help="learning rate (default 3e-3)")
+    p.add_argument("--arch", choices=["resnet18", "resnet34"], default="resnet18")
+    p.add_argument("--image-size", type=int, default=32, help="training resolution in px")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--review-url", help="review page to link (default: the server's /review)")
+    p.set_defaults(func=cmd_clean)
 
     p = sub.add_parser("serve", help="serve the registered champion over HTTP")
     p.add_argument("--host", help="bind address (default URSA_SERVE_HOST or 127.0.0.1)")
