@@ -8,9 +8,10 @@
    thread) on the same hashes, up to 100,000 (all-pairs at 1M would take hours). Peak
    memory of each call is measured with tracemalloc (numpy reports its buffers there).
 2. Quality. The 1,797 embedded digits (32 px) plus, for ``--copies`` originals per
-   transform, a resized (48 px), JPEG re-encoded (quality 30), cropped (5% off two sides)
-   and brightened (x1.3) copy. Ursa's dedup (pHash within 10 bits, confirmed at pixel
-   level) against imagededup's PHash at its default threshold (10) on the same images.
+   transform, a resized (48 px), JPEG re-encoded (quality 30), cropped (1 px of 32 off two
+   sides: 3%) and brightened (x1.3) copy. Ursa's dedup (pHash within 10 bits, confirmed at
+   pixel level, crops of up to 5% and brightness/contrast changes allowed) against
+   imagededup's PHash at its default threshold (10) on the same images.
    Recall: share of copies grouped with their original. Precision: share of the pairs a
    method reports that involve a copy of that transform and are true.
 """

@@ -35,8 +35,9 @@ from prefect import task
 from prefect.cache_policies import NONE
 from yarl import URL
 
-from tasks.manifest import UrlRow, atomic_write_text, data_dir_lock
+from tasks.manifest import UrlRow, data_dir_lock
 from tasks.progress import progress as progress_bar
+from ursa.files import atomic_write_text
 from ursa.images import sniff_extension
 
 _CHUNK = 64 * 1024

@@ -100,8 +100,8 @@ def _checked_in_parallel(jobs: list[FileCheck], workers: int) -> list[Verdict]:
     Decoding holds the GIL, so threads would not help. "spawn" rather than fork: the caller
     (Prefect) runs threads, and forking a threaded process can deadlock. A spawned worker
     first imports the caller's main module and tasks.checks (not this module: no Prefect);
-    this process checks files meanwhile instead of waiting, so starting workers never makes
-    the call slower than doing it alone, whatever the main module costs to import.
+    this process checks files meanwhile instead of waiting for them to start, however long
+    the main module takes to import.
     """
     chunks = [jobs[i : i + _CHUNK_FILES] for i in range(0, len(jobs), _CHUNK_FILES)]
     results: list[list[Verdict] | None] = [None] * len(chunks)

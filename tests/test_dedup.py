@@ -8,13 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageEnhance
 from sklearn.datasets import load_digits
 
 from tasks.dedup import (
     SAME_PICTURE_TOLERANCE,
-    _difference,
-    _thumbnail,
+    _base,
+    _differences,
     build_dataset,
     hamming_pairs,
     label_conflicts,
@@ -142,6 +142,15 @@ COPIES = {
     "jpeg60": lambda im: decode(encode(im, "JPEG", quality=60)),
     "jpeg30": lambda im: decode(encode(im, "JPEG", quality=30)),
 }
+# Not always proposed by the hash (a crop moves about 7% of them past 10 bits), so they are
+# checked at pixel level only, against the same tolerance.
+HARDER_COPIES = {
+    "crop": lambda im: im.crop((1, 1, im.width, im.height)),  # 1 px of 32 off two sides
+    "crop_far_sides": lambda im: im.crop((0, 0, im.width - 1, im.height - 1)),
+    "brightness": lambda im: ImageEnhance.Brightness(im).enhance(1.3),
+    "darker": lambda im: ImageEnhance.Brightness(im).enhance(0.7),
+    "contrast": lambda im: ImageEnhance.Contrast(im).enhance(1.3),
+}
 
 
 @pytest.fixture(scope="module")
@@ -153,14 +162,21 @@ def digits() -> tuple[list[Image.Image], np.ndarray]:
 def test_tolerance_separates_copies_from_distinct_digits(digits) -> None:
     """The calibration behind SAME_PICTURE_TOLERANCE (its comment quotes these figures)."""
     originals, _ = digits
-    thumbs = [_thumbnail(im) for im in originals]
+    bases = np.stack([_base(im) for im in originals])
     copy_max = {
-        name: max(_difference(thumbs[k], _thumbnail(make(im))) for k, im in enumerate(originals))
+        name: float(_differences(bases, np.stack([_base(make(im)) for im in originals])).max())
         for name, make in COPIES.items()
+    }
+    some = range(0, len(originals), 2)  # half of them: the crop search costs ~1 ms a pair
+    copy_max |= {
+        name: float(
+            _differences(bases[some], np.stack([_base(make(originals[k])) for k in some])).max()
+        )
+        for name, make in HARDER_COPIES.items()
     }
     hashes = np.array([phash(im) for im in originals], dtype=np.uint64)
     close = hamming_pairs(hashes, 10)
-    distinct = np.array([_difference(thumbs[i], thumbs[j]) for i, j in close])
+    distinct = _differences(bases[close[:, 0]], bases[close[:, 1]])
     print(f"copies max {copy_max}; {len(close)} hash-close pairs, min {distinct.min():.4f}")
     assert len(close) > 1000  # the hash alone would merge thousands of distinct digits
     assert max(copy_max.values()) < SAME_PICTURE_TOLERANCE < distinct.min()
@@ -291,7 +307,13 @@ def test_same_picture_accepts_copies_and_rejects_other_pictures() -> None:
     im = noise(10, side=64)
     assert same_picture(im, im.resize((40, 40), Image.Resampling.BICUBIC))
     assert same_picture(im, decode(encode(im, "JPEG", quality=30)))
+    assert same_picture(im, im.crop((2, 0, 64, 62)))  # 3% off two sides
+    assert same_picture(im.crop((0, 1, 63, 64)), im)  # either way round
+    assert same_picture(im, ImageEnhance.Brightness(im).enhance(1.25))
+    assert same_picture(ImageEnhance.Contrast(im).enhance(0.8), im)
     assert not same_picture(im, noise(11, side=64))
+    assert not same_picture(im, im.crop((8, 8, 64, 64)))  # 12%: another framing
+    assert not same_picture(im, im.transpose(Image.Transpose.FLIP_LEFT_RIGHT))
 
 
 @pytest.mark.parametrize("radius", [0, 2, 6, 10])

@@ -22,6 +22,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
+from ursa.processes import stop, wait_until_healthy
 from ursa.settings import Settings
 
 
@@ -44,35 +45,19 @@ def server_process(settings: Settings, startup_s: float = 120.0) -> Iterator[str
         "URSA_SERVE_HOST": settings.serve_host,
         "URSA_SERVE_PORT": str(settings.serve_port),
     }
-    log = open(settings.data_dir / "server.log", "ab")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ursa.cli", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT
-    )
+    log = settings.data_dir / "server.log"
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ursa.cli", "serve"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
-        deadline = time.monotonic() + startup_s
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(
-                    f"The server exited with code {proc.returncode}; "
-                    f"see {settings.data_dir / 'server.log'}."
-                )
-            try:
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"The server at {url} did not come up in {startup_s:.0f} s.")
-            time.sleep(0.5)
+        wait_until_healthy(proc, f"{url}/healthz", "The model server", log, startup_s)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+        stop(proc)
 
 
 def run_demo(settings: Settings, console: Console | None = None) -> dict:

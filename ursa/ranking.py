@@ -12,10 +12,10 @@ import csv
 import dataclasses
 import io
 import json
-import os
-import tempfile
 from dataclasses import dataclass, fields
 from pathlib import Path
+
+from ursa.files import atomic_write_text
 
 ORDERS = ("self_confidence", "margin", "loss")
 
@@ -43,20 +43,6 @@ def ranking_paths(data_dir: Path) -> tuple[Path, Path]:
     return folder / "ranking.csv", folder / "ranking.json"
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_ranking(data_dir: Path, rows: list[RankedImage], meta: dict) -> Path:
     """Write the ranking (rows in rank order) and its description; return the CSV path."""
     csv_path, json_path = ranking_paths(data_dir)
@@ -68,8 +54,8 @@ def write_ranking(data_dir: Path, rows: list[RankedImage], meta: dict) -> Path:
     for row in rows:
         writer.writerow(dataclasses.asdict(row))
     # The description first: a reader that finds the new CSV also finds its description.
-    _atomic_write(json_path, json.dumps(meta, indent=2))
-    _atomic_write(csv_path, out.getvalue())
+    atomic_write_text(json_path, json.dumps(meta, indent=2))
+    atomic_write_text(csv_path, out.getvalue())
     return csv_path
 
 

@@ -20,8 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
-
+from ursa.processes import wait_until_healthy
 from ursa.settings import Settings
 
 BIN = Path(sys.executable).parent
@@ -187,32 +186,19 @@ class Stack:
         return self.urls
 
     def _start(self, service: Service, startup_s: float) -> None:
-        log = open(self.settings.data_dir / "logs" / f"{service.name}.log", "ab")  # noqa: SIM115
-        service.process = subprocess.Popen(
-            service.argv,
-            cwd=self.project_dir,
-            env=self.env(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # our own signals, not the terminal's Ctrl-C to the group
-        )
-        log.close()
+        log = self.settings.data_dir / "logs" / f"{service.name}.log"
+        with open(log, "ab") as out:
+            service.process = subprocess.Popen(
+                service.argv,
+                cwd=self.project_dir,
+                env=self.env(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # our own signals, not the terminal's Ctrl-C to the group
+            )
         self.services.append(service)
-        deadline = time.monotonic() + startup_s
-        while service.health_url:
-            if service.process.poll() is not None:
-                raise StackError(
-                    f"{service.name} exited with code {service.process.returncode}; "
-                    f"see {self.settings.data_dir / 'logs' / (service.name + '.log')}."
-                )
-            try:
-                if httpx.get(service.health_url, timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise StackError(f"{service.name} did not answer {service.health_url} in time.")
-            time.sleep(0.5)
+        if service.health_url:
+            wait_until_healthy(service.process, service.health_url, service.name, log, startup_s)
 
     def _run(self, argv: list[str]) -> None:
         done = subprocess.run(
