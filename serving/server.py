@@ -12,15 +12,17 @@ from ursa.settings import Settings
 
 
 def inference_threads(configured: int) -> int:
-    """Torch threads for the model: as configured, else all cores but one, at least one.
+    """Torch threads for the model: as configured, else every core this process may use.
 
-    The spare core is for the event loop and decoding. Measured on 2 shared cores
-    (BENCHMARKS.md): with 2 torch threads every operator waits for both, and when anything
-    else runs on the machine, resnet18 drops from about 300 to under 60 images/s.
+    Measured on 2 cores (BENCHMARKS.md): on a quiet machine 2 threads serve resnet18 at 64 px
+    about 1.4x faster than 1 (191 vs 139 images/s), so a server that has its machine to itself
+    uses every core. On a machine shared with other busy processes, set
+    URSA_INFERENCE_THREADS to fewer cores: torch's threads wait for each other on every
+    operator, and a busy neighbour then stalls them all.
     """
     if configured > 0:
         return configured
-    return max(1, len(os.sched_getaffinity(0)) - 1)
+    return max(1, len(os.sched_getaffinity(0)))
 
 
 def run(settings: Settings) -> None:

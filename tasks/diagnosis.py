@@ -36,6 +36,9 @@ LABELS = (DIVERGED, TOO_SLOW, OVERFITTING, UNDERFITTING, GOOD)
 MIN_RELATIVE_DROP = 0.10
 EXPLODE_FACTOR = 1.5
 UNDERFIT_MARGIN = 0.10
+# ...and by more than this many nats: once both losses are a few hundredths, a relative
+# margin is smaller than the sampling noise between two sets of a few hundred images.
+UNDERFIT_MIN_GAP = 0.02
 FAR_FROM_BEST = 0.05
 OVERFIT_EPOCHS = 3
 FAR_LOSS_FACTOR = 2.0
@@ -124,7 +127,7 @@ def diagnose(
             )
 
     fitted = end if clean_train_loss is None else clean_train_loss
-    if val and fitted > (1 + UNDERFIT_MARGIN) * val[-1]:
+    if val and fitted > (1 + UNDERFIT_MARGIN) * val[-1] and fitted - val[-1] > UNDERFIT_MIN_GAP:
         return Diagnosis(
             UNDERFITTING,
             f"final training loss {_fmt(fitted)} is above validation loss {_fmt(val[-1])}: "

@@ -7,6 +7,10 @@
 - accelerator: trains or scores models; one retry covers a lost device or a pre-empted
   worker, a second would only repeat a real bug.
 
+No task-level timeouts: tasks run in worker threads, where Prefect cannot interrupt them;
+the deadlines that matter are enforced inside (per URL in downloads, per request in
+redeploys).
+
 No task caches its inputs (``cache_policy=NONE``): their inputs are paths and small records
 whose files change underneath, and some hold sessions or models that must not be hashed.
 """
@@ -16,10 +20,5 @@ from __future__ import annotations
 from prefect.cache_policies import NONE
 
 NETWORK = {"retries": 3, "retry_delay_seconds": [2, 10, 30], "cache_policy": NONE}
-CPU = {"retries": 0, "timeout_seconds": 6 * 3600, "cache_policy": NONE}
-ACCELERATOR = {
-    "retries": 1,
-    "retry_delay_seconds": 10,
-    "timeout_seconds": 12 * 3600,
-    "cache_policy": NONE,
-}
+CPU = {"retries": 0, "cache_policy": NONE}
+ACCELERATOR = {"retries": 1, "retry_delay_seconds": 10, "cache_policy": NONE}

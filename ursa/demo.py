@@ -121,7 +121,16 @@ def print_report(
     console.print(table)
 
     trials = Table(title=f"Sweep (MLflow parent run {train.parent_run_id})")
-    for col in ("lr", "epochs", "val_accuracy", "val_loss", "train_loss", "seconds", ""):
+    for col in (
+        "lr",
+        "epochs",
+        "val_accuracy",
+        "val_loss",
+        "train_loss",
+        "seconds",
+        "diagnosis",
+        "",
+    ):
         trials.add_column(col, justify="right")
     for t in sorted(train.trials, key=lambda t: (t.lr, t.epochs)):
         best = "best" if t.run_id == train.best.run_id else ""
@@ -132,6 +141,7 @@ def print_report(
             f"{t.val_loss:.4f}",
             f"{t.train_loss:.4f}",
             f"{t.seconds:.1f}",
+            t.diagnosis,
             best,
         )
     console.print(trials)

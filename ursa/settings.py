@@ -75,7 +75,7 @@ class Settings:
     batch_max_wait_ms: float = 5.0
     poll_interval_s: float = 30.0  # 0 turns polling off
     cors_origins: tuple[str, ...] = ()  # empty: no CORS headers at all
-    inference_threads: int = 0  # torch threads in `ursa serve`; 0: all cores but one
+    inference_threads: int = 0  # torch threads in `ursa serve`; 0: every core
     # Release: accuracy a candidate must beat the champion by.
     release_margin: float = 0.0
     # Where people browse MLflow: links in Prefect artifacts point there ("" when unknown).
