@@ -43,6 +43,18 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# Every benchmark, one after another (about half an hour on 2 cores; run on a quiet machine).
+# imagededup is the reference in the ingest benchmarks; --no-deps keeps the torch pin intact.
+bench: install
+	$(BIN)/python -m pip install --quiet --no-deps imagededup PyWavelets tqdm
+	$(BIN)/python -m benchmarks.bench_ingest
+	$(BIN)/python -m benchmarks.bench_dedup
+	$(BIN)/python benchmarks/bench_train.py
+	$(BIN)/python benchmarks/bench_train.py --efficiency
+	$(BIN)/python benchmarks/bench_serve.py
+	$(BIN)/python benchmarks/bench_cleaning.py
+	$(BIN)/python benchmarks/bench_gpu.py
+
 up: install
 	$(BIN)/ursa up
 
