@@ -20,7 +20,6 @@ are noisy: rely on the shares, which do not depend on timing.
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import shutil
 import sys
@@ -31,14 +30,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-for _k, _v in (
-    ("MLFLOW_DISABLE_TELEMETRY", "true"),
-    ("DO_NOT_TRACK", "1"),
-    ("PREFECT_SERVER_ANALYTICS_ENABLED", "false"),
-    ("PREFECT_LOGGING_LEVEL", "WARNING"),
-    ("GIT_PYTHON_REFRESH", "quiet"),
-):
-    os.environ.setdefault(_k, _v)
+from ursa.offline import set_offline_defaults  # noqa: E402
+
+set_offline_defaults(PREFECT_LOGGING_LEVEL="WARNING")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402

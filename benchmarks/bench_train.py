@@ -39,14 +39,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-for _k, _v in (
-    ("MLFLOW_DISABLE_TELEMETRY", "true"),
-    ("DO_NOT_TRACK", "1"),
-    ("PREFECT_SERVER_ANALYTICS_ENABLED", "false"),
-    ("PREFECT_LOGGING_LEVEL", "WARNING"),
-    ("GIT_PYTHON_REFRESH", "quiet"),
-):
-    os.environ.setdefault(_k, _v)
+from ursa.offline import set_offline_defaults  # noqa: E402
+
+set_offline_defaults(PREFECT_LOGGING_LEVEL="WARNING")
 
 import torch  # noqa: E402
 from torch import nn  # noqa: E402

@@ -8,13 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from ursa.offline import set_offline_defaults
+
 # Telemetry fails loudly offline; Prefect must not touch the user's ~/.prefect.
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("DO_NOT_TRACK", "1")
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+set_offline_defaults(PREFECT_LOGGING_LEVEL="WARNING")
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="ursa-prefect-home-")
-os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 
 
 @pytest.fixture

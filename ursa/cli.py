@@ -8,14 +8,9 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-# Offline machines: telemetry that cannot reach home fails loudly, so it is off unless asked.
-for _key, _value in (
-    ("MLFLOW_DISABLE_TELEMETRY", "true"),
-    ("DO_NOT_TRACK", "1"),
-    ("PREFECT_SERVER_ANALYTICS_ENABLED", "false"),
-    ("GIT_PYTHON_REFRESH", "quiet"),
-):
-    os.environ.setdefault(_key, _value)
+from ursa.offline import set_offline_defaults  # noqa: E402
+
+set_offline_defaults()  # before Prefect and MLflow are imported
 
 from rich.console import Console  # noqa: E402
 
