@@ -12,6 +12,7 @@ from prefect import flow
 
 from tasks.cleaning import Ranking, log_ranking_task, publish_review_task, rank_task, review_url
 from tasks.manifest import load_dataset
+from tasks.policies import HOUR
 from tasks.tracking import experiment_id
 from tasks.train import TrainConfig
 from ursa.settings import Settings
@@ -24,7 +25,7 @@ class CleanResult:
     review_url: str
 
 
-@flow(name="clean", log_prints=True)
+@flow(name="clean", log_prints=True, timeout_seconds=24 * HOUR)
 def clean(
     dataset_manifest: str = "",
     folds: int = 4,

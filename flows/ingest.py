@@ -13,6 +13,7 @@ from tasks.dedup import dedup_task
 from tasks.download import DownloadOptions, download_task
 from tasks.ledger import load_ledger
 from tasks.manifest import Dataset, UrlRow, write_rows
+from tasks.policies import HOUR
 from tasks.reports import dataset_status_counts, outcome_counts, publish_ingest
 from tasks.sources import EMBEDDED, url_rows
 from tasks.verify import verify_task
@@ -28,7 +29,7 @@ class IngestResult:
     statuses: dict[str, int]  # dataset status (kept, duplicate, ...) -> count
 
 
-@flow(name="ingest", log_prints=True)
+@flow(name="ingest", log_prints=True, timeout_seconds=6 * HOUR)
 def ingest(
     source: str = EMBEDDED,
     max_per_class: Annotated[int, Field(ge=1)] | None = None,

@@ -13,6 +13,7 @@ from flows.clean import clean as clean_flow
 from flows.ingest import IngestResult, ingest
 from flows.release import ReleaseOutcome, release
 from flows.train import DEFAULT_EPOCHS, DEFAULT_LRS, TrainResult, train
+from tasks.policies import HOUR
 from tasks.reports import publish_pipeline
 from tasks.sources import EMBEDDED
 from tasks.tracking import experiment_id
@@ -29,7 +30,7 @@ class PipelineResult:
 
 # Constraints live in the annotations (Prefect validates them and the UI form shows them);
 # descriptions live in the docstring, which is where Prefect reads them from.
-@flow(name="pipeline", log_prints=True)
+@flow(name="pipeline", log_prints=True, timeout_seconds=48 * HOUR)
 def pipeline(
     source: str = EMBEDDED,
     max_per_class: Annotated[int, Field(ge=1)] | None = None,

@@ -10,6 +10,7 @@ from pydantic import Field
 
 from tasks.deploy import DeployError, DeployResult, redeploy_task
 from tasks.manifest import load_dataset
+from tasks.policies import HOUR
 from tasks.registry import ReleaseResult, release_task, set_aliases_task
 from tasks.reports import publish_release, release_note
 from ursa.settings import Settings
@@ -21,7 +22,7 @@ class ReleaseOutcome:
     deploy: DeployResult | None
 
 
-@flow(name="release", log_prints=True)
+@flow(name="release", log_prints=True, timeout_seconds=2 * HOUR)
 def release(
     model_uri: str,
     dataset_manifest: str,

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from prefect import flow
 
 from tasks.deploy import DeployError, DeployResult, redeploy_task
+from tasks.policies import HOUR
 from tasks.registry import RollbackResult, rollback_task, set_aliases_task
 from tasks.reports import publish_release
 from ursa.settings import Settings
@@ -18,7 +19,7 @@ class RollbackOutcome:
     deploy: DeployResult | None
 
 
-@flow(name="rollback", log_prints=True)
+@flow(name="rollback", log_prints=True, timeout_seconds=HOUR)
 def rollback(serve_url: str = "") -> RollbackOutcome:
     """Point ``champion`` back at ``previous`` (and ``previous`` at the rolled-back version).
 

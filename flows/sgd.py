@@ -8,6 +8,7 @@ from typing import Annotated
 from prefect import flow
 from pydantic import Field
 
+from tasks.policies import HOUR
 from tasks.reports import publish_sgd
 from tasks.sgd import finish_sgd_task, sgd_task, start_sgd_task
 from tasks.tracking import experiment_id
@@ -16,7 +17,7 @@ from ursa.settings import Settings
 DEFAULT_SGD_LRS = [0.01, 0.1, 1.1]
 
 
-@flow(name="sgd_from_scratch", log_prints=True)
+@flow(name="sgd_from_scratch", log_prints=True, timeout_seconds=HOUR)
 def sgd_from_scratch(
     lrs: Annotated[list[Annotated[float, Field(gt=0)]], Field(min_length=1)] = DEFAULT_SGD_LRS,
     steps: Annotated[int, Field(ge=1, le=100_000)] = 100,

@@ -16,6 +16,7 @@ from pydantic import Field
 from tasks.halving import DEFAULT_ETA, budget, promoted, rung_trials, rungs
 from tasks.lr_find import centred_lrs, lr_find_task
 from tasks.manifest import load_dataset
+from tasks.policies import HOUR
 from tasks.reports import publish_sweep
 from tasks.sweep import (
     best_trial,
@@ -89,7 +90,7 @@ def trials(
     return results
 
 
-@flow(name="train", log_prints=True)
+@flow(name="train", log_prints=True, timeout_seconds=24 * HOUR)
 def train(
     dataset_manifest: str = "",
     lrs: Annotated[list[Annotated[float, Field(gt=0, le=10)]], Field(min_length=1)] = DEFAULT_LRS,

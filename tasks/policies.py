@@ -9,7 +9,8 @@
 
 No task-level timeouts: tasks run in worker threads, where Prefect cannot interrupt them;
 the deadlines that matter are enforced inside (per URL in downloads, per request in
-redeploys).
+redeploys), and each flow, which runs in its process's main thread, has an overall limit
+(``timeout_seconds`` on its ``@flow``) so that nothing scheduled runs forever.
 
 No task caches its inputs (``cache_policy=NONE``): their inputs are paths and small records
 whose files change underneath, and some hold sessions or models that must not be hashed.
@@ -18,6 +19,8 @@ whose files change underneath, and some hold sessions or models that must not be
 from __future__ import annotations
 
 from prefect.cache_policies import NONE
+
+HOUR = 3600
 
 NETWORK = {"retries": 3, "retry_delay_seconds": [2, 10, 30], "cache_policy": NONE}
 CPU = {"retries": 0, "cache_policy": NONE}

@@ -48,3 +48,10 @@ def test_bad_parameters_are_refused_with_the_name_and_value() -> None:
     with pytest.raises(ParameterTypeError, match="arch"):
         pipeline.validate_parameters({"arch": "vgg11"})
     assert pipeline.validate_parameters({"lrs": [0.01], "epochs": [3]})["lrs"] == [0.01]
+
+
+@pytest.mark.parametrize("entrypoint", sorted({d["entrypoint"] for d in DEPLOYMENTS}))
+def test_every_deployed_flow_has_an_overall_time_limit(entrypoint: str) -> None:
+    # Tasks run in worker threads, where Prefect cannot interrupt them; the flow's limit is
+    # what stops a scheduled run that hangs.
+    assert _flow(entrypoint).timeout_seconds, f"{entrypoint} has no timeout_seconds"
