@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from ursa.offline import set_offline_defaults
+
+if TYPE_CHECKING:
+    from ursa.imagehost import ImageHost
 
 # Telemetry fails loudly offline; Prefect must not touch the user's ~/.prefect.
 set_offline_defaults(PREFECT_LOGGING_LEVEL="WARNING")
@@ -37,3 +42,20 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=90):
         yield
+
+
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The embedded digits written out once per session as <label>/<index>.png."""
+    from ursa.embedded import write_embedded_images
+
+    return write_embedded_images(tmp_path_factory.getbasetemp() / "digits")
+
+
+@pytest.fixture
+def host(digits: Path) -> Iterator[ImageHost]:
+    """The local image host over the digits. One per test: the flaky URL fails only once."""
+    from ursa.imagehost import ImageHost
+
+    with ImageHost(digits) as image_host:
+        yield image_host

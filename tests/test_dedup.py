@@ -24,12 +24,7 @@ from tasks.dedup import (
     status_counts,
 )
 from tasks.manifest import Dataset, ImageRow, UrlRow, read_rows
-
-
-def encode(im: Image.Image, fmt: str, **options) -> bytes:
-    buf = io.BytesIO()
-    im.save(buf, fmt, **options)
-    return buf.getvalue()
+from tests.images import encode
 
 
 def decode(data: bytes) -> Image.Image:

@@ -6,7 +6,6 @@ import asyncio
 import hashlib
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,24 +18,10 @@ from tasks.download import (
     read_url_lists,
 )
 from tasks.manifest import DOWNLOAD_OUTCOMES, UrlRow
-from ursa.embedded import write_embedded_images
 from ursa.imagehost import ImageHost
 
 # Small deadlines so that the slow URL (30 s on the host) times out fast.
 FAST = DownloadOptions(timeout_s=2.0, attempt_timeout_s=1.5, backoff_s=0.05)
-
-
-@pytest.fixture(scope="session")
-def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    # Same folder as in test_imagehost.py: the second writer finds the marker and skips.
-    return write_embedded_images(tmp_path_factory.getbasetemp() / "digits")
-
-
-@pytest.fixture
-def host(digits: Path) -> Iterator[ImageHost]:
-    # One host per test: the flaky URL fails only on its first request.
-    with ImageHost(digits) as image_host:
-        yield image_host
 
 
 def leftovers(data_dir: Path) -> list[Path]:

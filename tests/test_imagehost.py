@@ -7,7 +7,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,18 +15,6 @@ from PIL import Image
 from tasks.manifest import DOWNLOAD_OUTCOMES
 from ursa.embedded import write_embedded_images
 from ursa.imagehost import ImageHost
-
-
-@pytest.fixture(scope="session")
-def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    # Same folder as in test_download.py: the second writer finds the marker and skips.
-    return write_embedded_images(tmp_path_factory.getbasetemp() / "digits")
-
-
-@pytest.fixture
-def host(digits: Path) -> Iterator[ImageHost]:
-    with ImageHost(digits) as image_host:
-        yield image_host
 
 
 def fetch(url: str, timeout: float = 5.0) -> tuple[int, str, bytes]:

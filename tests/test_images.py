@@ -2,33 +2,14 @@
 
 from __future__ import annotations
 
-import io
-import struct
 import time
-import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from tests.images import encode, png_header_only
 from ursa.images import ImageError, open_image, sniff_extension
-
-
-def encode(im: Image.Image, fmt: str, **options) -> bytes:
-    buf = io.BytesIO()
-    im.save(buf, fmt, **options)
-    return buf.getvalue()
-
-
-def png_header_only(width: int, height: int) -> bytes:
-    """A PNG that claims ``width`` x ``height`` pixels but carries no pixel data at all."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        crc = zlib.crc32(kind + body) & 0xFFFFFFFF
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
 
 
 def reason_of(data: bytes, **limits) -> str:

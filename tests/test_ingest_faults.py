@@ -6,11 +6,8 @@ download_urls takes them all, and no single URL holds it past its deadline.
 
 from __future__ import annotations
 
-import io
 import shutil
-import struct
 import time
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +18,7 @@ from PIL import Image
 from tasks.download import DownloadOptions, download_urls
 from tasks.manifest import DOWNLOAD_OUTCOMES, VERIFY_OUTCOMES, UrlRow
 from tasks.verify import verify_rows
+from tests.images import encode, png_header_only
 from ursa.embedded import write_embedded_images
 from ursa.imagehost import ImageHost
 
@@ -28,23 +26,6 @@ OPTIONS = DownloadOptions(
     timeout_s=2.0, attempt_timeout_s=1.0, backoff_s=0.05, max_bytes=1_000_000, retries=3
 )
 UNICODE_LABEL = "ünïcödé"
-
-
-def encode(im: Image.Image, fmt: str, **options: object) -> bytes:
-    buf = io.BytesIO()
-    im.save(buf, fmt, **options)
-    return buf.getvalue()
-
-
-def png_header_only(width: int, height: int) -> bytes:
-    """A PNG that claims ``width`` x ``height`` pixels and carries none: a decompression bomb."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        crc = zlib.crc32(kind + body) & 0xFFFFFFFF
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
 
 
 def _frames() -> list[Image.Image]:

@@ -11,12 +11,6 @@ import pytest
 from tasks.download import download_urls
 from tasks.sources import read_csv_urls, read_source, url_rows
 from tasks.verify import verify_rows
-from ursa.embedded import write_embedded_images
-
-
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_embedded_images(tmp_path_factory.getbasetemp() / "digits")
 
 
 def test_csv_with_url_and_label_columns(tmp_path: Path) -> None:

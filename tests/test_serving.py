@@ -9,11 +9,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import io
-import struct
 import subprocess
 import sys
 import time
-import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -31,6 +29,7 @@ import serving.models
 from serving.app import create_app
 from serving.models import ModelHolder, NoChampion
 from serving.uploads import UploadError, read_body
+from tests.images import encode, png_header_only
 from tests.live import LiveServer
 from ursa.package import PIP_REQUIREMENTS, log_package
 from ursa.settings import Settings
@@ -128,34 +127,17 @@ def image_bytes(size: tuple[int, int] = (20, 20), fmt: str = "PNG") -> bytes:
     return buffer.getvalue()
 
 
-def png_claiming(width: int, height: int) -> bytes:
-    """A PNG header declaring a huge image, with no pixel data behind it."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
-
-
-def encoded(image: Image.Image, fmt: str, **options: object) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, fmt, **options)
-    return buffer.getvalue()
-
-
 def cmyk_jpeg() -> bytes:
-    return encoded(Image.new("CMYK", (20, 20), (0, 50, 100, 0)), "JPEG")
+    return encode(Image.new("CMYK", (20, 20), (0, 50, 100, 0)), "JPEG")
 
 
 def png_16bit() -> bytes:
-    return encoded(Image.fromarray(np.full((20, 20), 40000, dtype=np.uint16)), "PNG")
+    return encode(Image.fromarray(np.full((20, 20), 40000, dtype=np.uint16)), "PNG")
 
 
 def animated_gif() -> bytes:
     frames = [Image.new("RGB", (20, 20), c) for c in ((255, 0, 0), (0, 255, 0), (0, 0, 255))]
-    return encoded(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=50)
+    return encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=50)
 
 
 def half(data: bytes) -> bytes:
@@ -320,13 +302,13 @@ BAD_INPUTS = {
     ),
     "over the pixel limit": (
         {"content-type": "image/png"},
-        png_claiming(2000, 2000),
+        png_header_only(2000, 2000),
         422,
         "too_many_pixels",
     ),
     "decompression bomb": (
         {"content-type": "image/png"},
-        png_claiming(60000, 60000),
+        png_header_only(60000, 60000),
         422,
         "too_many_pixels",
     ),
@@ -362,13 +344,13 @@ BAD_INPUTS = {
     ),
     "zero-size image (0x0 png)": (
         {"content-type": "image/png"},
-        png_claiming(0, 0),
+        png_header_only(0, 0),
         422,
         "corrupt",
     ),
     "zero-width image (0x10 png)": (
         {"content-type": "image/png"},
-        png_claiming(0, 10),
+        png_header_only(0, 10),
         422,
         "corrupt",
     ),
@@ -383,13 +365,13 @@ BAD_INPUTS = {
     "jpeg signature only": ({"content-type": "image/jpeg"}, b"\xff\xd8\xff", 422, "corrupt"),
     "truncated webp": (
         {"content-type": "image/webp"},
-        encoded(Image.new("RGB", (20, 20)), "WEBP")[:30],
+        encode(Image.new("RGB", (20, 20)), "WEBP")[:30],
         422,
         "corrupt",
     ),
     "truncated bmp": (
         {"content-type": "image/bmp"},
-        encoded(Image.new("RGB", (20, 20)), "BMP")[:60],
+        encode(Image.new("RGB", (20, 20)), "BMP")[:60],
         422,
         "corrupt",
     ),
@@ -455,9 +437,9 @@ AWKWARD_BUT_VALID = {
     "cmyk jpeg": ("image/jpeg", cmyk_jpeg),
     "16-bit png": ("image/png", png_16bit),
     "animated gif (first frame)": ("image/gif", animated_gif),
-    "grayscale png": ("image/png", lambda: encoded(Image.new("L", (20, 20), 99), "PNG")),
-    "rgba png": ("image/png", lambda: encoded(Image.new("RGBA", (20, 20), (1, 2, 3, 0)), "PNG")),
-    "webp": ("image/webp", lambda: encoded(Image.new("RGB", (20, 20)), "WEBP")),
+    "grayscale png": ("image/png", lambda: encode(Image.new("L", (20, 20), 99), "PNG")),
+    "rgba png": ("image/png", lambda: encode(Image.new("RGBA", (20, 20), (1, 2, 3, 0)), "PNG")),
+    "webp": ("image/webp", lambda: encode(Image.new("RGB", (20, 20)), "WEBP")),
 }
 
 

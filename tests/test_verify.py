@@ -4,11 +4,8 @@ when they already decode to plain RGB, else as PNG), bad ones go to quarantine."
 from __future__ import annotations
 
 import hashlib
-import io
-import struct
 import subprocess
 import sys
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -18,22 +15,7 @@ from PIL import Image
 from tasks.checks import phash, pixel_hash
 from tasks.manifest import UrlRow
 from tasks.verify import verify_rows
-
-
-def encode(im: Image.Image, fmt: str, **options) -> bytes:
-    buf = io.BytesIO()
-    im.save(buf, fmt, **options)
-    return buf.getvalue()
-
-
-def png_header_only(width: int, height: int) -> bytes:
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-        )
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+from tests.images import encode, png_header_only
 
 
 def downloaded(data_dir: Path, data: bytes, url: str, label: str = "cat") -> UrlRow:
