@@ -250,12 +250,20 @@ async def image(request: Request) -> Response:
     return FileResponse(path, headers={"Cache-Control": "private, max-age=3600"})
 
 
-async def decide(request: Request) -> JSONResponse:
-    who = reviewer(request)
+def _write_refusal(request: Request, who: str | None) -> JSONResponse | None:
+    """Why a request may not write to the ledger, or None when it may."""
     if who is None:
         return _unauthorized()
     if not _same_origin(request):
         return _error(403, "Cross-origin requests may not record decisions.")
+    return None
+
+
+async def decide(request: Request) -> JSONResponse:
+    who = reviewer(request)
+    refusal = _write_refusal(request, who)
+    if refusal is not None:
+        return refusal
     try:
         body = await _json_body(request)
         sha = check_sha256(str(body.get("sha256", "")))
@@ -283,10 +291,9 @@ async def decide(request: Request) -> JSONResponse:
 
 async def undo_decision(request: Request) -> JSONResponse:
     who = reviewer(request)
-    if who is None:
-        return _unauthorized()
-    if not _same_origin(request):
-        return _error(403, "Cross-origin requests may not record decisions.")
+    refusal = _write_refusal(request, who)
+    if refusal is not None:
+        return refusal
     try:
         body = await _json_body(request)
         entry_id = str(body.get("id", ""))
