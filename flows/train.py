@@ -7,6 +7,7 @@ is chosen per run: threads here, or Dask worker processes (``runner="dask"``). `
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
@@ -19,14 +20,17 @@ from tasks.manifest import load_dataset
 from tasks.policies import HOUR
 from tasks.reports import publish_sweep
 from tasks.sweep import (
+    auto_workers,
     best_trial,
     cache_task,
     diagnose_task,
     finish_sweep_task,
     log_model_task,
+    longest_first,
     resolve_weights_task,
     start_sweep_task,
     threads_per_trial,
+    torch_threads_kept,
     trial_grid,
     trial_runner,
     trial_task,
@@ -50,6 +54,8 @@ class TrainResult:
     budget: str = ""
     lr_suggestion: float | None = None
     weights: str = ""
+    sweep_seconds: float = 0.0  # the trials alone, with their MLflow runs and reports
+    workers: int = 1
 
 
 @flow(name="trials", log_prints=True)
@@ -69,25 +75,26 @@ def trials(
     """Every grid trial at once, or successive halving one rung at a time."""
 
     def run(batch: list[Trial]) -> list[TrialResult]:
-        futures = [
-            trial_task.submit(
+        futures = {
+            t: trial_task.submit(
                 t, config, cache, experiment, parent, digest, tracking_uri, torch_threads
             )
-            for t in batch
-        ]
-        return [f.result() for f in futures]
+            for t in longest_first(batch)
+        }
+        return [futures[t].result() for t in batch]
 
-    if mode == "grid":
-        return run(trial_grid(lrs, epochs))
-    results: list[TrialResult] = []
-    alive = list(lrs)
-    for n in rungs(epochs):
-        results += run(rung_trials(alive, n))
-        alive = promoted(results[-len(alive) :], eta)
-        print(f"halving: after {n} epochs, going on with lrs {alive}")
-        if not alive:
-            break
-    return results
+    with torch_threads_kept():  # trials in threads change torch's process-wide default
+        if mode == "grid":
+            return run(trial_grid(lrs, epochs))
+        results: list[TrialResult] = []
+        alive = list(lrs)
+        for n in rungs(epochs):
+            results += run(rung_trials(alive, n))
+            alive = promoted(results[-len(alive) :], eta)
+            print(f"halving: after {n} epochs, going on with lrs {alive}")
+            if not alive:
+                break
+        return results
 
 
 @flow(name="train", log_prints=True, timeout_seconds=24 * HOUR)
@@ -113,7 +120,7 @@ def train(
     centre_lrs: bool = False,
     lr_find_iters: Annotated[int, Field(ge=10, le=10_000)] = 100,
     runner: Literal["threads", "dask"] = "threads",
-    workers: Annotated[int, Field(ge=1, le=256)] = 1,
+    workers: Annotated[int, Field(ge=0, le=256)] = 0,
     dask_address: str = "",
 ) -> TrainResult:
     """Train (learning rate, epochs) pairs; log the best trial's model to MLflow.
@@ -138,7 +145,8 @@ def train(
         centre_lrs: Centre the learning rates on the range test's suggestion.
         lr_find_iters: Mini-batches of the range test.
         runner: Run trials in threads of this process or on a Dask cluster.
-        workers: Trials at a time (threads, or local Dask workers).
+        workers: Trials at a time (threads, or local Dask workers); 0 chooses: one on a GPU,
+            on CPUs one per core up to the number of trials.
         dask_address: A Dask scheduler, e.g. tcp://host:8786 (empty: a local cluster).
     """
     if mode not in MODES:
@@ -156,14 +164,15 @@ def train(
         augment=augment,
         flip=flip,
     )
-    trial_grid(lrs, epochs)  # refuse bad values before anything starts
+    grid = trial_grid(lrs, epochs)  # refuse bad values before anything starts
+    workers = auto_workers(runner, workers, len(lrs) if mode == "halving" else len(grid))
     task_runner = trial_runner(runner, workers, dask_address)
     config, weights = resolve_weights_task(config)
     print(f"train: {weights}")
     dataset = load_dataset(dataset_manifest or settings.data_dir / "datasets" / "dataset.csv")
     experiment = experiment_id(settings)
     extra = {"mode": mode, "eta": eta, "runner": runner, "workers": workers, "weights": weights}
-    parent = start_sweep_task(experiment, config, dataset, trial_grid(lrs, epochs), extra)
+    parent = start_sweep_task(experiment, config, dataset, grid, extra)
     cache = str(cache_task(dataset, config.image_size))
     suggestion = None
     if lr_find or centre_lrs:
@@ -172,6 +181,7 @@ def train(
         if centre_lrs:
             lrs = centred_lrs(suggestion, len(lrs))
             print(f"train: learning rates centred on it: {lrs}")
+    started = time.perf_counter()
     results = trials.with_options(task_runner=task_runner)(
         lrs,
         epochs,
@@ -185,10 +195,12 @@ def train(
         settings.tracking_uri,
         threads_per_trial(runner, workers),
     )
+    sweep_seconds = time.perf_counter() - started
+    print(f"train: {len(results)} trials in {sweep_seconds:.1f} s, {workers} at a time")
     results = diagnose_task(results)
     spent = budget(lrs, epochs, results)
     best = best_trial(results)
-    excluded = finish_sweep_task(parent, results, best, str(spent))
+    excluded = finish_sweep_task(parent, results, best, str(spent), sweep_seconds)
     model_uri = log_model_task(best, config, dataset, cache, parent)
     publish_sweep(results, best, parent, excluded, str(spent))
     for e in excluded:
@@ -203,4 +215,6 @@ def train(
         budget=str(spent),
         lr_suggestion=suggestion,
         weights=weights,
+        sweep_seconds=sweep_seconds,
+        workers=workers,
     )

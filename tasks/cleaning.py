@@ -34,8 +34,8 @@ from PIL import Image
 from prefect import task
 from prefect.cache_policies import NONE
 
+from tasks.grids import image_grid
 from tasks.manifest import Dataset, ImageRow, read_rows
-from tasks.plots import top_losses_figure
 from tasks.progress import progress
 from tasks.train import (
     MEAN,
@@ -261,7 +261,7 @@ def rank_dataset(
 
 
 def suspects_grid(data_dir: Path, ranked: list[RankedImage], size: int = 48):
-    """The top suspects as a matplotlib figure: image, given -> predicted, self-confidence."""
+    """The top suspects as a captioned grid: image, given -> predicted, self-confidence."""
     top = ranked[:GRID_SIZE]
     images = (
         np.stack(
@@ -276,7 +276,7 @@ def suspects_grid(data_dir: Path, ranked: list[RankedImage], size: int = 48):
     captions = [
         f"#{r.rank} {r.given} -> {r.predicted}\np(given)={r.self_confidence:.2f}" for r in top
     ]
-    return top_losses_figure(images, captions, "Most likely mislabelled (out of sample)")
+    return image_grid(images, captions, "Most likely mislabelled (out of sample)")
 
 
 def log_ranking(ranking: Ranking, experiment_id: str, data_dir: Path) -> str:
@@ -317,7 +317,7 @@ def log_ranking(ranking: Ranking, experiment_id: str, data_dir: Path) -> str:
         mlflow.log_table({c: [getattr(r, c) for r in ranked] for c in columns}, "ranking.json")
         mlflow.log_artifact(ranking.csv_path, "cleaning")
         mlflow.log_artifact(ranking.json_path, "cleaning")
-        mlflow.log_figure(suspects_grid(Path(data_dir), ranked), "top_suspects.png")
+        mlflow.log_image(suspects_grid(Path(data_dir), ranked), artifact_file="top_suspects.png")
         return run.info.run_id
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import matplotlib
 
 matplotlib.use("Agg")  # headless: flows run on workers without a display
@@ -64,24 +62,6 @@ def most_confused(matrix: np.ndarray, classes: list[str], top: int = 10) -> list
         if i != j
     ]
     return sorted(pairs, key=lambda p: (-p["count"], p["actual"], p["predicted"]))[:top]
-
-
-def top_losses_figure(images: np.ndarray, captions: list[str], title: str) -> Figure:
-    """A grid of images (uint8, N x 3 x S x S) with a caption each: the examples the model got
-    most wrong, which is where mislabelled data and hard cases show up."""
-    n = len(images)
-    cols = max(1, min(4, n))
-    rows = max(1, math.ceil(n / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols, 2.5 * rows), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, image, caption in zip(axes.flat, images, captions, strict=False):
-        ax.imshow(np.transpose(image, (1, 2, 0)))
-        ax.set_title(caption, fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    plt.close(fig)
-    return fig
 
 
 def heatmap_figure(

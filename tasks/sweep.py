@@ -6,6 +6,8 @@ from __future__ import annotations
 import itertools
 import math
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, replace
 
 import mlflow
@@ -137,10 +139,14 @@ def heatmap(results: list[TrialResult]) -> tuple[list[float], list[int], np.ndar
 
 
 def finish_sweep(
-    parent_run_id: str, results: list[TrialResult], best: TrialResult, budget_note: str = ""
+    parent_run_id: str,
+    results: list[TrialResult],
+    best: TrialResult,
+    budget_note: str = "",
+    sweep_seconds: float | None = None,
 ) -> list[dict]:
-    """Log the leaderboard, the lr x epochs heatmap, the exclusions and the choice on the
-    parent run; returns the excluded trials with their reasons."""
+    """Log the leaderboard, the lr x epochs heatmap, the exclusions, the choice and the
+    sweep's wall time on the parent run; returns the excluded trials with their reasons."""
     board = leaderboard(results)
     excluded = excluded_trials(results)
     client = MlflowClient()
@@ -169,6 +175,8 @@ def finish_sweep(
     client.log_metric(parent_run_id, "best_val_accuracy", best.val_accuracy)
     client.log_metric(parent_run_id, "best_val_loss", best.val_loss)
     client.log_metric(parent_run_id, "trials_excluded", len(excluded))
+    if sweep_seconds is not None:
+        client.log_metric(parent_run_id, "sweep_seconds", sweep_seconds)
     tags = {
         "ursa.best_run_id": best.run_id,
         "ursa.best_trial": best.name,
@@ -237,6 +245,38 @@ finish_sweep_task = task(name="finish-sweep", **NETWORK)(finish_sweep)
 diagnose_task = task(name="diagnose-in-sweep", **NETWORK)(diagnose_in_sweep)
 resolve_weights_task = task(name="resolve-weights", **CPU)(resolve_weights)
 log_model_task = task(name="log-best-model", **CPU)(log_best_model)  # a retry = a 2nd model
+
+
+def auto_workers(runner: str, workers: int, n_trials: int) -> int:
+    """Trials at a time: ``workers`` when given (>= 1); 0 chooses. On a GPU, one (trials
+    would share one device). On CPUs, one trial per core up to the number of trials: measured
+    on 2 cores (BENCHMARKS.md), two one-thread trials side by side train as fast as one
+    two-thread trial and keep doing so while Prefect, MLflow and the reports use the CPU too,
+    because a one-thread trial has no thread team that waits for its slowest member."""
+    if workers < 0:
+        raise ValueError(f"workers is {workers}; expected 0 (choose) or a positive number.")
+    if workers:
+        return workers
+    if runner == "threads" and device_for_training().type == "cuda":
+        return 1
+    return max(1, min(n_trials, os.cpu_count() or 1))
+
+
+def longest_first(trials: list[Trial]) -> list[Trial]:
+    """Submission order for concurrent trials: the most epochs first, so that the short ones
+    fill in at the end instead of one long trial running alone with cores idle."""
+    return sorted(trials, key=lambda t: -t.epochs)
+
+
+@contextmanager
+def torch_threads_kept() -> Iterator[None]:
+    """Restore torch's thread count on leaving: a trial that sets it in a worker thread also
+    changes the default that every later thread of the process starts with."""
+    kept = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(kept)
 
 
 def trial_runner(runner: str, workers: int, dask_address: str = ""):

@@ -35,8 +35,11 @@ from ursa.package import normalise
 # ImageNet statistics: right for pretrained backbones, harmless for models trained from scratch.
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
-CLEAN_TRAIN_SAMPLE = 1024  # training images re-scored without augmentation for the diagnosis
+# Training images re-scored without augmentation for the diagnosis: as many as there are
+# validation images, within these bounds, so that both losses are estimated about as well.
+CLEAN_TRAIN_SAMPLE = (256, 1024)
 ARCHITECTURES = ("resnet18", "resnet34")
+SYSTEM_METRICS_INTERVAL = 1  # seconds between samples of a trial's CPU, memory, GPU
 IF_NO_WEIGHTS = ("fail", "scratch")
 # Discriminative rates after unfreezing (fast.ai's fine_tune): the base rate is halved, and
 # the stem + first blocks learn 100x slower than the head, the middle blocks 10x slower.
@@ -131,6 +134,9 @@ class FitResult:
     model: nn.Module
     history: list[dict]  # one record per epoch
     step_losses: list[float]  # training loss of every mini-batch, in order
+    # The last epoch's validation pass, per example (loss, predicted class, its probability):
+    # the trial's report draws on it instead of predicting the validation set again.
+    valid_examples: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
 
 def device_for_training() -> torch.device:
@@ -375,9 +381,17 @@ def evaluate(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device, batch_size: int = 256
 ) -> tuple[float, float, torch.Tensor]:
     """Returns (mean loss, accuracy, predicted class per example)."""
-    losses, predicted, _ = predict_examples(model, x, y, device, batch_size)
+    examples = predict_examples(model, x, y, device, batch_size)
+    return (*loss_and_accuracy(examples, y), examples[1])
+
+
+def loss_and_accuracy(
+    examples: tuple[torch.Tensor, torch.Tensor, torch.Tensor], y: torch.Tensor
+) -> tuple[float, float]:
+    """(mean loss, accuracy) of :func:`predict_examples`' output against the labels ``y``."""
+    losses, predicted, _ = examples
     accuracy = (predicted == y.cpu()).float().mean().item() if len(y) else float("nan")
-    return (losses.sum().item() / max(len(y), 1)), accuracy, predicted
+    return losses.sum().item() / max(len(y), 1), accuracy
 
 
 @torch.inference_mode()
@@ -414,6 +428,7 @@ def fit(trial: Trial, config: TrainConfig, data: Tensors, on_epoch=None) -> FitR
     aug_generator = torch.Generator(device=device).manual_seed(config.seed)
     history: list[dict] = []
     step_losses: list[float] = []
+    examples = None
     for phase, epochs in training_phases(trial, config):
         _set_frozen(model, phase == "frozen")
         optimizer, rates = _optimizer(model, phase, trial.lr)
@@ -426,7 +441,8 @@ def fit(trial: Trial, config: TrainConfig, data: Tensors, on_epoch=None) -> FitR
                 trained, optimizer, scheduler, data, config, generator, device, aug_generator
             )
             train_seconds = time.perf_counter() - start  # losses came back: the GPU is done
-            val_loss, val_acc, _ = evaluate(trained, data.x_valid, data.y_valid, device)
+            examples = predict_examples(trained, data.x_valid, data.y_valid, device)
+            val_loss, val_acc = loss_and_accuracy(examples, data.y_valid)
             step_losses += losses
             record = {
                 "epoch": len(history),
@@ -442,17 +458,19 @@ def fit(trial: Trial, config: TrainConfig, data: Tensors, on_epoch=None) -> FitR
                 on_epoch(record)
             if not math.isfinite(train_loss):
                 _set_frozen(model, False)
-                return FitResult(model, history, step_losses)  # diverged: more only burns time
+                # Diverged: more epochs only burn time.
+                return FitResult(model, history, step_losses, examples)
     _set_frozen(model, False)
     if history:
         # The epoch's training loss is a running mean over augmented batches while the model
         # was still learning, so it sits above the validation loss even when the model fits
         # well. The diagnosis compares like with like: the final model on (a sample of) the
         # training images, measured exactly as the validation loss is.
-        sample = slice(0, CLEAN_TRAIN_SAMPLE)
+        low, high = CLEAN_TRAIN_SAMPLE
+        sample = slice(0, min(max(len(data.y_valid), low), high))
         clean_loss, _, _ = evaluate(trained, data.x_train[sample], data.y_train[sample], device)
         history[-1]["train_eval_loss"] = clean_loss
-    return FitResult(model, history, step_losses)
+    return FitResult(model, history, step_losses, examples)
 
 
 def diagnose_fit(
@@ -495,7 +513,7 @@ def run_trial(
     data = load_tensors(cache_path)
     start = time.perf_counter()
     # System metrics every second: trials on small data last seconds, not minutes.
-    mlflow.set_system_metrics_sampling_interval(1)
+    mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL)
     # Linked to the parent explicitly: the active run is thread-local and trials may run in threads.
     with mlflow.start_run(
         experiment_id=experiment_id,
@@ -523,6 +541,12 @@ def run_trial(
         checkpoint = Path(cache_path).parent.parent / "checkpoints" / f"{run.info.run_id}.pt"
         checkpoint.parent.mkdir(parents=True, exist_ok=True)
         torch.save(fitted.model.state_dict(), checkpoint)
+        # MLflow's monitor logs a sample only once a whole interval has passed and drops it if
+        # the run ends first: a trial quicker than that (tiny data, an early divergence) is
+        # kept open until its first sample is in, so that every trial has system metrics.
+        short = SYSTEM_METRICS_INTERVAL + 0.5 - (time.perf_counter() - start)
+        if short > 0:
+            time.sleep(short)
         last = fitted.history[-1]
         return TrialResult(
             lr=trial.lr,

@@ -11,12 +11,12 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric
 
 from tasks.diagnosis import Diagnosis
+from tasks.grids import image_grid
 from tasks.plots import (
     confusion_matrix,
     confusion_matrix_figure,
     loss_curves_figure,
     most_confused,
-    top_losses_figure,
 )
 from tasks.train import FitResult, Tensors, device_for_training, predict_examples
 
@@ -51,8 +51,10 @@ def log_trial_report(
         loss_curves_figure(fitted.history, f"{title} ({diagnosis.label})"),
         "loss_curves.png",
     )
-    device = device_for_training()
-    losses, predicted, probs = predict_examples(fitted.model, data.x_valid, data.y_valid, device)
+    examples = fitted.valid_examples
+    if examples is None:
+        examples = predict_examples(fitted.model, data.x_valid, data.y_valid, device_for_training())
+    losses, predicted, probs = examples
     if not len(losses):
         return
     actual = data.y_valid.numpy()
@@ -71,10 +73,8 @@ def log_trial_report(
         f"loss {losses[i]:.2f} p {probs[i]:.2f}"
         for i in order
     ]
-    client.log_figure(
+    client.log_image(
         run_id,
-        top_losses_figure(
-            data.x_valid[order].numpy(), captions, "top losses: actual/predicted, loss, p"
-        ),
-        "top_losses.png",
+        image_grid(data.x_valid[order].numpy(), captions, "top losses: actual/predicted, loss, p"),
+        artifact_file="top_losses.png",
     )

@@ -362,7 +362,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--centre-lrs", action="store_true", help="centre the --lr grid on lr_find's suggestion"
     )
     p.add_argument("--runner", choices=["threads", "dask"], default="threads")
-    p.add_argument("--workers", type=int, default=1, help="trials at once (threads or Dask)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="trials at once (threads or Dask); 0: one per core up to the trials, one on a GPU",
+    )
     p.add_argument("--dask-address", help="scheduler of an existing Dask cluster (--runner dask)")
     p.set_defaults(func=cmd_train)
 
