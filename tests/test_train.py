@@ -13,12 +13,16 @@ from mlflow import MlflowClient
 
 from tasks.manifest import Dataset
 from tasks.sweep import (
+    auto_workers,
     best_trial,
     diagnose_in_sweep,
     finish_sweep,
     latest_model_uri,
     log_best_model,
+    longest_first,
     start_sweep,
+    threads_per_trial,
+    torch_threads_kept,
     trial_grid,
 )
 from tasks.tracking import experiment_id
@@ -232,3 +236,42 @@ def test_experiment_keeps_artifacts_in_the_data_folder(data_dir) -> None:
     settings = Settings.from_env()
     experiment = mlflow.get_experiment(experiment_id(settings))
     assert experiment.artifact_location.startswith((data_dir / "mlartifacts").as_uri())
+
+
+def test_workers_are_chosen_per_core_up_to_the_trials_unless_given() -> None:
+    cores = os.cpu_count() or 1
+    assert auto_workers("threads", 3, 10) == 3
+    assert auto_workers("threads", 0, 10) == min(10, cores)
+    assert auto_workers("threads", 0, 1) == 1
+    assert auto_workers("dask", 0, 4) == min(4, cores)
+    with pytest.raises(ValueError, match="workers is -1"):
+        auto_workers("threads", -1, 4)
+    assert threads_per_trial("threads", 1) == 0  # one trial: torch's own default
+    assert threads_per_trial("threads", 2) == max(1, cores // 2)
+
+
+def test_longest_trials_are_submitted_first_in_a_stable_order() -> None:
+    grid = trial_grid([1e-3, 3e-3], [1, 4, 2])
+    assert [(t.lr, t.epochs) for t in longest_first(grid)] == [
+        (1e-3, 4),
+        (3e-3, 4),
+        (1e-3, 2),
+        (3e-3, 2),
+        (1e-3, 1),
+        (3e-3, 1),
+    ]
+
+
+def test_torch_threads_kept_restores_the_process_default() -> None:
+    import threading
+
+    before = torch.get_num_threads()
+    with torch_threads_kept():
+        worker = threading.Thread(target=torch.set_num_threads, args=(1,))
+        worker.start()
+        worker.join()
+    seen = []
+    later = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    later.start()
+    later.join()
+    assert torch.get_num_threads() == before and seen == [before]

@@ -8,9 +8,11 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 from mlflow import MlflowClient
 
 from flows.train import train
+from tasks.sweep import auto_workers
 from tests.datasets import digits_dataset
 from ursa.cli import main
 from ursa.settings import Settings
@@ -83,3 +85,36 @@ def test_missing_pretrained_weights_give_a_clear_message_not_a_traceback(
     assert code == 2
     out = capsys.readouterr().out
     assert "resnet18.pth" in out and "--if-no-weights scratch" in out
+
+
+def test_default_grid_runs_trials_side_by_side_and_logs_its_time(manifest: str) -> None:
+    threads_before = torch.get_num_threads()
+    result = train(dataset_manifest=manifest, lrs=[1e-3], epochs=[2, 4], image_size=16)
+    expected = auto_workers("threads", 0, 2)
+    assert result.workers == expected == min(2, os.cpu_count() or 1)
+    assert [t.epochs for t in result.trials] == [2, 4]  # grid order, whatever order they ran
+    client = MlflowClient(Settings.from_env().tracking_uri)
+    if expected > 1:
+        # When each trial finished its epochs (the best trial's run is reopened later to log
+        # the model, so its end_time says nothing about when it trained): each trial ended
+        # an epoch before the other one's last.
+        short, long = (
+            [m.timestamp for m in client.get_metric_history(t.run_id, "val_loss")]
+            for t in result.trials
+        )
+        assert short[0] < long[-1] and long[0] < short[-1], "the trials did not run side by side"
+    parent = client.get_run(result.parent_run_id)
+    assert parent.data.metrics["sweep_seconds"] == pytest.approx(result.sweep_seconds)
+    assert result.sweep_seconds > 0
+    # Trials in threads set torch's thread count; the flow puts the process default back.
+    assert torch.get_num_threads() == threads_before
+
+
+def test_one_at_a_time_the_longest_trial_goes_first(manifest: str) -> None:
+    result = train(dataset_manifest=manifest, lrs=[1e-3], epochs=[1, 3], image_size=16, workers=1)
+    client = MlflowClient(Settings.from_env().tracking_uri)
+    short, long = (
+        [m.timestamp for m in client.get_metric_history(t.run_id, "val_loss")]
+        for t in result.trials
+    )
+    assert long[-1] <= short[0], "the 3-epoch trial did not run before the 1-epoch one"
