@@ -21,9 +21,9 @@ from tasks.train import (
     _autocast,
     _batches,
     _inputs,
-    build_model,
     device_for_training,
     load_tensors,
+    seeded_model,
 )
 
 
@@ -49,9 +49,8 @@ def lr_find(
         raise ValueError(f"lr_find needs 0 < start_lr < end_lr; got {start_lr}, {end_lr}.")
     if num_iter < 5:
         raise ValueError(f"lr_find needs at least 5 iterations; got {num_iter}.")
-    torch.manual_seed(config.seed)
     device = device_for_training()
-    model = build_model(config, len(data.classes)).to(device, memory_format=torch.channels_last)
+    model = seeded_model(config, len(data.classes)).to(device, memory_format=torch.channels_last)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=start_lr, weight_decay=1e-2, fused=True)
     criterion = nn.CrossEntropyLoss()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import os
 import socket
+import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -35,8 +36,8 @@ from ursa.package import normalise
 # ImageNet statistics: right for pretrained backbones, harmless for models trained from scratch.
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
-# Training images re-scored without augmentation for the diagnosis: as many as there are
-# validation images, within these bounds, so that both losses are estimated about as well.
+# Training images re-scored without augmentation for the diagnosis: about as many as there
+# are validation images, within these bounds, so that both losses are estimated about as well.
 CLEAN_TRAIN_SAMPLE = (256, 1024)
 ARCHITECTURES = ("resnet18", "resnet34")
 SYSTEM_METRICS_INTERVAL = 1  # seconds between samples of a trial's CPU, memory, GPU
@@ -45,6 +46,9 @@ IF_NO_WEIGHTS = ("fail", "scratch")
 # the stem + first blocks learn 100x slower than the head, the middle blocks 10x slower.
 UNFROZEN_BASE = 0.5
 LAYER_GROUP_DIVISORS = (100.0, 10.0, 1.0)
+
+
+_GLOBAL_RNG = threading.Lock()
 
 
 class WeightsUnavailable(RuntimeError):
@@ -223,6 +227,15 @@ def build_model(config: TrainConfig, num_classes: int) -> nn.Module:
             ) from exc
     model.fc = nn.Linear(model.fc.in_features, num_classes)
     return model
+
+
+def seeded_model(config: TrainConfig, num_classes: int) -> nn.Module:
+    """:func:`build_model` with its weights drawn from ``config.seed``. The draws come from
+    torch's one global generator, which the threads of concurrent trials share: one model is
+    initialised at a time, or their draws interleave and no trial is reproducible."""
+    with _GLOBAL_RNG:
+        torch.manual_seed(config.seed)
+        return build_model(config, num_classes)
 
 
 def layer_groups(model: nn.Module) -> list[list[nn.Parameter]]:
@@ -418,10 +431,9 @@ def predict_examples(
 def fit(trial: Trial, config: TrainConfig, data: Tensors, on_epoch=None) -> FitResult:
     """Train one model, phase by phase, each on a one-cycle schedule; ``on_epoch(record)``
     after every epoch. Stops early once the training loss is no longer finite."""
-    torch.manual_seed(config.seed)
     device = device_for_training()
     data = _resident(data, device)
-    model = build_model(config, len(data.classes)).to(device, memory_format=torch.channels_last)
+    model = seeded_model(config, len(data.classes)).to(device, memory_format=torch.channels_last)
     trained = torch.compile(model) if config.compile else model
     steps = math.ceil(len(data.y_train) / config.batch_size)
     generator = torch.Generator().manual_seed(config.seed)
@@ -467,7 +479,10 @@ def fit(trial: Trial, config: TrainConfig, data: Tensors, on_epoch=None) -> FitR
         # well. The diagnosis compares like with like: the final model on (a sample of) the
         # training images, measured exactly as the validation loss is.
         low, high = CLEAN_TRAIN_SAMPLE
-        sample = slice(0, min(max(len(data.y_valid), low), high))
+        n = len(data.y_train)
+        # Evenly spread over the training set, which is stored class by class: its first
+        # images would be a few classes only.
+        sample = slice(None, None, max(1, n // min(max(len(data.y_valid), low), high)))
         clean_loss, _, _ = evaluate(trained, data.x_train[sample], data.y_train[sample], device)
         history[-1]["train_eval_loss"] = clean_loss
     return FitResult(model, history, step_losses, examples)

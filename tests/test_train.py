@@ -39,6 +39,7 @@ from tasks.train import (
     load_tensors,
     resolve_weights,
     run_trial,
+    seeded_model,
     tensor_cache,
     training_phases,
 )
@@ -275,3 +276,14 @@ def test_torch_threads_kept_restores_the_process_default() -> None:
     later.start()
     later.join()
     assert torch.get_num_threads() == before and seen == [before]
+
+
+def test_models_built_in_concurrent_threads_get_the_seeds_own_weights() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    config = TrainConfig(seed=7)
+    expected = seeded_model(config, 4).state_dict()
+    with ThreadPoolExecutor(8) as pool:
+        built = list(pool.map(lambda _: seeded_model(config, 4).state_dict(), range(8)))
+    for state in built:
+        assert all(torch.equal(state[k], expected[k]) for k in expected)
