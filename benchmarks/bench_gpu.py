@@ -40,8 +40,6 @@ from torch import nn  # noqa: E402
 
 from tasks.manifest import ImageRow, write_dataset  # noqa: E402
 from tasks.train import (  # noqa: E402
-    MEAN,
-    STD,
     TrainConfig,
     Trial,
     fit,
@@ -134,18 +132,11 @@ def trainer(cache: Path, arch: str, batch_size: int, epochs: int, compile: bool)
 def naive(root: Path, arch: str, batch_size: int, epochs: int) -> float:
     import torchvision
     from torch.utils.data import DataLoader
-    from torchvision import datasets, transforms
+    from torchvision import datasets
 
-    tf = transforms.Compose(
-        [
-            transforms.Resize((SIZE, SIZE)),
-            transforms.RandomAffine(10, translate=(1 / 8, 1 / 8), scale=(0.9, 1.1)),
-            transforms.ColorJitter(contrast=0.2),
-            transforms.ToTensor(),
-            transforms.Normalize(MEAN, STD),
-        ]
-    )
-    train_set = datasets.ImageFolder(root / "train", tf)
+    from benchmarks._naive import naive_train_transform
+
+    train_set = datasets.ImageFolder(root / "train", naive_train_transform(SIZE))
     loader = DataLoader(
         train_set,
         batch_size=batch_size,

@@ -213,6 +213,8 @@ def naive(dataset: Dataset, config: TrainConfig, workers: int) -> tuple[Clock, f
     from torch.utils.data import DataLoader
     from torchvision import datasets, transforms
 
+    from benchmarks._naive import naive_train_transform
+
     folder = Path(tempfile.mkdtemp(prefix="ursa-naive-"))
     for row in read_rows(Path(dataset.manifest_path), ImageRow):
         if row.status == "kept":
@@ -220,15 +222,7 @@ def naive(dataset: Dataset, config: TrainConfig, workers: int) -> tuple[Clock, f
             target.parent.mkdir(parents=True, exist_ok=True)
             target.symlink_to(dataset.data_dir / row.image_path)
     size = config.image_size
-    train_tf = transforms.Compose(
-        [
-            transforms.Resize((size, size)),
-            transforms.RandomAffine(10, translate=(1 / 8, 1 / 8), scale=(0.9, 1.1)),
-            transforms.ColorJitter(contrast=0.2),
-            transforms.ToTensor(),
-            transforms.Normalize(MEAN, STD),
-        ]
-    )
+    train_tf = naive_train_transform(size)
     valid_tf = transforms.Compose(
         [transforms.Resize((size, size)), transforms.ToTensor(), transforms.Normalize(MEAN, STD)]
     )
