@@ -118,3 +118,23 @@ def test_one_at_a_time_the_longest_trial_goes_first(manifest: str) -> None:
         for t in result.trials
     )
     assert long[-1] <= short[0], "the 3-epoch trial did not run before the 1-epoch one"
+
+
+def test_compile_from_the_command_line_trains_the_same_model_compiled(manifest: str) -> None:
+    # torch.compile on a CPU takes about a minute here; it is an option for GPUs, but the
+    # compiled model must learn exactly what the eager one does wherever it runs.
+    args = ["--dataset", manifest, "--lr", "3e-3", "--epochs", "2", "--image-size", "16"]
+    assert main(["train", *args, "--compile"]) == 0
+    eager = train(dataset_manifest=manifest, lrs=[3e-3], epochs=[2], image_size=16)
+    client = MlflowClient(Settings.from_env().tracking_uri)
+    experiment = client.get_run(eager.parent_run_id).info.experiment_id
+    (compiled,) = client.search_runs(
+        [experiment], filter_string="params.compile = 'True' and tags.`ursa.role` = 'trial'"
+    )
+    assert client.get_run(eager.trials[0].run_id).data.params["compile"] == "False"
+
+    def losses(run_id: str) -> list[float]:
+        return [m.value for m in client.get_metric_history(run_id, "train_loss")]
+
+    assert len(losses(compiled.info.run_id)) == 2
+    assert losses(compiled.info.run_id) == pytest.approx(losses(eager.trials[0].run_id), rel=1e-3)

@@ -99,6 +99,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
             freeze_epochs=args.freeze_epochs,
             augment=not args.no_augment,
             flip=args.flip,
+            compile=args.compile,
             mode=args.mode,
             eta=args.eta,
             lr_find=args.lr_find,
@@ -350,6 +351,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--freeze-epochs", type=int, default=1, help="head-only epochs (pretrained)")
     p.add_argument("--no-augment", action="store_true", help="turn batch augmentation off")
     p.add_argument("--flip", action="store_true", help="also flip images horizontally")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile each trial's model: on a GPU, pays after ~250k training images "
+        "per trial",
+    )
     p.add_argument(
         "--mode",
         choices=["grid", "halving"],
