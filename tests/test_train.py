@@ -10,6 +10,7 @@ import pytest
 import torch
 import torchvision
 from mlflow import MlflowClient
+from PIL import Image
 
 from tasks.manifest import Dataset
 from tasks.sweep import (
@@ -27,10 +28,13 @@ from tasks.sweep import (
 )
 from tasks.tracking import experiment_id
 from tasks.train import (
+    MEAN,
+    STD,
     TrainConfig,
     Trial,
     TrialResult,
     WeightsUnavailable,
+    _inputs,
     _optimizer,
     _set_frozen,
     augment,
@@ -44,7 +48,7 @@ from tasks.train import (
     training_phases,
 )
 from tests.datasets import digits_dataset
-from ursa.package import load_package
+from ursa.package import load_package, preprocess
 from ursa.settings import Settings
 
 SMALL = TrainConfig(image_size=16, batch_size=32)
@@ -65,6 +69,17 @@ def test_tensor_cache_decodes_once_and_keeps_the_split(dataset: Dataset) -> None
     assert len(data.y_valid) == dataset.n_valid
     assert tensor_cache(dataset, 16) == path and os.path.getmtime(path) == mtime
     assert not list(path.parent.glob("*.tmp"))
+
+
+def test_serving_gives_the_model_what_training_gave_it(dataset: Dataset) -> None:
+    data = load_tensors(tensor_cache(dataset, 16))
+    images = [Image.fromarray(x.permute(1, 2, 0).numpy()) for x in data.x_valid]
+    served = preprocess(images, 16, MEAN, STD)
+    trained = _inputs(data.x_valid, torch.device("cpu"))  # no augmentation: validation
+    torch.testing.assert_close(served, trained, atol=1e-5, rtol=0)
+    # NCHW in memory, not the permuted (channels_last) view: the exported model's
+    # convolutions ran 20-30% slower on that.
+    assert served.is_contiguous()
 
 
 def test_fit_is_seeded_and_learns(dataset: Dataset) -> None:

@@ -37,8 +37,10 @@ def preprocess(images: list[Image.Image], image_size: int, mean, std) -> torch.T
         np.asarray(im.convert("RGB").resize((image_size, image_size), Image.BILINEAR))
         for im in images
     ]
-    batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div_(255.0)
-    return normalise(batch, mean, std)
+    # Contiguous NCHW: the permuted view is laid out channels_last, on which the exported
+    # model's convolutions (NCHW weights) ran 20-30% slower on these CPUs.
+    batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    return normalise(batch.float().div_(255.0), mean, std)
 
 
 def normalise(batch: torch.Tensor, mean, std) -> torch.Tensor:
