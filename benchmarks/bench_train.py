@@ -62,7 +62,9 @@ from tasks.train import (  # noqa: E402
     Trial,
     _optimizer,
     build_model,
+    device_for_training,
     load_tensors,
+    memory_format,
     tensor_cache,
     training_phases,
 )
@@ -70,6 +72,7 @@ from ursa.package import normalise  # noqa: E402
 
 LRS = [1e-3, 3e-3]
 EPOCHS = [2, 4]
+LAYOUT = memory_format(device_for_training())  # the layout Ursa trains in here
 
 
 class Clock:
@@ -156,7 +159,7 @@ def floor(dataset: Dataset, config: TrainConfig, workers: int = 1) -> tuple[Cloc
 
     def ready(x: torch.Tensor) -> torch.Tensor:
         x = normalise(x.float().div_(255.0), MEAN, STD)
-        return x.contiguous(memory_format=torch.channels_last)
+        return x.contiguous(memory_format=LAYOUT)
 
     x_train, x_valid = ready(data.x_train), ready(data.x_valid)
     threads = threads_per_trial("threads", workers)
@@ -166,7 +169,7 @@ def floor(dataset: Dataset, config: TrainConfig, workers: int = 1) -> tuple[Cloc
             torch.set_num_threads(threads)
         torch.manual_seed(config.seed)
         generator = torch.Generator().manual_seed(config.seed)
-        model = build_model(config, len(data.classes)).to(memory_format=torch.channels_last)
+        model = build_model(config, len(data.classes)).to(memory_format=LAYOUT)
 
         def train_batches():
             order = torch.randperm(len(data.y_train), generator=generator)
@@ -195,12 +198,12 @@ def warm_up(dataset: Dataset, config: TrainConfig) -> None:
     """A few training steps before anything is timed, so that no phase pays the process's
     first-use costs (oneDNN kernels, allocator) for the others."""
     data = load_tensors(tensor_cache(dataset, config.image_size))
-    model = build_model(config, len(data.classes)).to(memory_format=torch.channels_last)
+    model = build_model(config, len(data.classes)).to(memory_format=LAYOUT)
     optimizer, _ = _optimizer(model, "scratch", 1e-3)
     x = normalise(data.x_train[:64].float().div_(255.0), MEAN, STD)
     for _ in range(5):
         loss = nn.functional.cross_entropy(
-            model(x.contiguous(memory_format=torch.channels_last)), data.y_train[:64]
+            model(x.contiguous(memory_format=LAYOUT)), data.y_train[:64]
         )
         optimizer.zero_grad()
         loss.backward()

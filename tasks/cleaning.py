@@ -46,6 +46,7 @@ from tasks.train import (
     device_for_training,
     fit,
     load_tensors,
+    memory_format,
     tensor_cache,
 )
 from ursa.package import normalise
@@ -97,7 +98,7 @@ def probabilities(
     out = []
     for start in range(0, len(x), batch_size):
         batch = x[start : start + batch_size].to(device).float().div_(255.0)
-        logits = model(normalise(batch, MEAN, STD).contiguous(memory_format=torch.channels_last))
+        logits = model(normalise(batch, MEAN, STD).contiguous(memory_format=memory_format(device)))
         out.append(logits.float().softmax(1).cpu())
     n_classes = model.fc.out_features
     return torch.cat(out).numpy() if out else np.zeros((0, n_classes), np.float32)

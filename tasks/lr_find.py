@@ -23,6 +23,7 @@ from tasks.train import (
     _inputs,
     device_for_training,
     load_tensors,
+    memory_format,
     seeded_model,
 )
 
@@ -50,7 +51,7 @@ def lr_find(
     if num_iter < 5:
         raise ValueError(f"lr_find needs at least 5 iterations; got {num_iter}.")
     device = device_for_training()
-    model = seeded_model(config, len(data.classes)).to(device, memory_format=torch.channels_last)
+    model = seeded_model(config, len(data.classes)).to(device, memory_format=memory_format(device))
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=start_lr, weight_decay=1e-2, fused=True)
     criterion = nn.CrossEntropyLoss()
