@@ -60,6 +60,7 @@ from tasks.train import (  # noqa: E402
     STD,
     TrainConfig,
     Trial,
+    _inputs,
     _optimizer,
     build_model,
     device_for_training,
@@ -68,7 +69,6 @@ from tasks.train import (  # noqa: E402
     tensor_cache,
     training_phases,
 )
-from ursa.package import normalise  # noqa: E402
 
 LRS = [1e-3, 3e-3]
 EPOCHS = [2, 4]
@@ -157,11 +157,8 @@ def floor(dataset: Dataset, config: TrainConfig, workers: int = 1) -> tuple[Cloc
     with cores/workers torch threads: the floor of the schedule Ursa uses."""
     data = load_tensors(tensor_cache(dataset, config.image_size))
 
-    def ready(x: torch.Tensor) -> torch.Tensor:
-        x = normalise(x.float().div_(255.0), MEAN, STD)
-        return x.contiguous(memory_format=LAYOUT)
-
-    x_train, x_valid = ready(data.x_train), ready(data.x_valid)
+    device = device_for_training()
+    x_train, x_valid = _inputs(data.x_train, device), _inputs(data.x_valid, device)
     threads = threads_per_trial("threads", workers)
 
     def one(trial: Trial) -> float:
@@ -200,11 +197,9 @@ def warm_up(dataset: Dataset, config: TrainConfig) -> None:
     data = load_tensors(tensor_cache(dataset, config.image_size))
     model = build_model(config, len(data.classes)).to(memory_format=LAYOUT)
     optimizer, _ = _optimizer(model, "scratch", 1e-3)
-    x = normalise(data.x_train[:64].float().div_(255.0), MEAN, STD)
+    x = _inputs(data.x_train[:64], device_for_training())
     for _ in range(5):
-        loss = nn.functional.cross_entropy(
-            model(x.contiguous(memory_format=LAYOUT)), data.y_train[:64]
-        )
+        loss = nn.functional.cross_entropy(model(x), data.y_train[:64])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -38,18 +38,15 @@ from tasks.grids import image_grid
 from tasks.manifest import Dataset, ImageRow, read_rows
 from tasks.progress import progress
 from tasks.train import (
-    MEAN,
-    STD,
     Tensors,
     TrainConfig,
     Trial,
+    _inputs,
     device_for_training,
     fit,
     load_tensors,
-    memory_format,
     tensor_cache,
 )
-from ursa.package import normalise
 from ursa.ranking import RankedImage, ranking_paths, read_ranking, write_ranking
 from ursa.settings import Settings
 
@@ -97,8 +94,7 @@ def probabilities(
     model.eval()
     out = []
     for start in range(0, len(x), batch_size):
-        batch = x[start : start + batch_size].to(device).float().div_(255.0)
-        logits = model(normalise(batch, MEAN, STD).contiguous(memory_format=memory_format(device)))
+        logits = model(_inputs(x[start : start + batch_size], device))
         out.append(logits.float().softmax(1).cpu())
     n_classes = model.fc.out_features
     return torch.cat(out).numpy() if out else np.zeros((0, n_classes), np.float32)
