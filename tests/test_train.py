@@ -78,7 +78,7 @@ def test_serving_gives_the_model_what_training_gave_it(dataset: Dataset) -> None
     trained = _inputs(data.x_valid, torch.device("cpu"))  # no augmentation: validation
     torch.testing.assert_close(served, trained, atol=1e-5, rtol=0)
     # NCHW in memory, not the permuted (channels_last) view: the exported model's
-    # convolutions ran 20-30% slower on that.
+    # convolutions ran up to 30% slower on that.
     assert served.is_contiguous()
 
 

@@ -38,7 +38,7 @@ def preprocess(images: list[Image.Image], image_size: int, mean, std) -> torch.T
         for im in images
     ]
     # Contiguous NCHW: the permuted view is laid out channels_last, on which the exported
-    # model's convolutions (NCHW weights) ran 20-30% slower on these CPUs.
+    # model's convolutions (NCHW weights) ran up to 30% slower on these CPUs.
     batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
     return normalise(batch.float().div_(255.0), mean, std)
 
