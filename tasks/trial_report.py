@@ -18,7 +18,7 @@ from tasks.plots import (
     loss_curves_figure,
     most_confused,
 )
-from tasks.train import FitResult, Tensors, device_for_training, predict_examples
+from tasks.train import FitResult, Tensors
 
 TOP_LOSSES = 12
 # MLflow's log_batch takes at most 1000 metrics per call.
@@ -51,10 +51,9 @@ def log_trial_report(
         loss_curves_figure(fitted.history, f"{title} ({diagnosis.label})"),
         "loss_curves.png",
     )
-    examples = fitted.valid_examples
-    if examples is None:
-        examples = predict_examples(fitted.model, data.x_valid, data.y_valid, device_for_training())
-    losses, predicted, probs = examples
+    if fitted.valid_examples is None:  # no epoch ran, so nothing was validated
+        return
+    losses, predicted, probs = fitted.valid_examples
     if not len(losses):
         return
     actual = data.y_valid.numpy()
