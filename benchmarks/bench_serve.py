@@ -3,17 +3,19 @@
 For each model (resnet18 at 64 px, the issue's yardstick, and the default resnet18 at 32 px;
 untrained weights, 10 classes, registered in a throw-away MLflow store):
 
-1. the in-process ceiling: the model's own images/s at its best batch size (forward pass on
-   a ready tensor batch, no HTTP, no decoding), measured before any server starts;
+1. the in-process ceiling: the model's own images/s at its best batch size and thread count
+   (forward pass on a ready tensor batch, no HTTP, no decoding): a one-second sweep picks
+   the configuration, and each round times it again for 3 s right before Ursa's run;
 2. a naive server written the way the lesson's app was: a Starlette route that decodes the
    upload and runs the model on it inside the request (``async def`` calling the model);
 3. Ursa's server (``ursa serve``: dynamic batching, inference thread, limits, metrics);
 
 each server in its own process, and the load generator (32 concurrent aiohttp clients,
 keep-alive, raw PNG bodies at the model's input size) in this one, so the client never holds
-the server's GIL. Both servers and the client share the machine's cores.
+the server's GIL. Both servers and the client share the machine's cores, whose speed drifts,
+so the whole comparison runs ``--rounds`` times and the goals are read on the medians.
 
-    .venv/bin/python benchmarks/bench_serve.py [--seconds 15] [--clients 32]
+    .venv/bin/python benchmarks/bench_serve.py [--seconds 15] [--clients 32] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -95,35 +97,42 @@ def register_model(data_dir: Path, name: str, image_size: int) -> Settings:
     return settings
 
 
-def ceiling(settings: Settings) -> tuple[float, str, float, dict[int, float]]:
-    """The bare forward pass on a ready tensor batch, at its best batch size and thread count.
-
-    Returns (best images/s, "batch B, T threads", best images/s at batch 1, best images/s
-    per batch size).
-    """
+def forward_rates(settings: Settings) -> dict[tuple[int, int], float]:
+    """Images/s of the bare forward pass on a ready tensor batch, per (batch size, threads)."""
     import torch
 
     from ursa.package import load_package
 
     package = load_package(settings.champion_uri, settings.tracking_uri)
-    size = package.meta["image_size"]
     default_threads = torch.get_num_threads()
     rates = {}
-    with torch.inference_mode():
+    try:
         for threads in sorted({1, default_threads}):
-            torch.set_num_threads(threads)
             for batch in BATCH_SIZES:
-                x = torch.randn(batch, 3, size, size)
-                package.module(x)  # warm-up
-                n, started = 0, time.perf_counter()
-                while time.perf_counter() - started < 1.0:
-                    package.module(x)
-                    n += batch
-                rates[batch, threads] = n / (time.perf_counter() - started)
-    torch.set_num_threads(default_threads)
-    best = max(rates, key=rates.get)
-    by_batch = {b: max(r for (bb, _), r in rates.items() if bb == b) for b in BATCH_SIZES}
-    return rates[best], f"batch {best[0]}, {best[1]} thread(s)", by_batch[1], by_batch
+                rates[batch, threads] = forward_rate(package, batch, threads, seconds=1.0)
+    finally:
+        torch.set_num_threads(default_threads)
+    return rates
+
+
+def forward_rate(package, batch: int, threads: int, seconds: float) -> float:
+    """Images/s of ``package``'s model at one batch size and thread count, after a warm-up."""
+    import torch
+
+    default_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    size = package.meta["image_size"]
+    x = torch.randn(batch, 3, size, size)
+    try:
+        with torch.inference_mode():
+            package.module(x)
+            n, started = 0, time.perf_counter()
+            while time.perf_counter() - started < seconds:
+                package.module(x)
+                n += batch
+            return n / (time.perf_counter() - started)
+    finally:
+        torch.set_num_threads(default_threads)
 
 
 def upload(image_size: int) -> bytes:
@@ -265,38 +274,68 @@ def run_load(url: str, body: bytes, clients: int, seconds: float) -> Load:
 # -- the report -------------------------------------------------------------------------
 
 
-def measure(label: str, image_size: int, clients: int, seconds: float, root: Path) -> dict:
+@dataclass
+class Round:
+    naive: dict[int, Load]  # per torch thread count
+    ceiling: float  # images/s of the best configuration, timed right before Ursa's run
+    ursa: Load
+    mean_batch: float
+
+    @property
+    def best_naive(self) -> Load:
+        return max(self.naive.values(), key=lambda load: load.throughput)
+
+    @property
+    def speedup(self) -> float:
+        return self.ursa.throughput / self.best_naive.throughput
+
+    @property
+    def share(self) -> float:
+        return self.ursa.throughput / self.ceiling
+
+
+def measure(
+    label: str, image_size: int, clients: int, seconds: float, rounds: int, root: Path
+) -> dict:
+    from ursa.package import load_package
+
     data_dir = root / f"{label}-{image_size}"
     data_dir.mkdir()
     settings = register_model(data_dir, f"bench{image_size}", image_size)
     body = upload(image_size)
-    # The naive server gets its best torch thread count: the baseline is not handicapped.
-    naive = {}
-    for threads in (1, 2):
-        with naive_process(settings, free_port(), threads) as url:
-            naive[threads] = run_load(url, body, clients, seconds)
-    best_threads = max(naive, key=lambda t: naive[t].throughput)
-    # Measured right before Ursa's run: the machine is shared, so its speed drifts.
-    ceiling_rate, ceiling_at, single_rate, by_batch = ceiling(settings)
-    ursa_settings = Settings(**{**settings.__dict__, "serve_port": free_port()})
-    with server_process(ursa_settings) as url:
-        ursa = run_load(url, body, clients, seconds)
-        metrics = httpx.get(f"{url}/metrics").text
-    batches = [line for line in metrics.splitlines() if line.startswith("ursa_batch_size_")]
-    count = float(next(x for x in batches if "_count" in x).split()[-1])
-    total = float(next(x for x in batches if "_sum" in x).split()[-1])
+    # The best configuration is chosen once; each round then times it afresh, so that the
+    # ceiling is the model's speed there, not the luckiest of a dozen one-second samples.
+    rates = forward_rates(settings)
+    best = max(rates, key=rates.get)
+    package = load_package(settings.champion_uri, settings.tracking_uri)
+    results = []
+    for _ in range(rounds):
+        # The naive server gets its best torch thread count: the baseline is not handicapped.
+        naive = {}
+        for threads in (1, 2):
+            with naive_process(settings, free_port(), threads) as url:
+                naive[threads] = run_load(url, body, clients, seconds)
+        # Timed right before Ursa's run: the machine is shared, so its speed drifts.
+        ceiling = forward_rate(package, *best, seconds=3.0)
+        ursa_settings = Settings(**{**settings.__dict__, "serve_port": free_port()})
+        with server_process(ursa_settings) as url:
+            ursa = run_load(url, body, clients, seconds)
+            metrics = httpx.get(f"{url}/metrics").text
+        results.append(Round(naive, ceiling, ursa, mean_batch(metrics)))
     return {
         "model": f"{label} {image_size}px",
-        "ceiling": ceiling_rate,
-        "ceiling_at": ceiling_at,
-        "single": single_rate,
-        "by_batch": by_batch,
-        "naive_all": naive,
-        "naive": naive[best_threads],
-        "naive_threads": best_threads,
-        "ursa": ursa,
-        "mean_batch": total / count if count else 0.0,
+        "best": best,
+        "rates": rates,
+        "rounds": results,
     }
+
+
+def mean_batch(metrics: str) -> float:
+    """The mean batch size in a /metrics page (its batch-size histogram's sum / count)."""
+    lines = [line for line in metrics.splitlines() if line.startswith("ursa_batch_size_")]
+    count = float(next(x for x in lines if "_count" in x).split()[-1])
+    total = float(next(x for x in lines if "_sum" in x).split()[-1])
+    return total / count if count else 0.0
 
 
 def main() -> None:
@@ -306,56 +345,67 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=15.0, help="measured seconds per server")
     parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="rounds per model; figures are their medians"
+    )
     args = parser.parse_args()
 
     import torch
 
     print(
         f"cores: {os.cpu_count()}, torch threads: {torch.get_num_threads()}, "
-        f"clients: {args.clients}, {args.seconds:g} s measured per server after 3 s warm-up"
+        f"clients: {args.clients}, {args.seconds:g} s measured per server after 3 s warm-up, "
+        f"{args.rounds} round(s)"
     )
     results = []
     with tempfile.TemporaryDirectory(prefix="ursa-bench-serve-") as tmp:
         for image_size in (64, 32):
-            results.append(measure("resnet18", image_size, args.clients, args.seconds, Path(tmp)))
+            results.append(
+                measure("resnet18", image_size, args.clients, args.seconds, args.rounds, Path(tmp))
+            )
 
     print()
-    print("| model | server | req/s | p50 ms | p99 ms | failed | vs naive | of ceiling |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| model | round | server | req/s | p50 ms | p99 ms | failed | vs naive | of ceiling |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
-        rows = [(f"naive, {t} torch thread(s)", load) for t, load in r["naive_all"].items()]
-        rows.append(("ursa (batching)", r["ursa"]))
-        for name, load in rows:
-            print(
-                f"| {r['model']} | {name} | {load.throughput:.0f} "
-                f"| {1000 * load.percentile(50):.1f} | {1000 * load.percentile(99):.1f} "
-                f"| {load.failures} | {load.throughput / r['naive'].throughput:.2f}x "
-                f"| {100 * load.throughput / r['ceiling']:.0f}% |"
-            )
+        for number, rnd in enumerate(r["rounds"], 1):
+            rows = [(f"naive, {t} torch thread(s)", load) for t, load in rnd.naive.items()]
+            rows.append(("ursa (batching)", rnd.ursa))
+            for name, load in rows:
+                print(
+                    f"| {r['model']} | {number} | {name} | {load.throughput:.0f} "
+                    f"| {1000 * load.percentile(50):.1f} | {1000 * load.percentile(99):.1f} "
+                    f"| {load.failures} | {load.throughput / rnd.best_naive.throughput:.2f}x "
+                    f"| {100 * load.throughput / rnd.ceiling:.0f}% |"
+                )
     print()
     for r in results:
-        # The batch size Ursa ran at most often, as the closest size the ceiling measured.
-        near = min(BATCH_SIZES, key=lambda b: abs(b - r["mean_batch"]))
-        share = r["ursa"].throughput / r["by_batch"][near]
+        rounds = r["rounds"]
+        batch, threads = r["best"]
+        by_batch = {b: max(v for (bb, _), v in r["rates"].items() if bb == b) for b in BATCH_SIZES}
+        typical = statistics.median(rnd.mean_batch for rnd in rounds)
+        near = min(BATCH_SIZES, key=lambda b: abs(b - typical))
         print(
-            f"{r['model']}: in-process ceiling {r['ceiling']:.0f} img/s ({r['ceiling_at']}), "
-            f"batch-1 best {r['single']:.0f} img/s, batch-{near} best "
-            f"{r['by_batch'][near]:.0f} img/s (Ursa ran {share:.0%} of that); "
-            f"baseline = naive at {r['naive_threads']} thread(s); mean Ursa batch "
-            f"{r['mean_batch']:.1f} images"
+            f"{r['model']}: best forward pass at batch {batch}, {threads} thread(s); ceiling "
+            f"per round {', '.join(f'{rnd.ceiling:.0f}' for rnd in rounds)} img/s; "
+            f"Ursa per round {', '.join(f'{rnd.ursa.throughput:.0f}' for rnd in rounds)} req/s "
+            f"(mean batch {', '.join(f'{rnd.mean_batch:.1f}' for rnd in rounds)}); "
+            f"speed at batch 1 / {near} / {batch} in the sweep: {by_batch[1]:.0f} / "
+            f"{by_batch[near]:.0f} / {by_batch[batch]:.0f} img/s"
         )
     print()
     for r in results:
         goal = r["model"] == "resnet18 64px"
-        ratio = r["ursa"].throughput / r["naive"].throughput
-        share = 100 * r["ursa"].throughput / r["ceiling"]
+        rounds = r["rounds"]
+        speedup = statistics.median(rnd.speedup for rnd in rounds)
+        share = statistics.median(rnd.share for rnd in rounds)
         print(
-            f"serve throughput vs naive, {r['model']}: {ratio:.2f}x "
-            f"({'goal 2.5x' if goal else 'no goal'})"
+            f"serve throughput vs naive, {r['model']}, median of {len(rounds)}: "
+            f"{speedup:.2f}x ({'goal 2.5x' if goal else 'no goal'})"
         )
         print(
-            f"serve throughput vs in-process ceiling, {r['model']}: {share:.0f}% "
-            f"({'goal 60%' if goal else 'no goal'})"
+            f"serve throughput vs in-process ceiling, {r['model']}, median of {len(rounds)}: "
+            f"{100 * share:.0f}% ({'goal 60%' if goal else 'no goal'})"
         )
 
 

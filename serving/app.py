@@ -2,8 +2,9 @@
 description and an admin reload.
 
 Every error is answered as JSON ``{"error": "..."}``, never with a traceback or an internal
-path. Predictions go through the dynamic batcher (``serving/batching.py``), whose batches run
-on one dedicated inference thread, never on the event loop. Reloads (admin, polling, start)
+path. Uploads are decoded on a pool of one thread per core; predictions then go through the
+dynamic batcher (``serving/batching.py``), whose batches run on one dedicated inference
+thread, never on the event loop. Reloads (admin, polling, start)
 run on Starlette's thread pool, so predictions go on with the old model while the new one
 loads and warms; the swap itself is atomic.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import os
 import re
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -63,7 +65,9 @@ async def predict(request: Request) -> JSONResponse:
         return no_model()
     k = top_k(request.query_params.get("k"), len(loaded.classes))
     settings: Settings = request.app.state.settings
-    image = await read_image(request, settings.max_body_bytes, settings.max_image_pixels)
+    image = await read_image(
+        request, settings.max_body_bytes, settings.max_image_pixels, request.app.state.decoding
+    )
     try:
         scored = await request.app.state.batcher.score(image)
     except NotLoaded:
@@ -207,6 +211,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         inference = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ursa-inference")
+        # Decoding is CPU work that Pillow does without the GIL: one thread per core is all it
+        # can use. Starlette's pool (40 threads) let 40 decodes fight the inference threads for
+        # the cores; this pool served about 5% more requests per second (BENCHMARKS.md).
+        decoding = ThreadPoolExecutor(
+            max_workers=os.cpu_count() or 1, thread_name_prefix="ursa-decode"
+        )
+        app.state.decoding = decoding
         batcher = Batcher(
             lambda: holder.current,
             inference,
@@ -231,6 +242,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await asyncio.gather(poller, return_exceptions=True)
         await batcher.stop()
         inference.shutdown(wait=False, cancel_futures=True)
+        decoding.shutdown(wait=False, cancel_futures=True)
 
     routes = [
         Route("/", upload_page, methods=["GET"]),

@@ -6,10 +6,11 @@ Accepted bodies: the raw image bytes (``Content-Type: image/*`` or
 
 from __future__ import annotations
 
+import asyncio
 import re
+from concurrent.futures import Executor
 
 from PIL import Image
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
@@ -33,8 +34,10 @@ class UploadError(Exception):
         self.reason = reason
 
 
-async def read_image(request: Request, max_body_bytes: int, max_image_pixels: int) -> Image.Image:
-    """The request's image, decoded to RGB, or :class:`UploadError`."""
+async def read_image(
+    request: Request, max_body_bytes: int, max_image_pixels: int, decoding: Executor
+) -> Image.Image:
+    """The request's image, decoded to RGB on ``decoding``, or :class:`UploadError`."""
     media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
     if not (media_type == MULTIPART or is_raw_image_type(media_type)):
         raise UploadError(
@@ -44,7 +47,7 @@ async def read_image(request: Request, max_body_bytes: int, max_image_pixels: in
         )
     body = await read_body(request, max_body_bytes)
     data = await file_from_form(request, body) if media_type == MULTIPART else body
-    return await decode(data, max_image_pixels)
+    return await decode(data, max_image_pixels, decoding)
 
 
 def is_raw_image_type(media_type: str) -> bool:
@@ -104,10 +107,11 @@ def replay(body: bytes):
     return receive
 
 
-async def decode(data: bytes, max_image_pixels: int) -> Image.Image:
+async def decode(data: bytes, max_image_pixels: int, decoding: Executor) -> Image.Image:
     """``open_image`` off the event loop; an empty upload is a 400, an unusable image a 422."""
+    loop = asyncio.get_running_loop()
     try:
-        return await run_in_threadpool(open_image, data, max_image_pixels)
+        return await loop.run_in_executor(decoding, open_image, data, max_image_pixels)
     except ImageError as exc:
         status_code = 400 if exc.reason == "empty" else 422
         message = _BUFFER.sub("the upload", str(exc))  # Pillow names its buffer's address
