@@ -48,7 +48,7 @@ from tasks.train import (
     training_phases,
 )
 from tests.datasets import digits_dataset
-from ursa.package import load_package, preprocess
+from ursa.package import load_package, log_package, preprocess
 from ursa.settings import Settings
 
 SMALL = TrainConfig(image_size=16, batch_size=32)
@@ -80,6 +80,27 @@ def test_serving_gives_the_model_what_training_gave_it(dataset: Dataset) -> None
     # NCHW in memory, not the permuted (channels_last) view: the exported model's
     # convolutions ran up to 30% slower on that.
     assert served.is_contiguous()
+
+
+def test_the_package_folds_batch_norms_and_predicts_what_the_model_does(data_dir) -> None:
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=3).eval()
+    for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        # Trained-looking statistics, so that folding them in is not a no-op.
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+        bn.weight.data.uniform_(0.5, 1.5)
+        bn.bias.data.uniform_(-0.5, 0.5)
+    meta = {"arch": "resnet18", "classes": list("abc"), "image_size": 32, "mean": MEAN, "std": STD}
+    with mlflow.start_run():
+        package = load_package(log_package(model, meta))
+    ops = [str(node.target) for node in package.module.graph.nodes if node.op == "call_function"]
+    assert any("convolution" in op or "conv2d" in op for op in ops), ops
+    assert not [op for op in ops if "batch_norm" in op]
+    x = torch.randn(5, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(package.module(x), model(x), atol=1e-4, rtol=1e-4)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # left as it was
 
 
 def test_fit_is_seeded_and_learns(dataset: Dataset) -> None:

@@ -13,6 +13,7 @@ plus a small JSON-able ``ursa`` metadata block carried in the MLmodel file:
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+
+logger = logging.getLogger(__name__)
 
 FORMAT = "ursa-model/1"
 REQUIRED_KEYS = ("format", "arch", "classes", "image_size", "mean", "std")
@@ -69,7 +72,7 @@ def log_package(model: torch.nn.Module, meta: dict, name: str = "model") -> str:
     import mlflow
 
     meta = check_meta({"format": FORMAT, **meta}, "<being logged>")
-    model = model.cpu().eval()
+    model = batch_norms_folded(model.cpu().eval())
     # Batch 2, not 1: torch.export specialises a dimension of size 1, fixing the batch size.
     example = np.zeros((2, 3, meta["image_size"], meta["image_size"]), dtype=np.float32)
     info = mlflow.pytorch.log_model(
@@ -83,6 +86,24 @@ def log_package(model: torch.nn.Module, meta: dict, name: str = "model") -> str:
         validate_serving_input=False,
     )
     return info.model_uri
+
+
+def batch_norms_folded(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of the eval-mode ``model`` with each batch norm folded into the layer before it.
+
+    The predictions are the same (to float rounding) with a third fewer operators. The exported
+    graph runs each operator from Python, taking the GIL back between operators, so under
+    load it competes with the server's event loop once per operator: folded, resnet18 served
+    about 10% more requests per second at the same in-process speed (BENCHMARKS.md).
+    """
+    from torch.fx.experimental.optimization import fuse
+    from torch.fx.proxy import TraceError
+
+    try:
+        return fuse(model)
+    except TraceError as exc:  # control flow FX cannot trace: export the model as it is
+        logger.warning("Batch norms not folded (%s): %s", type(model).__name__, exc)
+        return model
 
 
 @dataclass
