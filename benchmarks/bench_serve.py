@@ -99,22 +99,15 @@ def register_model(data_dir: Path, name: str, image_size: int) -> Settings:
     return settings
 
 
-def forward_rates(settings: Settings) -> dict[tuple[int, int], float]:
+def forward_rates(package) -> dict[tuple[int, int], float]:
     """Images/s of the bare forward pass on a ready tensor batch, per (batch size, threads)."""
     import torch
 
-    from ursa.package import load_package
-
-    package = load_package(settings.champion_uri, settings.tracking_uri)
-    default_threads = torch.get_num_threads()
-    rates = {}
-    try:
-        for threads in sorted({1, default_threads}):
-            for batch in BATCH_SIZES:
-                rates[batch, threads] = forward_rate(package, batch, threads, seconds=1.0)
-    finally:
-        torch.set_num_threads(default_threads)
-    return rates
+    return {
+        (batch, threads): forward_rate(package, batch, threads, seconds=1.0)
+        for threads in sorted({1, torch.get_num_threads()})
+        for batch in BATCH_SIZES
+    }
 
 
 def forward_rate(package, batch: int, threads: int, seconds: float) -> float:
@@ -330,9 +323,9 @@ def measure(
     body = upload(image_size)
     # The best configuration is chosen once; each round then times it afresh, so that the
     # ceiling is the model's speed there, not the luckiest of a dozen one-second samples.
-    rates = forward_rates(settings)
-    best = max(rates, key=rates.get)
     package = load_package(settings.champion_uri, settings.tracking_uri)
+    rates = forward_rates(package)
+    best = max(rates, key=rates.get)
     results = []
     for _ in range(rounds):
         # The naive server gets its best torch thread count: the baseline is not handicapped.

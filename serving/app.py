@@ -4,9 +4,9 @@ description and an admin reload.
 Every error is answered as JSON ``{"error": "..."}``, never with a traceback or an internal
 path. Uploads are decoded on a pool of one thread per core; predictions then go through the
 dynamic batcher (``serving/batching.py``), whose batches run on one dedicated inference
-thread, never on the event loop. Reloads (admin, polling, start)
-run on Starlette's thread pool, so predictions go on with the old model while the new one
-loads and warms; the swap itself is atomic.
+thread, never on the event loop. Reloads (admin, polling, start) run on Starlette's thread
+pool, so predictions go on with the old model while the new one loads and warms; the swap
+itself is atomic.
 """
 
 from __future__ import annotations
@@ -214,9 +214,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         # Decoding is CPU work that Pillow does without the GIL: one thread per core is all it
         # can use. Starlette's pool (40 threads) let 40 decodes fight the inference threads for
         # the cores; this pool served about 5% more requests per second (BENCHMARKS.md).
-        decoding = ThreadPoolExecutor(
-            max_workers=os.cpu_count() or 1, thread_name_prefix="ursa-decode"
-        )
+        cores = max(1, len(os.sched_getaffinity(0)))
+        decoding = ThreadPoolExecutor(max_workers=cores, thread_name_prefix="ursa-decode")
         app.state.decoding = decoding
         batcher = Batcher(
             lambda: holder.current,
