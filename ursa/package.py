@@ -13,7 +13,6 @@ plus a small JSON-able ``ursa`` metadata block carried in the MLmodel file:
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,8 +20,6 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-
-logger = logging.getLogger(__name__)
 
 FORMAT = "ursa-model/1"
 REQUIRED_KEYS = ("format", "arch", "classes", "image_size", "mean", "std")
@@ -97,13 +94,8 @@ def batch_norms_folded(model: torch.nn.Module) -> torch.nn.Module:
     about 10% more requests per second at the same in-process speed (BENCHMARKS.md).
     """
     from torch.fx.experimental.optimization import fuse
-    from torch.fx.proxy import TraceError
 
-    try:
-        return fuse(model)
-    except TraceError as exc:  # control flow FX cannot trace: export the model as it is
-        logger.warning("Batch norms not folded (%s): %s", type(model).__name__, exc)
-        return model
+    return fuse(model)
 
 
 @dataclass
