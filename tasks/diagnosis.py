@@ -27,7 +27,6 @@ DIVERGED, TOO_SLOW, OVERFITTING, UNDERFITTING, GOOD = (
     "underfitting",
     "good",
 )
-LABELS = (DIVERGED, TOO_SLOW, OVERFITTING, UNDERFITTING, GOOD)
 
 # Why these thresholds: a healthy run cuts its training loss by far more than 10%, even in
 # one epoch; a loss that ends 50% above where it started has lost what it knew; a train loss
