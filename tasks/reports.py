@@ -5,14 +5,17 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from tasks.deploy import DeployResult
 from tasks.manifest import Dataset, ImageRow, UrlRow, read_rows
-from tasks.registry import ReleaseResult
-from tasks.train import TrialResult
 from ursa.settings import Settings
+
+if TYPE_CHECKING:  # types only: the ingest flow reports too, and must not import torch or MLflow
+    from tasks.deploy import DeployResult
+    from tasks.registry import ReleaseResult
+    from tasks.train import TrialResult
 
 
 def outcome_counts(rows: list[UrlRow]) -> dict[str, int]:

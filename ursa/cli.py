@@ -1,12 +1,19 @@
-"""The ``ursa`` command: one subcommand per stage, each a thin front on a flow or the server."""
+"""The ``ursa`` command: one subcommand per stage, each a thin front on a flow or the server.
+
+Options a user does not give are not passed on (``argparse.SUPPRESS``), so the flows' own
+defaults apply; ``--help`` shows them, read from the flows (:mod:`ursa.parameters`), and the
+values given are checked against the flows' parameter annotations before anything starts.
+"""
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from ursa.offline import set_offline_defaults  # noqa: E402
 
@@ -14,6 +21,7 @@ set_offline_defaults()  # before Prefect and MLflow are imported
 
 from rich.console import Console  # noqa: E402
 
+from ursa.errors import UsageError, one_line, user_fixable, write_traceback  # noqa: E402
 from ursa.settings import Settings  # noqa: E402
 
 console = Console()
@@ -37,6 +45,86 @@ def _default_dataset(settings: Settings) -> str:
     return str(settings.data_dir / "datasets" / "dataset.csv")
 
 
+def _dataset(args: argparse.Namespace, settings: Settings) -> str:
+    """The dataset manifest to use, checked to exist: a missing one is the usual first error."""
+    given = getattr(args, "dataset_manifest", "")
+    path = Path(given or _default_dataset(settings)).expanduser()
+    if not path.with_suffix(".json").is_file():
+        if given:
+            raise UsageError(
+                f"no dataset at '{given}'", "Give a dataset.csv that 'ursa ingest' wrote"
+            )
+        raise UsageError(f"no dataset yet in {settings.data_dir}", "Run 'ursa ingest SOURCE' first")
+    return str(path.resolve())
+
+
+def _source(args: argparse.Namespace) -> None:
+    source = getattr(args, "source", "embedded")
+    if source != "embedded" and not Path(source).expanduser().exists():
+        raise UsageError(
+            f"no URL lists at '{source}'",
+            "Give a folder of <class>.txt files, one such file, a folder of class folders "
+            "of images, or 'embedded'",
+        )
+
+
+def _serve_target(args: argparse.Namespace, settings: Settings) -> None:
+    """A server to redeploy needs its admin token: say so before anything is registered."""
+    target = getattr(args, "serve_url", "") or settings.serve_url
+    if target and not settings.admin_token:
+        raise UsageError(
+            f"redeploying the server at {target} needs its admin token",
+            "Set URSA_ADMIN_TOKEN to the server's token, or leave out --serve-url and "
+            "URSA_SERVE_URL to skip the redeploy",
+        )
+
+
+def run_flow(flow: Any, args: argparse.Namespace, settings: Settings, **filled: Any) -> Any:
+    """Run ``flow`` with the options given (plus ``filled``), once they pass its checks.
+
+    Quiet: Prefect's and MLflow's INFO logs go to the data folder's log file (``-v``: the
+    console too). The first line says which Prefect server and MLflow store the run reports to.
+    """
+    from ursa.logs import route_logs
+    from ursa.parameters import check_arguments
+
+    names = inspect.signature(flow.fn).parameters
+    arguments = {k: v for k, v in vars(args).items() if k in names} | filled
+    check_arguments(flow, arguments, args.option_names, args.command)
+    log_file = settings.data_dir / "logs" / "ursa.log"
+    route_logs(log_file, args.verbose, _debug(args))
+    console.print(f"[dim]{reporting_to(settings)}; logs in {log_file}[/dim]")
+    return flow(**arguments)
+
+
+def reporting_to(settings: Settings) -> str:
+    from ursa.stack import running_stack
+
+    api = os.environ.get("PREFECT_API_URL", "")
+    stack = running_stack(settings.data_dir)
+    if stack and stack.get("client_env", {}).get("PREFECT_API_URL") == api:
+        prefect = f"Prefect at {stack['urls']['Prefect UI']} ('ursa up')"
+    elif api:
+        prefect = f"Prefect at {api} (PREFECT_API_URL)"
+    else:
+        prefect = "a temporary Prefect server ('ursa up' keeps one, with its UI)"
+    return f"Reporting to {prefect}, MLflow at {settings.tracking_uri}"
+
+
+def report_to_running_stack(settings: Settings) -> Settings:
+    """When ``ursa up`` runs on this data folder, report to its Prefect server, MLflow and
+    model server, unless the environment names others. Before Prefect is imported."""
+    from ursa.stack import running_stack
+
+    stack = running_stack(settings.data_dir)
+    if stack is None:
+        return settings
+    for key, value in stack.get("client_env", {}).items():
+        if value:
+            os.environ.setdefault(key, value)
+    return Settings.from_env()
+
+
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from ursa.demo import run_demo
 
@@ -47,16 +135,8 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     from flows.ingest import ingest
 
-    result = ingest(
-        source=args.source,
-        max_per_class=args.max_per_class,
-        valid_pct=args.valid_pct,
-        seed=args.seed,
-        concurrency=args.concurrency,
-        per_host=args.per_host,
-        timeout_s=args.timeout,
-        fresh=args.fresh,
-    )
+    _source(args)
+    result = run_flow(ingest, args, settings)
     from rich.table import Table
 
     table = Table(title="URL outcomes")
@@ -82,35 +162,13 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     from flows.train import train
-    from tasks.train import WeightsUnavailable
+    from tasks.train import TrainConfig, resolve_weights
 
-    try:
-        result = train(
-            dataset_manifest=args.dataset or _default_dataset(settings),
-            lrs=args.lr,
-            epochs=args.epochs,
-            arch=args.arch,
-            image_size=args.image_size,
-            batch_size=args.batch_size,
-            seed=args.seed,
-            pretrained=args.pretrained,
-            weights_path=args.weights or "",
-            if_no_weights=args.if_no_weights,
-            freeze_epochs=args.freeze_epochs,
-            augment=not args.no_augment,
-            flip=args.flip,
-            compile=args.compile,
-            mode=args.mode,
-            eta=args.eta,
-            lr_find=args.lr_find,
-            centre_lrs=args.centre_lrs,
-            runner=args.runner,
-            workers=args.workers,
-            dask_address=args.dask_address or "",
-        )
-    except WeightsUnavailable as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        return 2
+    dataset = _dataset(args, settings)
+    if getattr(args, "pretrained", False):  # missing weights: say so before anything starts
+        given = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
+        resolve_weights(TrainConfig(**given))
+    result = run_flow(train, args, settings, dataset_manifest=dataset)
     for t in sorted(result.trials, key=lambda t: (not t.usable, -t.val_accuracy)):
         mark = "  <- best" if t.run_id == result.best.run_id else ""
         console.print(
@@ -129,25 +187,17 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_sgd(args: argparse.Namespace, settings: Settings) -> int:
     from flows.sgd import sgd_from_scratch
 
-    sgd_from_scratch(lrs=args.lr, steps=args.steps, batch_size=args.batch_size, seed=args.seed)
+    run_flow(sgd_from_scratch, args, settings)
     return 0
 
 
 def cmd_release(args: argparse.Namespace, settings: Settings) -> int:
     from flows.release import release
 
-    model_uri = args.model_uri
-    if not model_uri:
-        from tasks.sweep import latest_model_uri
-        from tasks.tracking import experiment_id
-
-        model_uri = latest_model_uri(experiment_id(settings))
-    outcome = release(
-        model_uri=model_uri,
-        dataset_manifest=args.dataset or _default_dataset(settings),
-        margin=_margin(args, settings),
-        serve_url=args.serve_url or "",
-    )
+    dataset = _dataset(args, settings)
+    _serve_target(args, settings)
+    model_uri = getattr(args, "model_uri", "") or _latest_model_uri(settings)
+    outcome = run_flow(release, args, settings, model_uri=model_uri, dataset_manifest=dataset)
     r = outcome.release
     console.print(
         f"{r.model_name} v{r.candidate_version}: {'promoted' if r.promoted else 'not promoted'} "
@@ -156,14 +206,25 @@ def cmd_release(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _margin(args: argparse.Namespace, settings: Settings) -> float:
-    return settings.release_margin if args.margin is None else args.margin
+def _latest_model_uri(settings: Settings) -> str:
+    from ursa.status import has_mlflow_store
+
+    if has_mlflow_store(settings):
+        from tasks.sweep import latest_model_uri
+        from tasks.tracking import experiment_id
+
+        try:
+            return latest_model_uri(experiment_id(settings))
+        except LookupError:
+            pass
+    raise UsageError(f"no trained model yet in {settings.tracking_uri}", "Run 'ursa train' first")
 
 
 def cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
     from flows.rollback import rollback
 
-    outcome = rollback(serve_url=args.serve_url or "")
+    _serve_target(args, settings)
+    outcome = run_flow(rollback, args, settings)
     r = outcome.rollback
     served = f"; served v{outcome.deploy.served_version}" if outcome.deploy else ""
     console.print(
@@ -176,17 +237,9 @@ def cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_pipeline(args: argparse.Namespace, settings: Settings) -> int:
     from flows.pipeline import pipeline
 
-    result = pipeline(
-        source=args.source,
-        max_per_class=args.max_per_class,
-        lrs=args.lr,
-        epochs=args.epochs,
-        arch=args.arch,
-        seed=args.seed,
-        margin=_margin(args, settings),
-        serve_url=args.serve_url or "",
-        clean=args.clean,
-    )
+    _source(args)
+    _serve_target(args, settings)
+    result = run_flow(pipeline, args, settings)
     r = result.release.release
     console.print(f"champion: {r.model_name} v{r.champion_version} ({r.reason})")
     if result.clean is not None:
@@ -197,16 +250,7 @@ def cmd_pipeline(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_clean(args: argparse.Namespace, settings: Settings) -> int:
     from flows.clean import clean
 
-    result = clean(
-        dataset_manifest=args.dataset or _default_dataset(settings),
-        folds=args.folds,
-        epochs=args.epochs,
-        lr=args.lr,
-        arch=args.arch,
-        image_size=args.image_size,
-        seed=args.seed,
-        review=args.review_url or "",
-    )
+    result = run_flow(clean, args, settings, dataset_manifest=_dataset(args, settings))
     from ursa.ranking import read_ranking
 
     ranked, _ = read_ranking(settings.data_dir)
@@ -226,14 +270,16 @@ def cmd_clean(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from serving.server import run
+    from ursa.stack import check_port_free
 
-    run(
-        replace(
-            settings,
-            serve_host=args.host or settings.serve_host,
-            serve_port=args.port or settings.serve_port,
-        )
+    settings = replace(
+        settings,
+        serve_host=getattr(args, "host", None) or settings.serve_host,
+        serve_port=getattr(args, "port", None) or settings.serve_port,
     )
+    if settings.serve_host == "127.0.0.1":
+        check_port_free(settings.serve_port, "model server")
+    run(settings)
     return 0
 
 
@@ -241,7 +287,8 @@ def cmd_host(args: argparse.Namespace, settings: Settings) -> int:
     from ursa.embedded import write_embedded_images
     from ursa.imagehost import run_host
 
-    root = Path(args.root) if args.root else write_embedded_images(settings.data_dir / "embedded")
+    root = getattr(args, "root", None)
+    root = Path(root) if root else write_embedded_images(settings.data_dir / "embedded")
     run_host(root, args.host, args.port, args.latency)
     return 0
 
@@ -255,7 +302,8 @@ def project_dir() -> Path:
 def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     from ursa.stack import Ports, Stack
 
-    ports = Ports(args.prefect_port, args.mlflow_port, args.serve_port or settings.serve_port)
+    serve_port = getattr(args, "serve_port", None) or settings.serve_port
+    ports = Ports(args.prefect_port, args.mlflow_port, serve_port)
     stack = Stack(settings, project_dir(), ports)
     urls = stack.up()
     for name, url in urls.items():
@@ -283,13 +331,88 @@ def cmd_down(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def add_common_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="show Prefect's and MLflow's INFO logs too (always in <data>/logs/ursa.log)",
+    )
+    p.add_argument(
+        "--debug",
+        action="store_true",
+        help="show full tracebacks (also URSA_DEBUG=1)",
+    )
+
+
+class CommandParser(argparse.ArgumentParser):
+    """A command's parser: an option not given is left out of the namespace (SUPPRESS), so
+    the flow's own default applies; each command takes -v and --debug too."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(argument_default=argparse.SUPPRESS, **kwargs)
+        add_common_options(self)
+
+
+# The flow behind each command: --help shows its defaults and choices, read from its source.
+FLOWS = {
+    "ingest": ("flows.ingest", "ingest"),
+    "train": ("flows.train", "train"),
+    "sgd": ("flows.sgd", "sgd_from_scratch"),
+    "release": ("flows.release", "release"),
+    "rollback": ("flows.rollback", "rollback"),
+    "pipeline": ("flows.pipeline", "pipeline"),
+    "clean": ("flows.clean", "clean"),
+}
+
+
+def show_flow_parameters(p: argparse.ArgumentParser, module: str, flow: str) -> None:
+    """Add the flow's default to each option's help, and the flow's choices where it has some."""
+    from ursa.parameters import flow_parameters
+
+    parameters = flow_parameters(module, flow)
+    for action in p._actions:
+        parameter = parameters.get(action.dest)
+        if parameter is None:
+            continue
+        if parameter.choices and action.choices is None:
+            action.choices = parameter.choices
+        if parameter.default and action.nargs != 0:  # flags say what they do
+            action.help = f"{action.help or ''} (default {parameter.default})".lstrip()
+
+
+def option_names(parser: argparse.ArgumentParser, command: str) -> dict[str, str]:
+    """Each destination of ``command``'s parser -> the option that sets it (for messages)."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return {
+        a.dest: a.option_strings[-1] if a.option_strings else a.dest.upper()
+        for a in sub.choices[command]._actions
+    }
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    from ursa.status import print_status, status
+
+    report = status(settings)
+    if getattr(args, "json", False):
+        import json
+
+        print(json.dumps(report, indent=2))
+    else:
+        print_status(report, console)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ursa",
         description="Image classifiers from web image URL lists: download, verify, dedup, "
         "train, register and serve. Settings come from the environment (see README).",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_common_options(parser)
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=CommandParser
+    )
 
     p = sub.add_parser("demo", help="run the whole pipeline on the embedded default and query it")
     p.set_defaults(func=cmd_demo)
@@ -298,58 +421,51 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "source",
             nargs="?",
-            default="embedded",
             help="folder of <class>.txt URL lists (one URL per line) or of CSVs with a url "
-            "column, one such file, a folder of class folders of images, or 'embedded' (default)",
+            "column, one such file, a folder of class folders of images, or 'embedded'",
         )
-        p.add_argument("--max-per-class", type=int, default=None, help="first N URLs per class")
-        p.add_argument("--seed", type=int, default=0, help="split and training seed")
+        p.add_argument("--max-per-class", type=int, help="first N URLs per class")
+        p.add_argument("--seed", type=int, help="split and training seed")
 
     p = sub.add_parser("ingest", help="download, verify and dedup URL lists into a dataset")
     ingest_args(p)
-    p.add_argument("--valid-pct", type=float, default=0.2, help="validation share (default 0.2)")
-    p.add_argument("--concurrency", type=int, default=32, help="parallel downloads (default 32)")
-    p.add_argument("--per-host", type=int, default=16, help="parallel per host (default 16)")
-    p.add_argument("--timeout", type=float, default=10.0, help="deadline per URL in s (default 10)")
+    p.add_argument("--valid-pct", type=float, help="validation share")
+    p.add_argument("--concurrency", type=int, help="parallel downloads")
+    p.add_argument("--per-host", type=int, help="parallel per host")
+    p.add_argument("--timeout", dest="timeout_s", type=float, help="deadline per URL in s")
     p.add_argument("--fresh", action="store_true", help="fetch every URL again instead of resuming")
     p.set_defaults(func=cmd_ingest)
 
     def sweep_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument(
-            "--lr",
-            type=_floats,
-            default=[1e-3, 3e-3],
-            help="learning rates, comma-separated (default 1e-3,3e-3)",
-        )
-        p.add_argument(
-            "--epochs",
-            type=_ints,
-            default=[2, 4],
-            help="epoch counts, comma-separated (default 2,4)",
-        )
-        p.add_argument("--arch", choices=["resnet18", "resnet34"], default="resnet18")
+        p.add_argument("--lr", dest="lrs", type=_floats, help="learning rates, comma-separated")
+        p.add_argument("--epochs", type=_ints, help="epoch counts, comma-separated")
+        p.add_argument("--arch", choices=["resnet18", "resnet34"])
 
     p = sub.add_parser("train", help="sweep learning rates x epochs, tracked in MLflow")
-    p.add_argument("--dataset", help="dataset manifest (default: the data folder's last ingest)")
+    p.add_argument(
+        "--dataset",
+        dest="dataset_manifest",
+        help="dataset manifest (default: the data folder's last ingest)",
+    )
     sweep_args(p)
-    p.add_argument("--image-size", type=int, default=32, help="training resolution in px")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--image-size", type=int, help="training resolution in px")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--seed", type=int)
     p.add_argument(
         "--pretrained",
         action="store_true",
         help="start from pretrained weights (a local file or torchvision's cache)",
     )
-    p.add_argument("--weights", help="local state_dict file for --pretrained")
+    p.add_argument("--weights", dest="weights_path", help="local state_dict file for --pretrained")
     p.add_argument(
         "--if-no-weights",
-        choices=["fail", "scratch"],
-        default="fail",
-        help="when --pretrained weights are missing: stop with a message (default) or "
+        help="when --pretrained weights are missing: stop with a message (fail) or "
         "train from scratch",
     )
-    p.add_argument("--freeze-epochs", type=int, default=1, help="head-only epochs (pretrained)")
-    p.add_argument("--no-augment", action="store_true", help="turn batch augmentation off")
+    p.add_argument("--freeze-epochs", type=int, help="head-only epochs (pretrained)")
+    p.add_argument(
+        "--no-augment", dest="augment", action="store_false", help="turn batch augmentation off"
+    )
     p.add_argument("--flip", action="store_true", help="also flip images horizontally")
     p.add_argument(
         "--compile",
@@ -358,38 +474,33 @@ def build_parser() -> argparse.ArgumentParser:
         "per trial",
     )
     p.add_argument(
-        "--mode",
-        choices=["grid", "halving"],
-        default="grid",
-        help="every lr x epochs pair, or successive halving with epochs as the budget",
+        "--mode", help="every lr x epochs pair, or successive halving with epochs as the budget"
     )
-    p.add_argument("--eta", type=int, default=3, help="halving: keep the best 1/eta per rung")
+    p.add_argument("--eta", type=int, help="halving: keep the best 1/eta per rung")
     p.add_argument("--lr-find", action="store_true", help="run the learning-rate finder first")
     p.add_argument(
         "--centre-lrs", action="store_true", help="centre the --lr grid on lr_find's suggestion"
     )
-    p.add_argument("--runner", choices=["threads", "dask"], default="threads")
+    p.add_argument("--runner", help="trials in threads of this process or on Dask")
     p.add_argument(
         "--workers",
         type=int,
-        default=0,
         help="trials at once (threads or Dask); 0: one per core up to the trials, one on a GPU",
     )
     p.add_argument("--dask-address", help="scheduler of an existing Dask cluster (--runner dask)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("sgd", help="lesson2-sgd: fit a line by hand-written SGD, in MLflow")
-    p.add_argument("--lr", type=_floats, default=[0.01, 0.1, 1.1], help="learning rates")
-    p.add_argument("--steps", type=int, default=100)
-    p.add_argument("--batch-size", type=int, default=20)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lr", dest="lrs", type=_floats, help="learning rates")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--seed", type=int)
     p.set_defaults(func=cmd_sgd)
 
     def release_args(p: argparse.ArgumentParser) -> None:
         p.add_argument(
             "--margin",
             type=float,
-            default=None,
             help="accuracy a candidate must beat the champion by "
             "(default URSA_RELEASE_MARGIN or 0)",
         )
@@ -397,7 +508,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("release", help="register a model; promote it if it beats the champion")
     p.add_argument("--model-uri", help="model to release (default: the latest sweep's best)")
-    p.add_argument("--dataset", help="dataset manifest to compare on (default: last ingest)")
+    p.add_argument(
+        "--dataset",
+        dest="dataset_manifest",
+        help="dataset manifest to compare on (default: last ingest)",
+    )
     release_args(p)
     p.set_defaults(func=cmd_release)
 
@@ -413,14 +528,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_pipeline)
 
     p = sub.add_parser("clean", help="rank the images most likely mislabelled, for review")
-    p.add_argument("--dataset", help="dataset manifest (default: the data folder's last ingest)")
-    p.add_argument("--folds", type=int, default=4, help="k of the k-fold (default 4)")
-    p.add_argument("--epochs", type=int, default=3, help="epochs per fold model (default 3)")
-    p.add_argument("--lr", type=float, default=3e-3, help="learning rate (default 3e-3)")
-    p.add_argument("--arch", choices=["resnet18", "resnet34"], default="resnet18")
-    p.add_argument("--image-size", type=int, default=32, help="training resolution in px")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--review-url", help="review page to link (default: the server's /review)")
+    p.add_argument(
+        "--dataset",
+        dest="dataset_manifest",
+        help="dataset manifest (default: the data folder's last ingest)",
+    )
+    p.add_argument("--folds", type=int, help="k of the k-fold")
+    p.add_argument("--epochs", type=int, help="epochs per fold model")
+    p.add_argument("--lr", type=float, help="learning rate")
+    p.add_argument("--arch", choices=["resnet18", "resnet34"])
+    p.add_argument("--image-size", type=int, help="training resolution in px")
+    p.add_argument("--seed", type=int)
+    p.add_argument(
+        "--review-url", dest="review", help="review page to link (default: the server's /review)"
+    )
     p.set_defaults(func=cmd_clean)
 
     p = sub.add_parser("serve", help="serve the registered champion over HTTP")
@@ -447,17 +568,57 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("down", help="stop the stack that 'ursa up' started")
     p.set_defaults(func=cmd_down)
+
+    p = sub.add_parser("status", help="where things stand: dataset, sweep, models, servers")
+    p.add_argument("--json", action="store_true", help="one JSON object, for scripts")
+    p.set_defaults(func=cmd_status)
+
+    for command, (module, flow) in FLOWS.items():
+        show_flow_parameters(sub.choices[command], module, flow)
     return parser
 
 
+# Commands that start or read servers themselves rather than report runs to one.
+OWN_SERVERS = {"up", "down", "serve", "host"}
+
+
+def _debug(args: argparse.Namespace) -> bool:
+    return args.debug or os.environ.get("URSA_DEBUG", "") not in ("", "0")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run a command; returns the exit status: 2 for what the user can fix (one line on
+    stderr: ``ursa: error: <what>. <what to do>``), 1 for a bug (the traceback goes to a file
+    in the data folder's logs, or to the console with --debug or URSA_DEBUG=1)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.option_names = option_names(parser, args.command)
+    logs = Path("ursa-data").resolve() / "logs"
     try:
+        from ursa.logs import quiet_env
+
+        quiet_env(args.verbose)
         settings = Settings.from_env()
-    except ValueError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        return 2
-    return args.func(args, settings)
+        logs = settings.data_dir / "logs"
+        if args.command not in OWN_SERVERS:
+            settings = report_to_running_stack(settings)
+        return args.func(args, settings)
+    except KeyboardInterrupt:
+        print("ursa: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if _debug(args):
+            raise
+        if user_fixable(exc):
+            print(f"ursa: error: {one_line(exc)}", file=sys.stderr)
+            return 2
+        where = write_traceback(exc, logs)
+        print(
+            f"ursa: internal error: {type(exc).__name__}: {one_line(exc)[:300]}. "
+            f"The full traceback is in {where}; rerun with --debug to see it here.",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

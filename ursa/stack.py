@@ -85,21 +85,28 @@ class Stack:
     def state_file(self) -> Path:
         return self.settings.data_dir / "stack.json"
 
+    @property
+    def client_env(self) -> dict[str, str]:
+        """What a process needs to report to this stack: its Prefect, MLflow and server."""
+        return {
+            "PREFECT_API_URL": f"http://{HOST}:{self.ports.prefect}/api",
+            "MLFLOW_TRACKING_URI": f"http://{HOST}:{self.ports.mlflow}",
+            "URSA_SERVE_URL": f"http://{HOST}:{self.ports.serve}",
+            "URSA_ADMIN_TOKEN": self.settings.admin_token,
+        }
+
     def env(self) -> dict[str, str]:
         data = self.settings.data_dir
         return {
             **os.environ,
+            **self.client_env,
             "PREFECT_HOME": str(data / "prefect"),
-            "PREFECT_API_URL": f"http://{HOST}:{self.ports.prefect}/api",
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "DO_NOT_TRACK": "1",
             "MLFLOW_DISABLE_TELEMETRY": "true",
-            "MLFLOW_TRACKING_URI": f"http://{HOST}:{self.ports.mlflow}",
             "URSA_DATA_DIR": str(data),
-            "URSA_SERVE_URL": f"http://{HOST}:{self.ports.serve}",
             "URSA_SERVE_HOST": HOST,
             "URSA_SERVE_PORT": str(self.ports.serve),
-            "URSA_ADMIN_TOKEN": self.settings.admin_token,
             "URSA_PROJECT_DIR": str(self.project_dir),
         }
 
@@ -214,6 +221,7 @@ class Stack:
         state = {
             "urls": self.urls,
             "admin_token": self.settings.admin_token,
+            "client_env": self.client_env,
             "services": [
                 {"name": s.name, "pid": s.process.pid, "signal": int(s.stop_signal)}
                 for s in self.services
@@ -275,6 +283,19 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def running_stack(data_dir: Path) -> dict | None:
+    """The state ``ursa up`` wrote for this data folder while all its services still run
+    (``urls``, ``client_env``, ``services``); None when no stack runs here."""
+    try:
+        state = json.loads((data_dir / "stack.json").read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    services = state.get("services") or []
+    if not services or not all(_alive(s["pid"]) for s in services):
+        return None
+    return state
 
 
 def down_from_state(data_dir: Path) -> list[str]:
