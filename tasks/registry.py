@@ -221,7 +221,6 @@ def set_aliases(model_name: str, tracking_uri: str, champion: str, previous: str
 
 
 # Registering is not idempotent (a retry would add a version), so the release is never
-# retried; moving aliases is, so those calls ride out a registry hiccup.
+# retried; a rollback only moves aliases, so it rides out a registry hiccup.
 release_task = task(name="register-and-gate", **CPU)(release_model)
 rollback_task = task(name="rollback-aliases", **NETWORK)(rollback_model)
-set_aliases_task = task(name="restore-aliases", **NETWORK)(set_aliases)
