@@ -36,6 +36,7 @@ from serving.models import ModelHolder, NoChampion, Reload
 from serving.openapi import openapi_endpoint
 from serving.page import upload_page
 from serving.review import review_routes
+from serving.shedding import Admission, LoadShedding, overloaded
 from serving.uploads import UploadError, read_image
 from ursa.package import PackageError
 from ursa.settings import Settings
@@ -65,13 +66,22 @@ async def predict(request: Request) -> JSONResponse:
         return no_model()
     k = top_k(request.query_params.get("k"), len(loaded.classes))
     settings: Settings = request.app.state.settings
-    image = await read_image(
-        request, settings.max_body_bytes, settings.max_image_pixels, request.app.state.decoding
-    )
+    # The queue place was taken before the body is read (serving/shedding.py); the deadline
+    # counts from here: reading, decoding, waiting for a batch and inference.
     try:
-        scored = await request.app.state.batcher.score(image)
+        async with asyncio.timeout(settings.request_timeout_s or None):
+            image = await read_image(
+                request,
+                settings.max_body_bytes,
+                settings.max_image_pixels,
+                request.app.state.decoding,
+            )
+            scored = await request.app.state.batcher.score(image)
     except NotLoaded:
         return no_model()
+    except TimeoutError:
+        admission: Admission = request.app.state.admission
+        return overloaded(request.app.state.metrics, "deadline", admission.retry_after_s())
     # The batch ran on the model current when it started: name that one, not ``loaded``.
     model, row = scored.model, scored.probabilities
     best = row.argsort()[::-1][: min(k, len(model.classes))]
@@ -243,9 +253,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
         inference.shutdown(wait=False, cancel_futures=True)
         decoding.shutdown(wait=False, cancel_futures=True)
 
+    predict_route = Route("/predict", predict, methods=["POST"])
     routes = [
         Route("/", upload_page, methods=["GET"]),
-        Route("/predict", predict, methods=["POST"]),
+        predict_route,
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/version", version, methods=["GET"]),
@@ -256,6 +267,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         routes.append(Route("/admin/reload", reload, methods=["POST"]))
     routes += review_routes(settings)  # /review: also only with an admin token
 
+    admission = Admission(settings.max_queue, settings.batch_max_size, settings.request_timeout_s)
     middleware = [Middleware(MetricsMiddleware, metrics=metrics)]
     if settings.cors_origins:  # off unless configured; never for the admin token header
         middleware.append(
@@ -267,6 +279,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 max_age=600,
             )
         )
+    # Innermost, so that refusals are counted and carry CORS headers like any answer.
+    middleware.append(
+        Middleware(LoadShedding, admission=admission, metrics=metrics, route=predict_route)
+    )
 
     app = Starlette(
         routes=routes,
@@ -281,4 +297,5 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.state.settings = settings
     app.state.holder = holder
     app.state.metrics = metrics
+    app.state.admission = admission
     return app

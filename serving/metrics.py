@@ -53,6 +53,15 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.shed = Counter(
+            "ursa_shed_requests",
+            "Predictions refused with 503 under overload, by reason (queue_full or deadline).",
+            ["reason"],
+            registry=self.registry,
+        )
+        for reason in ("queue_full", "deadline"):  # both series exist from the start, at 0
+            self.shed.labels(reason)
+
     def serving(self, model: str, version: str) -> None:
         """Record that ``model`` ``version`` is now the one served."""
         self.model_version.clear()

@@ -41,6 +41,16 @@ def _positive_int(raw: str) -> int:
 _positive_int.__name__ = "positive int"
 
 
+def _non_negative_int(raw: str) -> int:
+    value = int(raw)
+    if value < 0:
+        raise ValueError("must be >= 0")
+    return value
+
+
+_non_negative_int.__name__ = "int >= 0"
+
+
 def _non_negative_float(raw: str) -> float:
     value = float(raw)
     if not value >= 0:  # also refuses NaN
@@ -76,6 +86,10 @@ class Settings:
     poll_interval_s: float = 30.0  # 0 turns polling off
     cors_origins: tuple[str, ...] = ()  # empty: no CORS headers at all
     inference_threads: int = 0  # torch threads in `ursa serve`; 0: every core
+    # Overload: /predict requests in flight (None: sized from the measured batch time; 0: no
+    # bound) and the deadline from a request's arrival to its answer (0: none).
+    max_queue: int | None = None
+    request_timeout_s: float = 5.0
     # Release: accuracy a candidate must beat the champion by.
     release_margin: float = 0.0
     # Where people browse MLflow: links in Prefect artifacts point there ("" when unknown).
@@ -105,6 +119,8 @@ class Settings:
             poll_interval_s=_read(env, "URSA_POLL_INTERVAL_S", _non_negative_float, 30.0),
             cors_origins=_read(env, "URSA_CORS_ORIGINS", _origins, ()),
             inference_threads=_read(env, "URSA_INFERENCE_THREADS", int, 0),
+            max_queue=_read(env, "URSA_MAX_QUEUE", _non_negative_int, None),
+            request_timeout_s=_read(env, "URSA_REQUEST_TIMEOUT_S", _non_negative_float, 5.0),
             release_margin=_read(env, "URSA_RELEASE_MARGIN", _non_negative_float, 0.0),
         )
 
