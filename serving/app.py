@@ -12,7 +12,6 @@ itself is atomic.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import os
 import re
@@ -28,13 +27,16 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 
+from serving.auth import bearer_matches, unauthorized
 from serving.batching import Batcher, NotLoaded
 from serving.metrics import Metrics, MetricsMiddleware, metrics_endpoint
 from serving.models import ModelHolder, NoChampion, Reload
 from serving.openapi import openapi_endpoint
 from serving.page import upload_page
+from serving.responses import STATIC_DIR, error
 from serving.review import review_routes
 from serving.shedding import Admission, LoadShedding, overloaded
 from serving.uploads import UploadError, read_image
@@ -50,10 +52,6 @@ _PATH = re.compile(r"(?:file://|(?<![\w:/]))(?:/[^\s'\"/:]+){2,}/?")
 
 def redact_paths(message: str) -> str:
     return _PATH.sub("<path>", message)
-
-
-def error(status_code: int, message: str, **extra: object) -> JSONResponse:
-    return JSONResponse({"error": message, **extra}, status_code=status_code)
 
 
 def no_model() -> JSONResponse:
@@ -123,12 +121,8 @@ async def version(request: Request) -> JSONResponse:
 
 
 async def reload(request: Request) -> JSONResponse:
-    if not authorized(request, request.app.state.settings.admin_token):
-        return JSONResponse(
-            {"error": "A valid admin bearer token is required."},
-            status_code=401,
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+    if not bearer_matches(request, request.app.state.settings.admin_token):
+        return unauthorized()
     holder: ModelHolder = request.app.state.holder
     try:
         result = await reload_model(request.app, "admin")
@@ -185,21 +179,13 @@ async def poll_champion(app: Starlette, interval_s: float) -> None:
                 last_problem = str(exc)
 
 
-def authorized(request: Request, token: str) -> bool:
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer":
-        return False
-    # Header values arrive latin-1 decoded; compare the bytes, in constant time.
-    return hmac.compare_digest(given.strip().encode("latin-1"), token.encode("utf-8"))
-
-
 def current_version(holder: ModelHolder) -> str | None:
     return holder.current.version if holder.current else None
 
 
 async def http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
-    return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+    return error(exc.status_code, exc.detail, headers=exc.headers)
 
 
 async def upload_error(request: Request, exc: Exception) -> JSONResponse:
@@ -262,6 +248,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/version", version, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/openapi.json", openapi_endpoint, methods=["GET"]),
+        # The pages' scripts and styles, so the pages' policy can say script-src 'self'.
+        Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
     ]
     if settings.admin_token:  # no token configured: the admin endpoints do not exist
         routes.append(Route("/admin/reload", reload, methods=["POST"]))

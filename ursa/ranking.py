@@ -92,3 +92,21 @@ def ordered(rows: list[RankedImage], order: str) -> list[RankedImage]:
     if order == "loss":
         return sorted(rows, key=lambda r: (-r.loss, r.rank))
     raise ValueError(f"Order '{order}' is not one of {ORDERS}.")
+
+
+class RankingCache:
+    """The ranking file, read again only when it changes (``ursa clean`` replaces it)."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = Path(data_dir)
+        self._key: tuple[int, int] | None = None
+        self._value: tuple[list[RankedImage], dict] = ([], {})
+
+    def get(self) -> tuple[list[RankedImage], dict]:
+        path = ranking_paths(self.data_dir)[0]
+        stat = path.stat()  # FileNotFoundError: no ranking yet
+        key = (stat.st_mtime_ns, stat.st_size)
+        if key != self._key:
+            self._value = read_ranking(self.data_dir)
+            self._key = key
+        return self._value
