@@ -78,6 +78,8 @@ class Settings:
     inference_threads: int = 0  # torch threads in `ursa serve`; 0: every core
     # Release: accuracy a candidate must beat the champion by.
     release_margin: float = 0.0
+    # Image search: a base URL that replaces the engine's host (a mirror, or a local stand-in).
+    search_url: str = ""
     # Where people browse MLflow: links in Prefect artifacts point there ("" when unknown).
     mlflow_ui_url: str = ""
 
@@ -106,6 +108,7 @@ class Settings:
             cors_origins=_read(env, "URSA_CORS_ORIGINS", _origins, ()),
             inference_threads=_read(env, "URSA_INFERENCE_THREADS", int, 0),
             release_margin=_read(env, "URSA_RELEASE_MARGIN", _non_negative_float, 0.0),
+            search_url=_read(env, "URSA_SEARCH_URL", str, "").rstrip("/"),
         )
 
     @property
