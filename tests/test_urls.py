@@ -54,7 +54,9 @@ class FakeClock:
 
 def _pacer(pacing: Pacing | None = None, clock: FakeClock | None = None) -> Pacer:
     clock = clock or FakeClock()
-    return Pacer(pacing or Pacing(interval_s=0), sleep=clock.sleep, clock=clock, rng=random.Random(0))
+    return Pacer(
+        pacing or Pacing(interval_s=0), sleep=clock.sleep, clock=clock, rng=random.Random(0)
+    )
 
 
 def test_the_real_ddgs_client_speaks_the_stand_ins_protocol() -> None:
