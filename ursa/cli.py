@@ -132,6 +132,51 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _class_queries(pairs: list[str]) -> dict[str, str]:
+    """``grizzly="grizzly bear"`` -> {"grizzly": "grizzly bear"}; a bare term names itself."""
+    classes = {}
+    for pair in pairs:
+        label, sep, query = pair.partition("=")
+        label, query = label.strip(), (query if sep else label).strip()
+        if not label or not query or "/" in label:
+            raise argparse.ArgumentTypeError(f"expected CLASS=\"search terms\"; got '{pair}'")
+        classes[label] = query
+    return classes
+
+
+def cmd_urls(args: argparse.Namespace, settings: Settings) -> int:
+    from flows.urls import collect_urls
+    from tasks.image_search import SearchError
+    from tasks.urls import SearchGaveUp
+
+    try:
+        result = collect_urls(
+            classes=_class_queries(args.classes),
+            out=args.out,
+            max_per_class=args.max,
+            min_width=args.min_width,
+            min_height=args.min_height,
+            block_stock_sites=not args.allow_stock,
+            block_domains=args.block,
+            keep_conflicts=args.keep_conflicts,
+            region=args.region,
+            safesearch=args.safesearch,
+            type_image=args.type or "",
+            proxy=args.proxy or "",
+        )
+    except (argparse.ArgumentTypeError, SearchGaveUp, SearchError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        return 2
+    for r in result.reports:
+        console.print(
+            f"{r.label:<16} {r.collected:>5} of {r.target:<5} {r.status:<6} "
+            f"(new {r.new}, duplicates {r.duplicates}, stock/blocked {r.blocked}, "
+            f"too small {r.too_small}, in two classes {len(r.conflicts)}; {r.queries} queries)"
+        )
+    console.print(f"Lists in {result.out}/<class>.txt, details in {result.csv}.")
+    return 0
+
+
 def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     from flows.ingest import ingest
 
@@ -416,6 +461,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="run the whole pipeline on the embedded default and query it")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("urls", help="search images per class: the URL lists that ingest reads")
+    p.add_argument("classes", nargs="+", metavar='CLASS="search terms"')
+    p.add_argument("--max", type=int, default=150, help="URLs per class (default 150)")
+    p.add_argument("--out", default="urls", help="folder for <class>.txt and urls.csv")
+    p.add_argument("--min-width", type=int, default=0, help="smallest reported width, px")
+    p.add_argument("--min-height", type=int, default=0, help="smallest reported height, px")
+    p.add_argument(
+        "--block",
+        type=lambda t: [d for d in t.split(",") if d],
+        default=[],
+        help="more domains to leave out, comma-separated",
+    )
+    p.add_argument("--allow-stock", action="store_true", help="keep stock-photo sites")
+    p.add_argument(
+        "--keep-conflicts",
+        action="store_true",
+        help="keep a URL found under two classes in both (default: neither)",
+    )
+    p.add_argument("--region", default="us-en")
+    p.add_argument("--safesearch", choices=["on", "moderate", "off"], default="moderate")
+    p.add_argument("--type", choices=["photo", "clipart", "gif", "transparent", "line"])
+    p.add_argument("--proxy", help="http/https/socks5 proxy URL (default DDGS_PROXY)")
+    p.set_defaults(func=cmd_urls)
 
     def ingest_args(p: argparse.ArgumentParser) -> None:
         p.add_argument(

@@ -192,7 +192,18 @@ class ImageHost:
     def write_url_lists(
         self, dest: Path, max_per_class: int | None = None, junk: bool = True
     ) -> Path:
-        """Write ``dest/<label>.txt`` (one URL per line) for every class; return ``dest``.
+        """Write :meth:`url_lists` as ``dest/<label>.txt`` (one URL per line); return ``dest``."""
+        lists = self.url_lists(max_per_class, junk)
+        dest = Path(dest)
+        dest.mkdir(parents=True, exist_ok=True)
+        for label, urls in lists.items():
+            (dest / f"{label}.txt").write_text("".join(f"{u}\n" for u in urls))
+        return dest
+
+    def url_lists(
+        self, max_per_class: int | None = None, junk: bool = True
+    ) -> dict[str, list[str]]:
+        """Label -> the URLs of its list, the way a web search exports them.
 
         Real images come in file order, at most ``max_per_class`` per class. With ``junk``
         the junk lines are mixed in: flaky and slow URLs stand in for the real image they
@@ -207,8 +218,7 @@ class ImageHost:
             raise ValueError(f"No junk for {self.image_root}: {self._no_junk}")
         if junk:
             self._check_sources_listed(listed)
-        dest = Path(dest)
-        dest.mkdir(parents=True, exist_ok=True)
+        lists = {}
         for label, names in listed.items():
             paths = [_img_path(label, name) for name in names]
             if junk:
@@ -217,8 +227,8 @@ class ImageHost:
                 paths += [
                     j.path for j in self._plan if j.label == label and j.path not in stand_ins
                 ]
-            (dest / f"{label}.txt").write_text("".join(f"{base}{p}\n" for p in paths))
-        return dest
+            lists[label] = [f"{base}{p}" for p in paths]
+        return lists
 
     def junk(self) -> list[JunkUrl]:
         """The junk lines that :meth:`write_url_lists` mixes in, in a fixed order."""

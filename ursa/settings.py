@@ -92,6 +92,8 @@ class Settings:
     request_timeout_s: float = 5.0
     # Release: accuracy a candidate must beat the champion by.
     release_margin: float = 0.0
+    # Image search: a base URL that replaces the engine's host (a mirror, or a local stand-in).
+    search_url: str = ""
     # Where people browse MLflow: links in Prefect artifacts point there ("" when unknown).
     mlflow_ui_url: str = ""
 
@@ -122,6 +124,7 @@ class Settings:
             max_queue=_read(env, "URSA_MAX_QUEUE", _non_negative_int, None),
             request_timeout_s=_read(env, "URSA_REQUEST_TIMEOUT_S", _non_negative_float, 5.0),
             release_margin=_read(env, "URSA_RELEASE_MARGIN", _non_negative_float, 0.0),
+            search_url=_read(env, "URSA_SEARCH_URL", str, "").rstrip("/"),
         )
 
     @property
