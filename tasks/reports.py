@@ -9,6 +9,7 @@ from pathlib import Path
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from tasks.deploy import DeployResult
+from tasks.leaderboard import leaderboard
 from tasks.manifest import Dataset, ImageRow, UrlRow, read_rows
 from tasks.registry import ReleaseResult
 from tasks.train import TrialResult
@@ -56,6 +57,7 @@ def publish_sweep(
     parent_run_id: str,
     excluded: list[dict] | None = None,
     budget: str = "",
+    warnings: list[str] | None = None,
 ) -> None:
     create_table_artifact(
         [
@@ -70,7 +72,7 @@ def publish_sweep(
                 "best": r.run_id == best.run_id,
                 "mlflow_run": r.run_id,
             }
-            for r in sorted(results, key=lambda r: (not r.usable, -r.val_accuracy))
+            for r in leaderboard(results)
         ],
         key="sweep-leaderboard",
         description=f"Sweep leaderboard (MLflow parent run {parent_run_id})",
@@ -88,6 +90,9 @@ def publish_sweep(
             if excluded
             else ["- none"]
         ),
+        "",
+        "## Read these numbers with care",
+        *([f"- {w}" for w in warnings] if warnings else ["- nothing to report"]),
     ]
     create_markdown_artifact("\n".join(lines), key="sweep-summary", description="Sweep summary")
 

@@ -82,6 +82,8 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     from flows.train import train
+    from tasks.data_checks import DatasetUnusable
+    from tasks.leaderboard import leaderboard
     from tasks.train import WeightsUnavailable
 
     try:
@@ -108,10 +110,12 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
             workers=args.workers,
             dask_address=args.dask_address or "",
         )
-    except WeightsUnavailable as exc:
+    except (WeightsUnavailable, DatasetUnusable) as exc:
         console.print(f"[red]error:[/red] {exc}")
         return 2
-    for t in sorted(result.trials, key=lambda t: (not t.usable, -t.val_accuracy)):
+    for w in result.warnings:
+        console.print(f"[yellow]warning:[/yellow] {w}")
+    for t in leaderboard(result.trials):
         mark = "  <- best" if t.run_id == result.best.run_id else ""
         console.print(
             f"lr={t.lr:<8g} epochs={t.epochs:<3} val_accuracy={t.val_accuracy:.4f} "
@@ -196,17 +200,22 @@ def cmd_pipeline(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_clean(args: argparse.Namespace, settings: Settings) -> int:
     from flows.clean import clean
+    from tasks.data_checks import DatasetUnusable
 
-    result = clean(
-        dataset_manifest=args.dataset or _default_dataset(settings),
-        folds=args.folds,
-        epochs=args.epochs,
-        lr=args.lr,
-        arch=args.arch,
-        image_size=args.image_size,
-        seed=args.seed,
-        review=args.review_url or "",
-    )
+    try:
+        result = clean(
+            dataset_manifest=args.dataset or _default_dataset(settings),
+            folds=args.folds,
+            epochs=args.epochs,
+            lr=args.lr,
+            arch=args.arch,
+            image_size=args.image_size,
+            seed=args.seed,
+            review=args.review_url or "",
+        )
+    except DatasetUnusable as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        return 2
     from ursa.ranking import read_ranking
 
     ranked, _ = read_ranking(settings.data_dir)

@@ -51,6 +51,16 @@ def _non_negative_float(raw: str) -> float:
 _non_negative_float.__name__ = "number >= 0"
 
 
+def _non_negative_int(raw: str) -> int:
+    value = int(raw)
+    if value < 0:
+        raise ValueError(raw)
+    return value
+
+
+_non_negative_int.__name__ = "whole number >= 0"
+
+
 def _origins(raw: str) -> tuple[str, ...]:
     return tuple(o.strip().rstrip("/") for o in raw.split(",") if o.strip())
 
@@ -78,6 +88,8 @@ class Settings:
     inference_threads: int = 0  # torch threads in `ursa serve`; 0: every core
     # Release: accuracy a candidate must beat the champion by.
     release_margin: float = 0.0
+    # Release: validation images a dataset needs before its accuracy may promote a model.
+    release_min_valid: int = 20
     # Where people browse MLflow: links in Prefect artifacts point there ("" when unknown).
     mlflow_ui_url: str = ""
 
@@ -106,6 +118,7 @@ class Settings:
             cors_origins=_read(env, "URSA_CORS_ORIGINS", _origins, ()),
             inference_threads=_read(env, "URSA_INFERENCE_THREADS", int, 0),
             release_margin=_read(env, "URSA_RELEASE_MARGIN", _non_negative_float, 0.0),
+            release_min_valid=_read(env, "URSA_RELEASE_MIN_VALID", _non_negative_int, 20),
         )
 
     @property
