@@ -128,9 +128,12 @@ def release_model(
 
     champion_accuracy: float | None = None
     if dataset.n_valid < min_valid:
-        promoted, reason = False, (
-            f"the validation split holds {dataset.n_valid} images, under the minimum of "
-            f"{min_valid} (URSA_RELEASE_MIN_VALID): too few to tell models apart"
+        promoted, reason = (
+            False,
+            (
+                f"the validation split holds {dataset.n_valid} images, under the minimum of "
+                f"{min_valid} (URSA_RELEASE_MIN_VALID): too few to tell models apart"
+            ),
         )
     elif not champion:
         promoted, reason = True, "no champion yet"
