@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from prefect import flow
 
 from tasks.cleaning import Ranking, log_ranking_task, publish_review_task, rank_task, review_url
+from tasks.data_checks import check_dataset_task
 from tasks.manifest import load_dataset
 from tasks.policies import HOUR
 from tasks.tracking import experiment_id
@@ -42,6 +43,7 @@ def clean(
     the review page (``review``, default: the configured server's /review)."""
     settings = Settings.from_env()
     dataset = load_dataset(dataset_manifest or settings.data_dir / "datasets" / "dataset.csv")
+    check_dataset_task(dataset, need_valid=False)  # folds cut train and valid alike
     config = TrainConfig(arch=arch, image_size=image_size, batch_size=batch_size, seed=seed)
     ranking = rank_task(dataset, folds, lr, epochs, config)
     run_id = log_ranking_task(ranking, experiment_id(settings), settings.data_dir)

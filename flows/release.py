@@ -45,7 +45,14 @@ def release(
     settings = Settings.from_env()
     dataset = load_dataset(dataset_manifest)
     margin = settings.release_margin if margin is None else margin
-    result = release_task(model_uri, dataset, settings.model_name, settings.tracking_uri, margin)
+    result = release_task(
+        model_uri,
+        dataset,
+        settings.model_name,
+        settings.tracking_uri,
+        margin,
+        settings.release_min_valid,
+    )
     target = serve_url or settings.serve_url
     deployed = None
     if target:

@@ -14,14 +14,15 @@ from typing import Annotated, Literal
 from prefect import flow
 from pydantic import Field
 
-from tasks.halving import DEFAULT_ETA, budget, promoted, rung_trials, rungs
+from tasks.data_checks import check_dataset_task
+from tasks.halving import DEFAULT_ETA, budget, successive_halving
+from tasks.leaderboard import best_trial
 from tasks.lr_find import centred_lrs, lr_find_task
 from tasks.manifest import load_dataset
 from tasks.policies import HOUR
 from tasks.reports import publish_sweep
 from tasks.sweep import (
     auto_workers,
-    best_trial,
     cache_task,
     diagnose_task,
     finish_sweep_task,
@@ -56,6 +57,7 @@ class TrainResult:
     weights: str = ""
     sweep_seconds: float = 0.0  # the trials alone, with their MLflow runs and reports
     workers: int = 1
+    warnings: list[str] = field(default_factory=list)  # why the numbers may mean little
 
 
 @flow(name="trials", log_prints=True)
@@ -86,15 +88,7 @@ def trials(
     with torch_threads_kept():  # trials in threads change torch's process-wide default
         if mode == "grid":
             return run(trial_grid(lrs, epochs))
-        results: list[TrialResult] = []
-        alive = list(lrs)
-        for n in rungs(epochs):
-            results += run(rung_trials(alive, n))
-            alive = promoted(results[-len(alive) :], eta)
-            print(f"halving: after {n} epochs, going on with lrs {alive}")
-            if not alive:
-                break
-        return results
+        return successive_halving(lrs, epochs, eta, run)
 
 
 @flow(name="train", log_prints=True, timeout_seconds=24 * HOUR)
@@ -106,7 +100,7 @@ def train(
     ),
     arch: Literal["resnet18", "resnet34"] = "resnet18",
     image_size: Annotated[int, Field(ge=16, le=512)] = 32,
-    batch_size: Annotated[int, Field(ge=1, le=4096)] = 64,
+    batch_size: Annotated[int, Field(ge=2, le=4096)] = 64,
     seed: Annotated[int, Field(ge=0)] = 0,
     pretrained: bool = False,
     weights_path: str = "",
@@ -175,9 +169,10 @@ def train(
     config, weights = resolve_weights_task(config)
     print(f"train: {weights}")
     dataset = load_dataset(dataset_manifest or settings.data_dir / "datasets" / "dataset.csv")
+    warnings = check_dataset_task(dataset)  # refuses what cannot make a classifier
     experiment = experiment_id(settings)
     extra = {"mode": mode, "eta": eta, "runner": runner, "workers": workers, "weights": weights}
-    parent = start_sweep_task(experiment, config, dataset, grid, extra)
+    parent = start_sweep_task(experiment, config, dataset, grid, extra, warnings)
     cache = str(cache_task(dataset, config.image_size))
     suggestion = None
     if lr_find or centre_lrs:
@@ -205,9 +200,9 @@ def train(
     results = diagnose_task(results)
     spent = budget(lrs, epochs, results)
     best = best_trial(results)
-    excluded = finish_sweep_task(parent, results, best, str(spent), sweep_seconds)
+    excluded = finish_sweep_task(parent, results, best, str(spent), sweep_seconds, warnings)
     model_uri = log_model_task(best, config, dataset, cache, parent)
-    publish_sweep(results, best, parent, excluded, str(spent))
+    publish_sweep(results, best, parent, excluded, str(spent), warnings)
     for e in excluded:
         print(f"train: excluded {e['trial']}: {e['diagnosis']} ({e['why']})")
     print(f"train: best {best.val_accuracy:.4f} at {best.name} ({best.diagnosis}); trained {spent}")
@@ -222,4 +217,5 @@ def train(
         weights=weights,
         sweep_seconds=sweep_seconds,
         workers=workers,
+        warnings=warnings,
     )

@@ -22,7 +22,6 @@ page shows) and to MLflow: the table and a grid of the top suspects.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -37,6 +36,7 @@ from prefect.cache_policies import NONE
 from tasks.grids import image_grid
 from tasks.manifest import Dataset, ImageRow, read_rows
 from tasks.progress import progress
+from tasks.splits import fold_of
 from tasks.train import (
     Tensors,
     TrainConfig,
@@ -66,24 +66,6 @@ class Ranking:
     n_confident_issues: int
     n_label_conflicts: int
     fold_accuracy: float  # held-out accuracy of the fold models, against the given labels
-
-
-def fold_of(rows: list[ImageRow], folds: int, seed: int = 0) -> np.ndarray:
-    """Fold number per row: stratified by label, deterministic (a seeded hash of the group
-    orders each class), and a whole duplicate group always in one fold."""
-    if folds < 2:
-        raise ValueError(f"folds is {folds}; k-fold needs at least 2.")
-    by_label: dict[str, list[str]] = {}
-    for r in rows:
-        groups = by_label.setdefault(r.label, [])
-        if r.group not in groups:
-            groups.append(r.group)
-    fold_of_group: dict[tuple[str, str], int] = {}
-    for label, groups in by_label.items():
-        ordered = sorted(groups, key=lambda g: hashlib.sha256(f"{seed}:{g}".encode()).hexdigest())
-        for k, g in enumerate(ordered):
-            fold_of_group[(label, g)] = k % folds
-    return np.array([fold_of_group[(r.label, r.group)] for r in rows], dtype=np.int64)
 
 
 @torch.inference_mode()

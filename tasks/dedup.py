@@ -9,7 +9,6 @@ alone would delete real data.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import logging
 import math
@@ -27,6 +26,7 @@ from prefect.cache_policies import NONE
 from tasks.checks import phash, pixel_hash
 from tasks.ledger import REMOVED, Ledger, apply_ledger
 from tasks.manifest import OK, Dataset, ImageRow, UrlRow, write_dataset
+from tasks.splits import assign_split
 
 log = logging.getLogger(__name__)
 
@@ -358,7 +358,7 @@ def build_dataset(
                 regrouped[r.group].append(r)
         for group in regrouped.values():
             _mark(group)  # a relabel may have settled a label conflict
-    _split([r for r in image_rows if r.status == "kept"], valid_pct=valid_pct, seed=seed)
+    assign_split([r for r in image_rows if r.status == "kept"], valid_pct=valid_pct, seed=seed)
 
     image_rows = sorted(image_rows, key=lambda r: (r.sha256, r.label))
     conflicts = label_conflicts(image_rows)
@@ -452,23 +452,6 @@ def _mark(group: list[ImageRow]) -> None:
         else:
             r.status = "duplicate" if r.pixel_hash == best.pixel_hash else "near_duplicate"
             r.duplicate_of = best.sha256
-
-
-def _split(kept: list[ImageRow], valid_pct: float, seed: int) -> None:
-    """Stratified, deterministic: per label, groups in seeded-hash order, the first to valid."""
-    by_label: dict[str, set[str]] = defaultdict(set)
-    for r in kept:
-        by_label[r.label].add(r.group)
-    split_of: dict[str, str] = {}
-    for label_groups in by_label.values():
-        groups = sorted(
-            label_groups, key=lambda g: hashlib.sha256(f"{seed}:{g}".encode()).hexdigest()
-        )
-        n_valid = round(valid_pct * len(groups))
-        for k, g in enumerate(groups):
-            split_of[g] = "valid" if k < n_valid else "train"
-    for r in kept:
-        r.split = split_of[r.group]
 
 
 def status_counts(rows: Iterable[ImageRow]) -> dict[str, int]:

@@ -11,8 +11,10 @@ run concurrently.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from tasks.leaderboard import leaderboard
 from tasks.train import Trial, TrialResult
 
 DEFAULT_ETA = 3
@@ -54,9 +56,30 @@ def promoted(results: list[TrialResult], eta: int = DEFAULT_ETA) -> list[float]:
     accuracy (then loss), never a diverged one. Empty when every trial diverged."""
     if eta < 2:
         raise ValueError(f"eta is {eta}; successive halving needs eta >= 2.")
-    usable = sorted((r for r in results if r.usable), key=lambda r: (-r.val_accuracy, r.val_loss))
+    usable = [r for r in leaderboard(results) if r.usable]
     keep = max(1, len(results) // eta)
     return [r.lr for r in usable[:keep]]
+
+
+def successive_halving(
+    lrs: list[float],
+    epochs: list[int],
+    eta: int,
+    run: Callable[[list[Trial]], list[TrialResult]],
+    log: Callable[[str], None] = print,
+) -> list[TrialResult]:
+    """Every trial that successive halving trains, rung by rung: ``run`` trains one rung's
+    trials (at once, on whatever runner the caller chose) and returns their results in order."""
+    results: list[TrialResult] = []
+    alive = list(lrs)
+    for n in rungs(epochs):
+        rung = run(rung_trials(alive, n))
+        results += rung
+        alive = promoted(rung, eta)
+        log(f"halving: after {n} epochs, going on with lrs {alive}")
+        if not alive:
+            break
+    return results
 
 
 def budget(lrs: list[float], epochs: list[int], results: list[TrialResult]) -> Budget:

@@ -16,6 +16,7 @@ from torch import nn
 
 from tasks.policies import ACCELERATOR
 from tasks.train import (
+    MIN_TRAINING_BATCH,
     Tensors,
     TrainConfig,
     _autocast,
@@ -50,6 +51,10 @@ def lr_find(
         raise ValueError(f"lr_find needs 0 < start_lr < end_lr; got {start_lr}, {end_lr}.")
     if num_iter < 5:
         raise ValueError(f"lr_find needs at least 5 iterations; got {num_iter}.")
+    if len(data.y_train) < MIN_TRAINING_BATCH:
+        raise ValueError(
+            f"lr_find needs at least {MIN_TRAINING_BATCH} training images; got {len(data.y_train)}."
+        )
     device = device_for_training()
     model = seeded_model(config, len(data.classes)).to(device, memory_format=memory_format(device))
     model.train()
@@ -61,7 +66,9 @@ def lr_find(
     average, best = 0.0, math.inf
     step = 0
     while step < num_iter:
-        for idx in _batches(len(data.y_train), config.batch_size, generator):
+        for idx in _batches(
+            len(data.y_train), config.batch_size, generator, min_size=MIN_TRAINING_BATCH
+        ):
             lr = start_lr * ratio**step
             for group in optimizer.param_groups:
                 group["lr"] = lr

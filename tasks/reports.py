@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from tasks.leaderboard import leaderboard
 from tasks.manifest import Dataset, ImageRow, UrlRow, read_rows
 from ursa.settings import Settings
 
@@ -59,6 +60,7 @@ def publish_sweep(
     parent_run_id: str,
     excluded: list[dict] | None = None,
     budget: str = "",
+    warnings: list[str] | None = None,
 ) -> None:
     create_table_artifact(
         [
@@ -73,7 +75,7 @@ def publish_sweep(
                 "best": r.run_id == best.run_id,
                 "mlflow_run": r.run_id,
             }
-            for r in sorted(results, key=lambda r: (not r.usable, -r.val_accuracy))
+            for r in leaderboard(results)
         ],
         key="sweep-leaderboard",
         description=f"Sweep leaderboard (MLflow parent run {parent_run_id})",
@@ -91,6 +93,9 @@ def publish_sweep(
             if excluded
             else ["- none"]
         ),
+        "",
+        "## Read these numbers with care",
+        *([f"- {w}" for w in warnings] if warnings else ["- nothing to report"]),
     ]
     create_markdown_artifact("\n".join(lines), key="sweep-summary", description="Sweep summary")
 

@@ -16,6 +16,8 @@ import torch
 from mlflow import MlflowClient
 from prefect import task
 
+from tasks.data_checks import WARNINGS_TAG
+from tasks.leaderboard import leaderboard
 from tasks.ledger import ledger_params
 from tasks.manifest import Dataset
 from tasks.plots import heatmap_figure
@@ -59,11 +61,13 @@ def start_sweep(
     dataset: Dataset,
     trials: list[Trial],
     extra: dict | None = None,
+    warnings: list[str] | None = None,
 ) -> str:
-    """Create the parent run; returns its id. Trials attach to it as children."""
+    """Create the parent run; returns its id. Trials attach to it as children. ``warnings``:
+    what makes the dataset's numbers unreliable (:mod:`tasks.data_checks`), as a tag."""
     run = mlflow.start_run(experiment_id=experiment_id, run_name=f"sweep {dataset.digest[:8]}")
     try:
-        mlflow.set_tag("ursa.role", "sweep")
+        mlflow.set_tags({"ursa.role": "sweep", WARNINGS_TAG: warnings_tag(warnings)})
         mlflow.log_params(
             {
                 **asdict(config),
@@ -83,15 +87,9 @@ def start_sweep(
     return run.info.run_id
 
 
-def best_trial(results: list[TrialResult]) -> TrialResult:
-    """Highest validation accuracy, then lowest validation loss; never a diverged trial."""
-    usable = [r for r in results if r.usable]
-    if not usable:
-        raise RuntimeError(
-            f"All {len(results)} trials diverged (non-finite loss or loss explosion): "
-            "lower the learning rates, or run the learning-rate finder."
-        )
-    return max(usable, key=lambda r: (r.val_accuracy, -r.val_loss))
+def warnings_tag(warnings: list[str] | None) -> str:
+    """The dataset's warnings as one MLflow tag value ("none" when its numbers hold)."""
+    return "; ".join(warnings or []) or "none"
 
 
 def excluded_trials(results: list[TrialResult]) -> list[dict]:
@@ -122,11 +120,6 @@ def diagnose_in_sweep(results: list[TrialResult]) -> list[TrialResult]:
     return updated
 
 
-def leaderboard(results: list[TrialResult]) -> list[TrialResult]:
-    """Usable trials by accuracy then loss, then the excluded ones."""
-    return sorted(results, key=lambda r: (not r.usable, -r.val_accuracy, r.val_loss))
-
-
 def heatmap(results: list[TrialResult]) -> tuple[list[float], list[int], np.ndarray]:
     """(lrs, epochs, validation accuracy per cell); NaN where no usable trial ran."""
     lrs = sorted({r.lr for r in results})
@@ -144,12 +137,16 @@ def finish_sweep(
     best: TrialResult,
     budget_note: str = "",
     sweep_seconds: float | None = None,
+    warnings: list[str] | None = None,
 ) -> list[dict]:
     """Log the leaderboard, the lr x epochs heatmap, the exclusions, the choice and the
-    sweep's wall time on the parent run; returns the excluded trials with their reasons."""
+    sweep's wall time on the parent run, and the dataset's warnings on every trial; returns
+    the excluded trials with their reasons."""
     board = leaderboard(results)
     excluded = excluded_trials(results)
     client = MlflowClient()
+    for r in results:
+        client.set_tag(r.run_id, WARNINGS_TAG, warnings_tag(warnings))
     client.log_table(
         parent_run_id,
         {

@@ -46,6 +46,9 @@ IF_NO_WEIGHTS = ("fail", "scratch")
 # the stem + first blocks learn 100x slower than the head, the middle blocks 10x slower.
 UNFROZEN_BASE = 0.5
 LAYER_GROUP_DIVISORS = (100.0, 10.0, 1.0)
+# Batch norm cannot train on one image (its variance is undefined): a training epoch never
+# ends on a mini-batch smaller than this; the remainder joins the batch before it.
+MIN_TRAINING_BATCH = 2
 
 
 _GLOBAL_RNG = threading.Lock()
@@ -74,8 +77,11 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.arch is '{self.arch}', expected one of {ARCHITECTURES}.")
         if self.image_size < 16:
             raise ValueError(f"TrainConfig.image_size is {self.image_size}, expected >= 16.")
-        if self.batch_size < 1:
-            raise ValueError(f"TrainConfig.batch_size is {self.batch_size}, expected >= 1.")
+        if self.batch_size < MIN_TRAINING_BATCH:
+            raise ValueError(
+                f"TrainConfig.batch_size is {self.batch_size}, expected >= "
+                f"{MIN_TRAINING_BATCH}: batch norm cannot train on one image at a time."
+            )
         if self.if_no_weights not in IF_NO_WEIGHTS:
             raise ValueError(
                 f"TrainConfig.if_no_weights is '{self.if_no_weights}', "
@@ -286,16 +292,34 @@ def _optimizer(model: nn.Module, phase: str, lr: float) -> tuple[torch.optim.Opt
     return torch.optim.AdamW(groups, lr=lr, weight_decay=1e-2, fused=True), rates
 
 
+def batch_bounds(n: int, batch_size: int, min_size: int = 1) -> list[tuple[int, int]]:
+    """[(start, stop)] of the mini-batches of ``n`` examples: ``batch_size`` each, the last
+    one what is left, merged into the one before when it would hold fewer than ``min_size``.
+    With fewer than ``min_size`` examples in all there is no batch: nothing can be learnt
+    from them (callers refuse such data before training; see :mod:`tasks.data_checks`)."""
+    if n < min_size:
+        return []
+    bounds = [(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < min_size:
+        bounds[-2:] = [(bounds[-2][0], n)]
+    return bounds
+
+
 def _batches(
-    n: int, batch_size: int, generator: torch.Generator | None, device: torch.device | None = None
+    n: int,
+    batch_size: int,
+    generator: torch.Generator | None,
+    device: torch.device | None = None,
+    min_size: int = 1,
 ):
-    """Index batches, shuffled when a (CPU) generator is given; the order moves to ``device``
-    once per epoch, not once per batch."""
+    """Index batches (:func:`batch_bounds`), shuffled when a (CPU) generator is given; the
+    order moves to ``device`` once per epoch, not once per batch. Training passes
+    ``min_size=MIN_TRAINING_BATCH``; evaluation takes every example as it comes."""
     order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
     if device is not None:
         order = order.to(device)
-    for start in range(0, n, batch_size):
-        yield order[start : start + batch_size]
+    for start, stop in batch_bounds(n, batch_size, min_size):
+        yield order[start:stop]
 
 
 def augment(
@@ -393,7 +417,8 @@ def train_one_epoch(
     criterion = nn.CrossEntropyLoss()
     losses, correct, seen = [], torch.zeros((), device=device), 0
     aug = aug_generator if config.augment else None
-    for idx in _batches(len(data.y_train), config.batch_size, generator, data.x_train.device):
+    n = len(data.y_train)
+    for idx in _batches(n, config.batch_size, generator, data.x_train.device, MIN_TRAINING_BATCH):
         x = _inputs(data.x_train[idx], device, aug, config.flip)
         y = data.y_train[idx].to(device, non_blocking=True)
         with _autocast(device):
@@ -409,7 +434,9 @@ def train_one_epoch(
     if not losses:
         return math.nan, math.nan, []
     step_losses = torch.stack(losses).float().cpu().tolist()
-    weights = [min(config.batch_size, seen - i * config.batch_size) for i in range(len(losses))]
+    weights = [
+        stop - start for start, stop in batch_bounds(n, config.batch_size, MIN_TRAINING_BATCH)
+    ]
     mean = sum(w * v for w, v in zip(weights, step_losses, strict=True)) / seen
     return mean, correct.item() / seen, step_losses
 
@@ -460,7 +487,7 @@ def fit(trial: Trial, config: TrainConfig, data: Tensors, on_epoch=None) -> FitR
     data = _resident(data, device)
     model = seeded_model(config, len(data.classes)).to(device, memory_format=memory_format(device))
     trained = torch.compile(model) if config.compile else model
-    steps = math.ceil(len(data.y_train) / config.batch_size)
+    steps = len(batch_bounds(len(data.y_train), config.batch_size, MIN_TRAINING_BATCH))
     generator = torch.Generator().manual_seed(config.seed)
     aug_generator = torch.Generator(device=device).manual_seed(config.seed)
     history: list[dict] = []

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from tasks.cleaning import class_thresholds, fold_of, log_ranking, rank_dataset, rank_images
+from tasks.cleaning import class_thresholds, log_ranking, rank_dataset, rank_images
 from tasks.manifest import ImageRow, read_rows
+from tasks.splits import fold_of
 from tasks.train import TrainConfig
 from tests.datasets import digits_dataset
 from ursa.ranking import ordered, read_ranking

@@ -27,6 +27,7 @@ from serving.app import create_app
 from tasks.deploy import Aliases, DeployError, redeploy, redeploy_or_put_back
 from tasks.manifest import Dataset, ImageRow, read_rows, write_dataset
 from tasks.registry import RollbackError, release_model, rollback_model
+from tasks.reports import release_note
 from tests.datasets import digits_dataset
 from tests.live import LiveServer
 from ursa.package import PackageError, log_package, resolve_models_uri
@@ -150,6 +151,13 @@ def test_gate_margin_previous_and_rollback(data_dir: Path) -> None:
     rollback_model(name, uri)  # rolling back a rollback returns to where it started
     assert aliases(settings) == {"champion": "3", "previous": "1"}
 
+    # A validation split under the minimum promotes nothing, however the scores compare.
+    few = release_model(uris["c0"], dataset, name, uri, margin=0.1, min_valid=dataset.n_valid + 1)
+    assert not few.promoted and aliases(settings) == {"champion": "3", "previous": "1"}
+    assert f"holds {dataset.n_valid} images, under the minimum" in few.reason
+    assert few.reason in release_note(few, None)
+    assert client.get_model_version(name, few.candidate_version).tags["ursa.gate"] == "rejected"
+
     for bad in (-0.1, 1.0, float("nan")):
         with pytest.raises(ValueError, match="margin"):
             release_model(uris["c0"], dataset, name, uri, margin=bad)
@@ -178,6 +186,7 @@ def test_rollback_flow_redeploys_and_refuses_a_broken_previous(
     data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("URSA_ADMIN_TOKEN", TOKEN)
+    monkeypatch.setenv("URSA_RELEASE_MIN_VALID", "0")  # 5 validation images: nothing would pass
     settings = Settings.from_env()
     dataset = skewed_dataset(data_dir)
     classes = list(dataset.classes)

@@ -12,10 +12,10 @@ import torchvision
 from mlflow import MlflowClient
 from PIL import Image
 
+from tasks.leaderboard import best_trial
 from tasks.manifest import Dataset
 from tasks.sweep import (
     auto_workers,
-    best_trial,
     diagnose_in_sweep,
     finish_sweep,
     latest_model_uri,

@@ -4,6 +4,7 @@ missing pretrained weights from the command line."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from mlflow import MlflowClient
 from flows.train import train
 from tasks.sweep import auto_workers
 from tests.datasets import digits_dataset
+from tests.test_flows import _artifact_keys
 from ursa.cli import main
 from ursa.settings import Settings
 
@@ -85,6 +87,18 @@ def test_missing_pretrained_weights_give_a_clear_message_not_a_traceback(
     assert code == 2
     out = capsys.readouterr().out
     assert "resnet18.pth" in out and "--if-no-weights scratch" in out
+
+
+def test_a_one_class_dataset_is_refused_before_training_naming_its_classes(
+    data_dir: Path, capsys
+) -> None:
+    one_class = digits_dataset(data_dir, per_class=12, classes=1).manifest_path
+    assert main(["train", "--dataset", one_class, "--epochs", "1", "--image-size", "16"]) == 2
+    out = " ".join(capsys.readouterr().out.split())
+    assert "at least 2 classes" in out and "0: 9 train / 3 valid" in out, out
+    assert asyncio.run(_artifact_keys(["dataset-check"])) == {"dataset-check"}
+    client = MlflowClient(Settings.from_env().tracking_uri)
+    assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
 
 
 def test_default_grid_runs_trials_side_by_side_and_logs_its_time(manifest: str) -> None:

@@ -139,34 +139,31 @@ def _class_queries(pairs: list[str]) -> dict[str, str]:
         label, sep, query = pair.partition("=")
         label, query = label.strip(), (query if sep else label).strip()
         if not label or not query or "/" in label:
-            raise argparse.ArgumentTypeError(f"expected CLASS=\"search terms\"; got '{pair}'")
+            raise UsageError(
+                f"expected CLASS=\"search terms\", got '{pair}'",
+                'Name each class and its query, e.g. grizzly="grizzly bear"',
+            )
         classes[label] = query
     return classes
 
 
 def cmd_urls(args: argparse.Namespace, settings: Settings) -> int:
     from flows.urls import collect_urls
-    from tasks.image_search import SearchError
-    from tasks.urls import SearchGaveUp
 
-    try:
-        result = collect_urls(
-            classes=_class_queries(args.classes),
-            out=args.out,
-            max_per_class=args.max,
-            min_width=args.min_width,
-            min_height=args.min_height,
-            block_stock_sites=not args.allow_stock,
-            block_domains=args.block,
-            keep_conflicts=args.keep_conflicts,
-            region=args.region,
-            safesearch=args.safesearch,
-            type_image=args.type or "",
-            proxy=args.proxy or "",
-        )
-    except (argparse.ArgumentTypeError, SearchGaveUp, SearchError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        return 2
+    result = collect_urls(
+        classes=_class_queries(args.classes),
+        out=args.out,
+        max_per_class=args.max,
+        min_width=args.min_width,
+        min_height=args.min_height,
+        block_stock_sites=not args.allow_stock,
+        block_domains=args.block,
+        keep_conflicts=args.keep_conflicts,
+        region=args.region,
+        safesearch=args.safesearch,
+        type_image=args.type or "",
+        proxy=args.proxy or "",
+    )
     for r in result.reports:
         console.print(
             f"{r.label:<16} {r.collected:>5} of {r.target:<5} {r.status:<6} "
@@ -207,6 +204,7 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     from flows.train import train
+    from tasks.leaderboard import leaderboard
     from tasks.train import TrainConfig, resolve_weights
 
     dataset = _dataset(args, settings)
@@ -214,7 +212,9 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         given = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
         resolve_weights(TrainConfig(**given))
     result = run_flow(train, args, settings, dataset_manifest=dataset)
-    for t in sorted(result.trials, key=lambda t: (not t.usable, -t.val_accuracy)):
+    for w in result.warnings:
+        console.print(f"[yellow]warning:[/yellow] {w}")
+    for t in leaderboard(result.trials):
         mark = "  <- best" if t.run_id == result.best.run_id else ""
         console.print(
             f"lr={t.lr:<8g} epochs={t.epochs:<3} val_accuracy={t.val_accuracy:.4f} "

@@ -22,6 +22,9 @@ USER_FIXABLE = (
     ("ursa.settings", "SettingsError"),
     ("ursa.stack", "PortBusy"),
     ("tasks.train", "WeightsUnavailable"),
+    ("tasks.data_checks", "DatasetUnusable"),
+    ("tasks.urls", "SearchGaveUp"),
+    ("tasks.image_search", "SearchError"),
     ("tasks.registry", "RollbackError"),
     ("tasks.deploy", "DeployError"),
 )

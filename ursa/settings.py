@@ -61,6 +61,16 @@ def _non_negative_float(raw: str) -> float:
 _non_negative_float.__name__ = "number >= 0"
 
 
+def _non_negative_int(raw: str) -> int:
+    value = int(raw)
+    if value < 0:
+        raise ValueError(raw)
+    return value
+
+
+_non_negative_int.__name__ = "whole number >= 0"
+
+
 def _origins(raw: str) -> tuple[str, ...]:
     return tuple(o.strip().rstrip("/") for o in raw.split(",") if o.strip())
 
@@ -94,6 +104,8 @@ class Settings:
     release_margin: float = 0.0
     # Image search: a base URL that replaces the engine's host (a mirror, or a local stand-in).
     search_url: str = ""
+    # Release: validation images a dataset needs before its accuracy may promote a model.
+    release_min_valid: int = 20
     # Where people browse MLflow: links in Prefect artifacts point there ("" when unknown).
     mlflow_ui_url: str = ""
 
@@ -125,6 +137,7 @@ class Settings:
             request_timeout_s=_read(env, "URSA_REQUEST_TIMEOUT_S", _non_negative_float, 5.0),
             release_margin=_read(env, "URSA_RELEASE_MARGIN", _non_negative_float, 0.0),
             search_url=_read(env, "URSA_SEARCH_URL", str, "").rstrip("/"),
+            release_min_valid=_read(env, "URSA_RELEASE_MIN_VALID", _non_negative_int, 20),
         )
 
     @property
