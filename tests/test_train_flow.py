@@ -83,8 +83,9 @@ def test_missing_pretrained_weights_give_a_clear_message_not_a_traceback(
     missing = str(tmp_path / "resnet18.pth")
     code = main(["train", "--dataset", manifest, "--pretrained", "--weights", missing])
     assert code == 2
-    out = capsys.readouterr().out
-    assert "resnet18.pth" in out and "--if-no-weights scratch" in out
+    err = capsys.readouterr().err
+    assert err.startswith("ursa: error: Pretrained weights for 'resnet18' were not found")
+    assert "resnet18.pth" in err and "--if-no-weights scratch" in err
 
 
 def test_default_grid_runs_trials_side_by_side_and_logs_its_time(manifest: str) -> None:
