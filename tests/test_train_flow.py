@@ -85,8 +85,9 @@ def test_missing_pretrained_weights_give_a_clear_message_not_a_traceback(
     missing = str(tmp_path / "resnet18.pth")
     code = main(["train", "--dataset", manifest, "--pretrained", "--weights", missing])
     assert code == 2
-    out = capsys.readouterr().out
-    assert "resnet18.pth" in out and "--if-no-weights scratch" in out
+    err = capsys.readouterr().err
+    assert err.startswith("ursa: error: Pretrained weights for 'resnet18' were not found")
+    assert "resnet18.pth" in err and "--if-no-weights scratch" in err
 
 
 def test_a_one_class_dataset_is_refused_before_training_naming_its_classes(

@@ -8,7 +8,6 @@ values given are checked against the flows' parameter annotations before anythin
 from __future__ import annotations
 
 import argparse
-import inspect
 import os
 import sys
 from dataclasses import replace
@@ -17,7 +16,9 @@ from typing import Any
 
 from ursa.offline import set_offline_defaults  # noqa: E402
 
-set_offline_defaults()  # before Prefect and MLflow are imported
+# Before Prefect and MLflow are imported. Prefect gives its temporary server 20 s to start,
+# which a busy machine misses.
+set_offline_defaults(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="90")
 
 from rich.console import Console  # noqa: E402
 
@@ -79,21 +80,28 @@ def _serve_target(args: argparse.Namespace, settings: Settings) -> None:
         )
 
 
-def run_flow(flow: Any, args: argparse.Namespace, settings: Settings, **filled: Any) -> Any:
-    """Run ``flow`` with the options given (plus ``filled``), once they pass its checks.
+def checked_arguments(args: argparse.Namespace, **filled: Any) -> dict[str, Any]:
+    """The options given for the command's flow (plus ``filled``), checked against the flow's
+    parameter annotations, read from its source: a typo costs no import of the flow."""
+    from ursa.parameters import check_arguments, flow_parameters
 
-    Quiet: Prefect's and MLflow's INFO logs go to the data folder's log file (``-v``: the
-    console too). The first line says which Prefect server and MLflow store the run reports to.
-    """
-    from ursa.logs import route_logs
-    from ursa.parameters import check_arguments
-
-    names = inspect.signature(flow.fn).parameters
+    module, flow = FLOWS[args.command]
+    names = flow_parameters(module, flow)
     arguments = {k: v for k, v in vars(args).items() if k in names} | filled
-    check_arguments(flow, arguments, args.option_names, args.command)
+    check_arguments(module, flow, arguments, args.option_names, args.command)
+    return arguments
+
+
+def run_flow(
+    flow: Any, arguments: dict[str, Any], args: argparse.Namespace, settings: Settings
+) -> Any:
+    """Run ``flow`` quietly: Prefect's and MLflow's INFO logs go to the data folder's log file
+    (``-v``: the console too). The first line says where the run reports to."""
+    from ursa.logs import route_logs
+
     log_file = settings.data_dir / "logs" / "ursa.log"
     route_logs(log_file, args.verbose, _debug(args))
-    console.print(f"[dim]{reporting_to(settings)}; logs in {log_file}[/dim]")
+    console.print(f"[dim]{reporting_to(settings)}; logs in {log_file}[/dim]", soft_wrap=True)
     return flow(**arguments)
 
 
@@ -175,10 +183,11 @@ def cmd_urls(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
+    _source(args)
+    arguments = checked_arguments(args)
     from flows.ingest import ingest
 
-    _source(args)
-    result = run_flow(ingest, args, settings)
+    result = run_flow(ingest, arguments, args, settings)
     from rich.table import Table
 
     table = Table(title="URL outcomes")
@@ -203,15 +212,15 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
+    arguments = checked_arguments(args) | {"dataset_manifest": _dataset(args, settings)}
     from flows.train import train
     from tasks.leaderboard import leaderboard
     from tasks.train import TrainConfig, resolve_weights
 
-    dataset = _dataset(args, settings)
-    if getattr(args, "pretrained", False):  # missing weights: say so before anything starts
-        given = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
+    if arguments.get("pretrained"):  # missing weights: say so before anything starts
+        given = {k: v for k, v in arguments.items() if k in TrainConfig.__dataclass_fields__}
         resolve_weights(TrainConfig(**given))
-    result = run_flow(train, args, settings, dataset_manifest=dataset)
+    result = run_flow(train, arguments, args, settings)
     for w in result.warnings:
         console.print(f"[yellow]warning:[/yellow] {w}")
     for t in leaderboard(result.trials):
@@ -230,19 +239,21 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_sgd(args: argparse.Namespace, settings: Settings) -> int:
+    arguments = checked_arguments(args)
     from flows.sgd import sgd_from_scratch
 
-    run_flow(sgd_from_scratch, args, settings)
+    run_flow(sgd_from_scratch, arguments, args, settings)
     return 0
 
 
 def cmd_release(args: argparse.Namespace, settings: Settings) -> int:
-    from flows.release import release
-
+    model_uri = getattr(args, "model_uri", "") or _latest_model_uri(settings)
     dataset = _dataset(args, settings)
     _serve_target(args, settings)
-    model_uri = getattr(args, "model_uri", "") or _latest_model_uri(settings)
-    outcome = run_flow(release, args, settings, model_uri=model_uri, dataset_manifest=dataset)
+    arguments = checked_arguments(args, model_uri=model_uri, dataset_manifest=dataset)
+    from flows.release import release
+
+    outcome = run_flow(release, arguments, args, settings)
     r = outcome.release
     console.print(
         f"{r.model_name} v{r.candidate_version}: {'promoted' if r.promoted else 'not promoted'} "
@@ -266,10 +277,11 @@ def _latest_model_uri(settings: Settings) -> str:
 
 
 def cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
+    _serve_target(args, settings)
+    arguments = checked_arguments(args)
     from flows.rollback import rollback
 
-    _serve_target(args, settings)
-    outcome = run_flow(rollback, args, settings)
+    outcome = run_flow(rollback, arguments, args, settings)
     r = outcome.rollback
     served = f"; served v{outcome.deploy.served_version}" if outcome.deploy else ""
     console.print(
@@ -280,11 +292,12 @@ def cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_pipeline(args: argparse.Namespace, settings: Settings) -> int:
-    from flows.pipeline import pipeline
-
     _source(args)
     _serve_target(args, settings)
-    result = run_flow(pipeline, args, settings)
+    arguments = checked_arguments(args)
+    from flows.pipeline import pipeline
+
+    result = run_flow(pipeline, arguments, args, settings)
     r = result.release.release
     console.print(f"champion: {r.model_name} v{r.champion_version} ({r.reason})")
     if result.clean is not None:
@@ -293,9 +306,10 @@ def cmd_pipeline(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_clean(args: argparse.Namespace, settings: Settings) -> int:
+    arguments = checked_arguments(args) | {"dataset_manifest": _dataset(args, settings)}
     from flows.clean import clean
 
-    result = run_flow(clean, args, settings, dataset_manifest=_dataset(args, settings))
+    result = run_flow(clean, arguments, args, settings)
     from ursa.ranking import read_ranking
 
     ranked, _ = read_ranking(settings.data_dir)
@@ -683,7 +697,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         where = write_traceback(exc, logs)
         print(
-            f"ursa: internal error: {type(exc).__name__}: {one_line(exc)[:300]}. "
+            f"ursa: internal error: {type(exc).__name__}: {one_line(exc)[:300].rstrip('.')}. "
             f"The full traceback is in {where}; rerun with --debug to see it here.",
             file=sys.stderr,
         )

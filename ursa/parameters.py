@@ -18,27 +18,52 @@ from ursa.errors import UsageError
 
 
 def check_arguments(
-    flow: Any, arguments: dict[str, Any], options: dict[str, str], command: str
+    module: str, flow: str, arguments: dict[str, Any], options: dict[str, str], command: str
 ) -> None:
     """Validate ``arguments`` against the flow's parameter annotations with pydantic, as
     Prefect does when the run starts. ``options`` names each parameter's command-line option."""
     from pydantic import TypeAdapter, ValidationError
 
-    hints = typing.get_type_hints(flow.fn, include_extras=True)
+    annotations = flow_annotations(module, flow)
     for name, value in arguments.items():
+        if name not in annotations:
+            continue
         try:
-            TypeAdapter(hints[name]).validate_python(value)
+            TypeAdapter(annotations[name]).validate_python(value)
         except ValidationError as exc:
             problem = exc.errors()[0]["msg"]
-            shown = (
-                ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
-                if (isinstance(value, list))
-                else value
-            )
             raise UsageError(
-                f"{options.get(name, name)} {shown}: {problem[:1].lower()}{problem[1:]}",
+                f"{options.get(name, name)} {_shown(value)}: {problem[:1].lower()}{problem[1:]}",
                 f"Give a value in range (see 'ursa {command} --help')",
             ) from None
+
+
+def flow_annotations(module: str, flow: str) -> dict[str, Any]:
+    """The flow's parameter annotations, evaluated from its source (see
+    :func:`flow_parameters` for why): the typing and pydantic names a flow signature uses, and
+    constants looked up as for defaults. A parameter naming anything else is left out, and
+    the flow checks it when it starts."""
+    from typing import Annotated, Literal
+
+    from pydantic import Field
+
+    known = {"Annotated": Annotated, "Literal": Literal, "Field": Field, "None": None}
+    known |= {t.__name__: t for t in (int, float, str, bool, list, dict, tuple)}
+    annotations = {}
+    node = _flow_node(module, flow)
+    for arg in node.args.args + node.args.kwonlyargs if node else []:
+        if arg.annotation is None:
+            continue
+        namespace = dict(known)
+        names = {n.id for n in ast.walk(arg.annotation) if isinstance(n, ast.Name)} - set(known)
+        for name in names:
+            value = _value(ast.Name(name), module)
+            namespace[name] = tuple(value) if isinstance(value, list) else value
+        if any(namespace[name] is None for name in names):
+            continue
+        expression = ast.Expression(arg.annotation)
+        annotations[arg.arg] = eval(compile(expression, module, "eval"), {}, namespace)
+    return annotations
 
 
 class Parameter(typing.NamedTuple):
@@ -53,17 +78,24 @@ def flow_parameters(module: str, flow: str) -> dict[str, Parameter]:
     ``ursa train --help`` should not wait for that. A default or a ``Literal`` that names a
     constant is looked up in the module, or an import or two away.
     """
+    node = _flow_node(module, flow)
+    if node is None:
+        return {}
+    args = node.args.args + node.args.kwonlyargs
+    defaults = [None] * (len(node.args.args) - len(node.args.defaults))
+    defaults += list(node.args.defaults) + list(node.args.kw_defaults)
+    return {
+        a.arg: Parameter(_shown(_value(d, module)), _choices(a.annotation, module))
+        for a, d in zip(args, defaults, strict=True)
+    }
+
+
+def _flow_node(module: str, flow: str) -> ast.FunctionDef | None:
     tree = _module_tree(module)
     for node in tree.body if tree else []:
         if isinstance(node, ast.FunctionDef) and node.name == flow:
-            args = node.args.args + node.args.kwonlyargs
-            defaults = [None] * (len(node.args.args) - len(node.args.defaults))
-            defaults += list(node.args.defaults) + list(node.args.kw_defaults)
-            return {
-                a.arg: Parameter(_shown(_value(d, module)), _choices(a.annotation, module))
-                for a, d in zip(args, defaults, strict=True)
-            }
-    return {}
+            return node
+    return None
 
 
 def _choices(annotation: ast.expr | None, module: str) -> tuple[str, ...] | None:
@@ -111,6 +143,8 @@ def _value(node: ast.expr | None, module: str, depth: int = 0) -> Any:
 def _shown(value: Any) -> str:
     if value is None or value == "":
         return ""
+    if isinstance(value, str):
+        return value
     if isinstance(value, bool):
         return "on" if value else "off"
     if isinstance(value, list | tuple):

@@ -6,8 +6,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import httpx
-
 
 class ServiceDidNotStart(RuntimeError):
     pass
@@ -17,6 +15,8 @@ def wait_until_healthy(
     process: subprocess.Popen, url: str, name: str, log: Path, timeout_s: float = 120.0
 ) -> None:
     """Poll ``url`` until it answers 200; fail at once, naming the log, if ``process`` exits."""
+    import httpx  # here: the CLI imports this module to read the stack's state, in a hurry
+
     deadline = time.monotonic() + timeout_s
     while True:
         if process.poll() is not None:

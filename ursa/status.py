@@ -101,12 +101,14 @@ def mlflow_status(settings: Settings) -> tuple[dict[str, Any] | None, list[dict[
             }
     try:
         found = client.search_model_versions(f"name = '{settings.model_name}'")
+        # The registered model holds the aliases; search results may leave them out.
+        aliases = client.get_registered_model(settings.model_name).aliases if found else {}
     except MlflowException:
-        found = []
+        found, aliases = [], {}
     versions = [
         {
             "version": str(v.version),
-            "aliases": sorted(v.aliases),
+            "aliases": sorted(a for a, n in aliases.items() if str(n) == str(v.version)),
             "registered": _when(v.creation_timestamp),
             "val_accuracy": v.tags.get("ursa.val_accuracy", ""),
             "gate": v.tags.get("ursa.gate", ""),
@@ -140,7 +142,8 @@ def _when(millis: int | None) -> str:
 
 def print_status(report: dict[str, Any], console: Console) -> None:
     """The report for a person: one section per question, with the next step where empty."""
-    console.print(f"[bold]Data folder[/bold]  {report['data_dir']}", highlight=False)
+    console = Console(soft_wrap=True, highlight=False, file=console.file)  # a line per fact
+    console.print(f"[bold]Data folder[/bold]  {report['data_dir']}")
     if not report["data_dir_exists"]:
         console.print("  (does not exist yet: 'ursa ingest SOURCE' creates it)")
     d = report["dataset"]
@@ -149,8 +152,7 @@ def print_status(report: dict[str, Any], console: Console) -> None:
     else:
         console.print(
             f"[bold]Dataset[/bold]      {d['digest'][:12]}  {len(d['classes'])} classes, "
-            f"{d['n_train']} train / {d['n_valid']} valid images  ({d['manifest']})",
-            highlight=False,
+            f"{d['n_train']} train / {d['n_valid']} valid images  ({d['manifest']})"
         )
         for label, n in d["images"].items():
             console.print(f"  {label:<20} {n['train']:>6} train {n['valid']:>6} valid")
@@ -158,10 +160,9 @@ def print_status(report: dict[str, Any], console: Console) -> None:
         console.print(
             f"  ledger: {ledger['path']} (digest {ledger['digest'][:12]})"
             if ledger
-            else "  ledger: none applied",
-            highlight=False,
+            else "  ledger: none applied"
         )
-    console.print(f"[bold]MLflow[/bold]       {report['tracking_uri']}", highlight=False)
+    console.print(f"[bold]MLflow[/bold]       {report['tracking_uri']}")
     s = report["last_sweep"]
     if s is None:
         console.print("[bold]Last sweep[/bold]   none yet: run 'ursa train'")
@@ -172,9 +173,9 @@ def print_status(report: dict[str, Any], console: Console) -> None:
             if s["best_trial"] and accuracy is not None
             else f"no best trial ({s['state']})"
         )
-        console.print(f"[bold]Last sweep[/bold]   {s['started']}  {best}", highlight=False)
+        console.print(f"[bold]Last sweep[/bold]   {s['started']}  {best}")
         if s["excluded"] and s["excluded"] != "none":
-            console.print(f"  excluded: {s['excluded']}", highlight=False)
+            console.print(f"  excluded: {s['excluded']}")
     if not report["versions"]:
         console.print(f"[bold]Model[/bold]        {report['model_name']}: no version registered")
     else:
