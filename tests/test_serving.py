@@ -7,15 +7,18 @@ small images is a product decision that ``open_image(min_side=...)`` can make la
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import io
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import mlflow
 import numpy as np
 import pytest
@@ -644,12 +647,142 @@ def test_serving_settings_come_from_the_environment() -> None:
         "URSA_POLL_INTERVAL_S": "0",
         "URSA_CORS_ORIGINS": "https://a.example, https://b.example/",
         "URSA_RELEASE_MARGIN": "0.02",
+        "URSA_MAX_QUEUE": "0",
+        "URSA_REQUEST_TIMEOUT_S": "2.5",
     }
     settings = Settings.from_env(env)
     assert (settings.batch_max_size, settings.batch_max_wait_ms) == (8, 2.5)
     assert settings.poll_interval_s == 0
     assert settings.cors_origins == ("https://a.example", "https://b.example")
     assert settings.release_margin == 0.02
-    for key, bad in (("URSA_BATCH_MAX_SIZE", "0"), ("URSA_BATCH_MAX_WAIT_MS", "-1")):
+    assert (settings.max_queue, settings.request_timeout_s) == (0, 2.5)  # 0: no bound
+    assert Settings.from_env({}).max_queue is None  # unset: sized from the answer rate
+    for key, bad in (
+        ("URSA_BATCH_MAX_SIZE", "0"),
+        ("URSA_BATCH_MAX_WAIT_MS", "-1"),
+        ("URSA_MAX_QUEUE", "-1"),
+        ("URSA_REQUEST_TIMEOUT_S", "nan"),
+    ):
         with pytest.raises(ValueError, match=key):
             Settings.from_env({key: bad})
+
+
+# -- load shedding over HTTP --------------------------------------------------------------
+
+
+class HeldPackage:
+    """The real package, but every batch waits until ``release`` is set."""
+
+    def __init__(self, real: object) -> None:
+        self.real = real
+        self.classes = real.classes
+        self.meta = real.meta
+        self.release = threading.Event()
+
+    def probabilities(self, images: list[Image.Image]) -> np.ndarray:
+        self.release.wait(60)
+        return self.real.probabilities(images)
+
+
+@contextlib.contextmanager
+def held_server(registry: Registry, **changes: object) -> Iterator[tuple[LiveServer, HeldPackage]]:
+    """A server of its own whose batches wait for the test to release them."""
+    registry.crown("1")
+    with LiveServer(create_app(registry.settings(**changes))) as server:
+        holder = server.app.state.holder
+        held = HeldPackage(holder.current.package)
+        holder._current = dataclasses.replace(holder.current, package=held)
+        try:
+            yield server, held
+        finally:
+            held.release.set()
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.01)
+
+
+def post_image(client: httpx.Client) -> httpx.Response:
+    return client.post("/predict", content=image_bytes(), headers={"content-type": "image/png"})
+
+
+def shed_count(server: LiveServer, reason: str) -> float:
+    with server.client() as client:
+        text = client.get("/metrics").text
+    series = f'ursa_shed_requests_total{{reason="{reason}"}} '
+    return float(next(line for line in text.splitlines() if line.startswith(series)).split()[-1])
+
+
+def check_overloaded(response: httpx.Response, reason: str) -> None:
+    assert response.status_code == 503, response.text
+    assert response.json()["reason"] == reason and response.json()["error"]
+    assert int(response.headers["retry-after"]) >= 1
+
+
+def test_a_full_queue_refuses_at_once_with_retry_after(registry: Registry) -> None:
+    with (
+        held_server(registry, max_queue=1, request_timeout_s=0) as (server, held),
+        ThreadPoolExecutor(1) as pool,
+    ):
+        admission = server.app.state.admission
+        first = pool.submit(post_image, server.client())
+        wait_until(lambda: admission.in_flight == 1, "the first request to take the place")
+        # Answered while the first request still holds the only place: nothing waited.
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            check_overloaded(post_image(client), "queue_full")
+        assert not first.done()
+        held.release.set()
+        check_prediction(first.result(timeout=60).json(), version="1")
+        assert shed_count(server, "queue_full") == 1
+        assert shed_count(server, "deadline") == 0
+        with server.client() as client:
+            text = client.get("/metrics").text
+        assert 'ursa_http_requests_total{method="POST",route="/predict",status="503"} 1.0' in text
+
+
+def test_a_request_past_its_deadline_is_refused(registry: Registry) -> None:
+    with held_server(registry, max_queue=0, request_timeout_s=0.5) as (server, held):
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            check_overloaded(post_image(client), "deadline")
+        assert not held.release.is_set()  # refused while its batch was still running
+        assert shed_count(server, "deadline") == 1
+        held.release.set()
+        assert_healthy(server)  # the abandoned batch's answer went nowhere
+
+
+def test_health_is_answered_during_a_burst(registry: Registry) -> None:
+    burst, places = 60, 8
+
+    async def burst_and_probe(server: LiveServer, held: HeldPackage) -> list[httpx.Response]:
+        limits = httpx.Limits(max_connections=burst + 2)
+        async with httpx.AsyncClient(base_url=server.url, timeout=60, limits=limits) as client:
+            sent = [
+                asyncio.ensure_future(
+                    client.post(
+                        "/predict", content=image_bytes(), headers={"content-type": "image/png"}
+                    )
+                )
+                for _ in range(burst)
+            ]
+            deadline = time.monotonic() + 60
+            while sum(task.done() for task in sent) < burst - places:
+                assert time.monotonic() < deadline, "the refusals did not come"
+                await asyncio.sleep(0.01)
+            # The queue is full and its requests wait on the model: the probes must not.
+            assert (await client.get("/healthz")).status_code == 200
+            assert (await client.get("/readyz")).status_code == 200
+            assert sum(task.done() for task in sent) == burst - places  # still held
+            held.release.set()
+            return await asyncio.gather(*sent)
+
+    with held_server(registry, max_queue=places, request_timeout_s=0) as (server, held):
+        responses = asyncio.run(burst_and_probe(server, held))
+        statuses = sorted(r.status_code for r in responses)
+        assert statuses == [200] * places + [503] * (burst - places)
+        for response in responses:
+            if response.status_code == 503:
+                check_overloaded(response, "queue_full")
+        assert shed_count(server, "queue_full") == burst - places
