@@ -16,6 +16,7 @@ from tasks.manifest import load_dataset
 from tasks.policies import HOUR
 from tasks.tracking import experiment_id
 from tasks.train import TrainConfig
+from ursa.images import ResizePolicy
 from ursa.settings import Settings
 
 
@@ -34,6 +35,7 @@ def clean(
     lr: float = 3e-3,
     arch: str = "resnet18",
     image_size: int = 32,
+    resize: ResizePolicy = "squash",
     batch_size: int = 64,
     seed: int = 0,
     review: str = "",
@@ -44,7 +46,9 @@ def clean(
     settings = Settings.from_env()
     dataset = load_dataset(dataset_manifest or settings.data_dir / "datasets" / "dataset.csv")
     check_dataset_task(dataset, need_valid=False)  # folds cut train and valid alike
-    config = TrainConfig(arch=arch, image_size=image_size, batch_size=batch_size, seed=seed)
+    config = TrainConfig(
+        arch=arch, image_size=image_size, resize=resize, batch_size=batch_size, seed=seed
+    )
     ranking = rank_task(dataset, folds, lr, epochs, config)
     run_id = log_ranking_task(ranking, experiment_id(settings), settings.data_dir)
     url = review_url(settings, review)

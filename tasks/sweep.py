@@ -33,11 +33,11 @@ from tasks.train import (
     diagnose_fit,
     evaluate,
     load_tensors,
-    resolve_weights,
     run_trial,
     tensor_cache,
 )
 from tasks.trial_report import diagnosis_tags
+from tasks.weights import resolve_weights
 from ursa.package import log_package
 
 
@@ -68,6 +68,8 @@ def start_sweep(
     run = mlflow.start_run(experiment_id=experiment_id, run_name=f"sweep {dataset.digest[:8]}")
     try:
         mlflow.set_tags({"ursa.role": "sweep", WARNINGS_TAG: warnings_tag(warnings)})
+        if extra and "recipe" in extra:
+            mlflow.set_tag("ursa.recipe", extra["recipe"])
         mlflow.log_params(
             {
                 **asdict(config),
@@ -200,6 +202,7 @@ def log_best_model(
         "arch": config.arch,
         "classes": list(data.classes),
         "image_size": config.image_size,
+        "resize": config.resize,
         "mean": list(MEAN),
         "std": list(STD),
         "metrics": {"val_accuracy": accuracy, "val_loss": best.val_loss},

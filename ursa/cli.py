@@ -22,7 +22,9 @@ set_offline_defaults(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="90")
 
 from rich.console import Console  # noqa: E402
 
+from tasks.recipes import AUGMENTATIONS, RECIPES  # noqa: E402
 from ursa.errors import UsageError, one_line, user_fixable, write_traceback  # noqa: E402
+from ursa.images import RESIZE_POLICIES  # noqa: E402
 from ursa.settings import Settings  # noqa: E402
 
 console = Console()
@@ -211,15 +213,30 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _arch(name: str) -> str:
+    from tasks.architectures import check_arch
+
+    try:
+        return check_arch(name)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     arguments = checked_arguments(args) | {"dataset_manifest": _dataset(args, settings)}
     from flows.train import train
     from tasks.leaderboard import leaderboard
-    from tasks.train import TrainConfig, resolve_weights
+    from tasks.recipes import DEFAULT_RECIPE, RECIPES, recipe_values
 
-    if arguments.get("pretrained"):  # missing weights: say so before anything starts
-        given = {k: v for k, v in arguments.items() if k in TrainConfig.__dataclass_fields__}
-        resolve_weights(TrainConfig(**given))
+    given = {k: arguments.get(k) for k in RECIPES[DEFAULT_RECIPE].__dataclass_fields__}
+    values, _ = recipe_values(arguments.get("recipe", DEFAULT_RECIPE), given)
+    if values["pretrained"] and arguments.get("if_no_weights") != "scratch":
+        from tasks.weights import pretrained_weights_file
+
+        # Missing weights: say so (or download them) before any flow starts.
+        pretrained_weights_file(
+            values["arch"], arguments.get("weights_path", ""), settings.weights_mirror
+        )
     result = run_flow(train, arguments, args, settings)
     for w in result.warnings:
         console.print(f"[yellow]warning:[/yellow] {w}")
@@ -519,10 +536,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fresh", action="store_true", help="fetch every URL again instead of resuming")
     p.set_defaults(func=cmd_ingest)
 
+    # Options a recipe chooses default to None: not given, the recipe's value applies.
     def sweep_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--recipe",
+            choices=tuple(RECIPES),
+            help="defaults for every option below: digits (small scans, resnet18 at 32 px "
+            "from scratch) or photos (lesson 2: resnet34 pretrained at 224 px, lr from "
+            "lr_find, photo augmentation, cropped to the square)",
+        )
         p.add_argument("--lr", dest="lrs", type=_floats, help="learning rates, comma-separated")
         p.add_argument("--epochs", type=_ints, help="epoch counts, comma-separated")
-        p.add_argument("--arch", choices=["resnet18", "resnet34"])
+        p.add_argument(
+            "--arch",
+            type=_arch,
+            metavar="NAME",
+            help="any torchvision classification model: resnet18 (digits), resnet34 "
+            "(photos), resnet50, convnext_tiny, efficientnet_b0, mobilenet_v3_large, ...",
+        )
+        p.add_argument(
+            "--pretrained",
+            action=argparse.BooleanOptionalAction,
+            help="start from pretrained ImageNet weights: a local file, torchvision's cache, "
+            "or downloaded into it (photos: yes)",
+        )
 
     p = sub.add_parser("train", help="sweep learning rates x epochs, tracked in MLflow")
     p.add_argument(
@@ -534,11 +571,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, help="training resolution in px")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--seed", type=int)
-    p.add_argument(
-        "--pretrained",
-        action="store_true",
-        help="start from pretrained weights (a local file or torchvision's cache)",
-    )
     p.add_argument("--weights", dest="weights_path", help="local state_dict file for --pretrained")
     p.add_argument(
         "--if-no-weights",
@@ -547,9 +579,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--freeze-epochs", type=int, help="head-only epochs (pretrained)")
     p.add_argument(
-        "--no-augment", dest="augment", action="store_false", help="turn batch augmentation off"
+        "--augment", action=argparse.BooleanOptionalAction, help="augment training batches"
     )
-    p.add_argument("--flip", action="store_true", help="also flip images horizontally")
+    p.add_argument(
+        "--augmentation", choices=AUGMENTATIONS, help="augmentation style (the recipe's name)"
+    )
+    p.add_argument(
+        "--flip",
+        action=argparse.BooleanOptionalAction,
+        help="also flip images horizontally (photos: yes)",
+    )
+    p.add_argument(
+        "--resize",
+        choices=RESIZE_POLICIES,
+        help="how pictures become squares: squash (digits), crop (photos) or pad",
+    )
     p.add_argument(
         "--compile",
         action="store_true",
@@ -560,9 +604,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--mode", help="every lr x epochs pair, or successive halving with epochs as the budget"
     )
     p.add_argument("--eta", type=int, help="halving: keep the best 1/eta per rung")
-    p.add_argument("--lr-find", action="store_true", help="run the learning-rate finder first")
     p.add_argument(
-        "--centre-lrs", action="store_true", help="centre the --lr grid on lr_find's suggestion"
+        "--lr-find",
+        action=argparse.BooleanOptionalAction,
+        help="run the learning-rate finder first (photos: yes)",
+    )
+    p.add_argument(
+        "--centre-lrs",
+        action=argparse.BooleanOptionalAction,
+        help="centre the --lr grid on lr_find's suggestion (photos: yes)",
     )
     p.add_argument("--runner", help="trials in threads of this process or on Dask")
     p.add_argument(
@@ -619,8 +669,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folds", type=int, help="k of the k-fold")
     p.add_argument("--epochs", type=int, help="epochs per fold model")
     p.add_argument("--lr", type=float, help="learning rate")
-    p.add_argument("--arch", choices=["resnet18", "resnet34"])
+    p.add_argument("--arch", type=_arch, metavar="NAME")
     p.add_argument("--image-size", type=int, help="training resolution in px")
+    p.add_argument("--resize", choices=RESIZE_POLICIES)
     p.add_argument("--seed", type=int)
     p.add_argument(
         "--review-url", dest="review", help="review page to link (default: the server's /review)"

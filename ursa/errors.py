@@ -21,7 +21,7 @@ class UsageError(Exception):
 USER_FIXABLE = (
     ("ursa.settings", "SettingsError"),
     ("ursa.stack", "PortBusy"),
-    ("tasks.train", "WeightsUnavailable"),
+    ("tasks.weights", "WeightsUnavailable"),
     ("tasks.data_checks", "DatasetUnusable"),
     ("tasks.urls", "SearchGaveUp"),
     ("tasks.image_search", "SearchError"),

@@ -78,6 +78,16 @@ def _origins(raw: str) -> tuple[str, ...]:
 _origins.__name__ = "comma-separated origin list"
 
 
+def _base_url(raw: str) -> str:
+    scheme, _, rest = raw.partition("://")
+    if scheme not in ("http", "https") or not rest.strip("/"):
+        raise ValueError("expected http(s)://host[:port][/path]")
+    return raw.rstrip("/")
+
+
+_base_url.__name__ = "http(s) base URL"
+
+
 @dataclass(frozen=True)
 class Settings:
     data_dir: Path = Path("ursa-data")
@@ -108,6 +118,8 @@ class Settings:
     release_min_valid: int = 20
     # Where people browse MLflow: links in Prefect artifacts point there ("" when unknown).
     mlflow_ui_url: str = ""
+    # A base URL replacing torchvision's weights host (download.pytorch.org); "" for none.
+    weights_mirror: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -138,6 +150,7 @@ class Settings:
             release_margin=_read(env, "URSA_RELEASE_MARGIN", _non_negative_float, 0.0),
             search_url=_read(env, "URSA_SEARCH_URL", str, "").rstrip("/"),
             release_min_valid=_read(env, "URSA_RELEASE_MIN_VALID", _non_negative_int, 20),
+            weights_mirror=_read(env, "URSA_WEIGHTS_MIRROR", _base_url, ""),
         )
 
     @property
