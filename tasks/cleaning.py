@@ -36,16 +36,15 @@ from prefect.cache_policies import NONE
 
 from tasks.grids import image_grid
 from tasks.manifest import Dataset, ImageRow, read_rows
+from tasks.pixels import image_array
 from tasks.progress import progress
+from tasks.tensor_cache import Tensors, load_tensors, tensor_cache
 from tasks.train import (
-    Tensors,
     TrainConfig,
     Trial,
     _inputs,
     device_for_training,
     fit,
-    load_tensors,
-    tensor_cache,
 )
 from ursa.ranking import RankedImage, ranking_paths, read_ranking, write_ranking
 from ursa.settings import Settings
@@ -101,16 +100,12 @@ def probabilities(
 
 
 def _decode(rows: list[ImageRow], data_dir: Path, size: int) -> torch.Tensor:
-    """uint8 (N, 3, size, size), resized as :func:`tasks.train.tensor_cache` does."""
-    if not rows:
-        return torch.zeros((0, 3, size, size), dtype=torch.uint8)
-    images = [
-        np.asarray(
-            Image.open(data_dir / r.image_path).convert("RGB").resize((size, size), Image.BILINEAR)
-        )
-        for r in rows
-    ]
-    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+    """uint8 (N, 3, size, size), decoded as the training cache is (:func:`image_array`),
+    straight into one tensor: no list of arrays beside it."""
+    out = torch.empty((len(rows), 3, size, size), dtype=torch.uint8)
+    for i, r in enumerate(rows):
+        out[i] = torch.from_numpy(image_array(data_dir / r.image_path, size)).permute(2, 0, 1)
+    return out
 
 
 def out_of_sample(
