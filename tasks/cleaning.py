@@ -38,15 +38,13 @@ from tasks.grids import image_grid
 from tasks.manifest import Dataset, ImageRow, read_rows
 from tasks.progress import progress
 from tasks.splits import fold_of
+from tasks.tensor_cache import Tensors, load_tensors, tensor_cache
 from tasks.train import (
-    Tensors,
     TrainConfig,
     Trial,
     _inputs,
     device_for_training,
     fit,
-    load_tensors,
-    tensor_cache,
 )
 from ursa.images import input_pixels
 from ursa.ranking import RankedImage, ranking_paths, read_ranking, write_ranking
@@ -85,11 +83,13 @@ def probabilities(
 
 
 def _decode(rows: list[ImageRow], data_dir: Path, size: int, resize: str) -> torch.Tensor:
-    """uint8 (N, 3, size, size), by the same :func:`ursa.images.input_pixels` as training."""
-    if not rows:
-        return torch.zeros((0, 3, size, size), dtype=torch.uint8)
-    images = [input_pixels(data_dir / r.image_path, size, resize) for r in rows]
-    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+    """uint8 (N, 3, size, size), by the same :func:`ursa.images.input_pixels` as training,
+    straight into one tensor: no list of arrays beside it."""
+    out = torch.empty((len(rows), 3, size, size), dtype=torch.uint8)
+    for i, r in enumerate(rows):
+        pixels = input_pixels(data_dir / r.image_path, size, resize)
+        out[i] = torch.from_numpy(pixels).permute(2, 0, 1)
+    return out
 
 
 def out_of_sample(

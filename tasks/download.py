@@ -16,7 +16,6 @@ batch, never reported, is fetched again. Transient failures (timeouts, connectio
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import email.utils
 import hashlib
@@ -37,13 +36,12 @@ from yarl import URL
 
 from tasks.manifest import UrlRow, data_dir_lock
 from tasks.progress import progress as progress_bar
-from ursa.files import atomic_write_text
+from ursa.files import TEMP_PREFIX, atomic_writer, write_new_file
 from ursa.images import sniff_extension
 
 _CHUNK = 64 * 1024
 _HEAD = 16  # enough bytes for every signature that sniff_extension knows
 _MAX_BACKOFF_S = 5.0
-_TEMP_PREFIX = ".part-"
 _SPILL_BYTES = 256 * 1024  # bodies up to this stay in memory: at most concurrency x this
 JOURNAL = Path("manifests") / "urls.journal.jsonl"  # relative to the data dir
 # Statuses that may pass on a later run; every other 4xx is an answer about the URL itself.
@@ -143,7 +141,7 @@ async def download_urls_async(
     journal_path = data_dir / JOURNAL
     with data_dir_lock(data_dir, "download"):
         # Under the lock nobody else writes here: any temporary file is a killed run's.
-        for stale in raw_dir.glob(f"{_TEMP_PREFIX}*"):
+        for stale in raw_dir.glob(f"{TEMP_PREFIX}*"):
             stale.unlink(missing_ok=True)
         settled = read_journal(journal_path, data_dir) if resume else {}
         journal_path.parent.mkdir(parents=True, exist_ok=True)
@@ -317,13 +315,12 @@ def read_journal(path: Path, data_dir: Path) -> dict[str, UrlRow]:
 def write_journal(path: Path, rows: list[UrlRow]) -> None:
     """The journal of a finished run: one line per fetched URL, written atomically."""
     seen: set[str] = set()
-    lines = []
-    for row in rows:
-        if row.outcome in ("invalid_url", "duplicate_url") or row.url in seen:
-            continue
-        seen.add(row.url)
-        lines.append(_row_json(row) + "\n")
-    atomic_write_text(path, "".join(lines))
+    with atomic_writer(path) as fh:
+        for row in rows:
+            if row.outcome in ("invalid_url", "duplicate_url") or row.url in seen:
+                continue
+            seen.add(row.url)
+            fh.write(_row_json(row) + "\n")
 
 
 def _stored(data_dir: Path, raw_path: str) -> bool:
@@ -530,7 +527,7 @@ async def _save_body(
             else:
                 buffer += chunk
                 if len(buffer) > _SPILL_BYTES:  # rare: open the file here, not in a thread,
-                    fd, name = tempfile.mkstemp(dir=raw_dir, prefix=_TEMP_PREFIX, suffix=".tmp")
+                    fd, name = tempfile.mkstemp(dir=raw_dir, prefix=TEMP_PREFIX, suffix=".tmp")
                     tmp = Path(name)  # so that a cancellation always knows what to remove
                     spill = os.fdopen(fd, "wb")
                     spill.write(buffer)
@@ -548,7 +545,7 @@ async def _save_body(
             # Content-addressed: the same bytes land on the same name, so replacing is harmless.
             os.replace(tmp, raw_dir / name)
         else:
-            _write_new_file(os.path.join(raw_dir, name), buffer)
+            write_new_file(os.path.join(raw_dir, name), buffer)
         kept = True
         return _result(
             row,
@@ -563,26 +560,6 @@ async def _save_body(
             spill.close()
         if tmp is not None and not kept:  # every other path, cancellation included
             tmp.unlink(missing_ok=True)
-
-
-def _write_new_file(target: str, data: bytes | bytearray) -> None:
-    """Write ``target`` atomically, unless it exists: its name is the hash of these bytes.
-
-    The temporary name can be fixed: nobody else writes it (the data dir lock keeps other
-    runs out, and this function does not yield to the other downloads of this run).
-    """
-    if os.path.exists(target):
-        return
-    head, name = os.path.split(target)
-    tmp = os.path.join(head, f"{_TEMP_PREFIX}{name}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def _not_image(row: UrlRow, status: int, content_type: str, head: bytes) -> UrlRow:

@@ -15,15 +15,14 @@ from prefect import task
 from torch import nn
 
 from tasks.policies import ACCELERATOR
+from tasks.tensor_cache import Tensors, load_tensors
 from tasks.train import (
     MIN_TRAINING_BATCH,
-    Tensors,
     TrainConfig,
     _autocast,
     _batches,
     _inputs,
     device_for_training,
-    load_tensors,
     memory_format,
     seeded_model,
 )

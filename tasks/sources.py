@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import os
-import shutil
-import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,6 +13,7 @@ from pathlib import Path
 from tasks.download import read_url_lists
 from tasks.manifest import UrlRow
 from ursa.embedded import write_embedded_images
+from ursa.files import write_new_file
 from ursa.imagehost import ImageHost
 from ursa.images import sniff_extension
 
@@ -120,16 +118,7 @@ def _local_row(file: Path, label: str, raw_dir: Path) -> UrlRow:
         row.outcome, row.reason = "not_image", f"Not an image: starts with {data[:16]!r}"
         return row
     sha = hashlib.sha256(data).hexdigest()
-    target = raw_dir / f"{sha}.{ext}"
-    if not target.exists():
-        # Copy beside the target, then rename: a kill never leaves half a file under its name.
-        fd, tmp = tempfile.mkstemp(dir=raw_dir, prefix=".part-", suffix=".tmp")
-        os.close(fd)
-        try:
-            shutil.copyfile(file, tmp)
-            os.replace(tmp, target)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+    write_new_file(raw_dir / f"{sha}.{ext}", data)
     row.outcome, row.reason = "ok", f"{len(data)} bytes, local file"
     row.sha256, row.raw_path = sha, f"raw/{sha}.{ext}"
     return row

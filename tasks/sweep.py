@@ -22,6 +22,7 @@ from tasks.ledger import ledger_params
 from tasks.manifest import Dataset
 from tasks.plots import heatmap_figure
 from tasks.policies import ACCELERATOR, CPU, NETWORK
+from tasks.tensor_cache import load_tensors, tensor_cache
 from tasks.train import (
     MEAN,
     STD,
@@ -32,9 +33,7 @@ from tasks.train import (
     device_for_training,
     diagnose_fit,
     evaluate,
-    load_tensors,
     run_trial,
-    tensor_cache,
 )
 from tasks.trial_report import diagnosis_tags
 from tasks.weights import resolve_weights

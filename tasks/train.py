@@ -2,9 +2,10 @@
 ``train.py`` — ``load_tensors``, ``build_model``, ``augment``, ``train_one_epoch``,
 ``evaluate``, ``fit``, ``run_trial``. The sweep (:mod:`tasks.sweep`) is a thin layer above it.
 
-Each image is decoded once per dataset into a uint8 tensor cache at training resolution
-(:func:`tensor_cache`); every trial reads that file instead of decoding PNGs each epoch, and
-augmentation happens on whole batches of tensors (:func:`augment`), not image by image.
+Each image is decoded once per dataset into a memory-mapped uint8 cache at training
+resolution (:mod:`tasks.tensor_cache`); every trial reads it instead of decoding images each
+epoch, and augmentation happens on whole batches of tensors (:func:`augment`), not image by
+image.
 
 Fine-tuning follows lesson 2 (fast.ai's ``fine_tune``): with a pretrained backbone, the first
 ``freeze_epochs`` train only the new head (and the batch-norm layers), then everything trains
@@ -23,17 +24,16 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from tasks.architectures import check_arch, head, is_norm, layer_groups, new_model
 from tasks.diagnosis import Diagnosis, diagnose
-from tasks.manifest import Dataset, ImageRow, read_rows
 from tasks.recipes import AUGMENTATIONS
+from tasks.tensor_cache import Tensors, load_tensors
 from tasks.weights import WeightsUnavailable, local_weights_file
-from ursa.images import RESIZE_POLICIES, input_pixels
+from ursa.images import RESIZE_POLICIES
 
 # ImageNet statistics: right for pretrained backbones, harmless for models trained from scratch.
 MEAN = (0.485, 0.456, 0.406)
@@ -135,15 +135,6 @@ class TrialResult:
 
 
 @dataclass
-class Tensors:
-    classes: list[str]
-    x_train: torch.Tensor  # uint8 (N, 3, S, S)
-    y_train: torch.Tensor
-    x_valid: torch.Tensor
-    y_valid: torch.Tensor
-
-
-@dataclass
 class FitResult:
     model: nn.Module
     history: list[dict]  # one record per epoch
@@ -162,32 +153,6 @@ def memory_format(device: torch.device) -> torch.memory_format:
     convolutions want it; NCHW on CPUs, where channels_last trained resnet18 at 32 px 10-25%
     slower on one thread (measured on these 2-core machines)."""
     return torch.channels_last if device.type == "cuda" else torch.contiguous_format
-
-
-def tensor_cache(dataset: Dataset, image_size: int, resize: str = "squash") -> Path:
-    """Decode the kept images once into ``<data>/cache/<digest>-<size>-<resize>.pt``, each
-    by :func:`ursa.images.input_pixels` (as serving does); return its path."""
-    path = dataset.data_dir / "cache" / f"{dataset.digest[:16]}-{image_size}-{resize}.pt"
-    if path.exists():
-        return path
-    rows = [r for r in read_rows(Path(dataset.manifest_path), ImageRow) if r.status == "kept"]
-    index = {c: i for i, c in enumerate(dataset.classes)}
-    payload: dict = {"classes": list(dataset.classes)}
-    for split in ("train", "valid"):
-        chosen = [r for r in rows if r.split == split]
-        images = [input_pixels(dataset.data_dir / r.image_path, image_size, resize) for r in chosen]
-        x = np.stack(images) if images else np.zeros((0, image_size, image_size, 3), np.uint8)
-        payload[f"x_{split}"] = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
-        payload[f"y_{split}"] = torch.tensor([index[r.label] for r in chosen], dtype=torch.long)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-    return path
-
-
-def load_tensors(path: str | Path) -> Tensors:
-    return Tensors(**torch.load(path, weights_only=True))
 
 
 def build_model(config: TrainConfig, num_classes: int) -> nn.Module:

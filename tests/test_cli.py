@@ -196,8 +196,9 @@ def test_status_of_a_trained_data_folder(data_dir: Path, version_server: str) ->
         start_sweep,
         trial_grid,
     )
+    from tasks.tensor_cache import tensor_cache
     from tasks.tracking import experiment_id
-    from tasks.train import TrainConfig, run_trial, tensor_cache
+    from tasks.train import TrainConfig, run_trial
 
     dataset = digits_dataset(data_dir, per_class=8, classes=3)
     settings = Settings.from_env()

@@ -12,7 +12,8 @@ from PIL import Image
 from torch import nn
 
 from tasks.manifest import ImageRow, read_rows
-from tasks.train import MEAN, STD, _inputs, load_tensors, tensor_cache
+from tasks.tensor_cache import load_tensors, tensor_cache
+from tasks.train import MEAN, STD, _inputs
 from tests.datasets import photos_dataset
 from ursa.images import RESIZE_POLICIES, input_pixels, open_image
 from ursa.package import ModelPackage, preprocess

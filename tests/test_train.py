@@ -26,6 +26,7 @@ from tasks.sweep import (
     torch_threads_kept,
     trial_grid,
 )
+from tasks.tensor_cache import load_tensors, tensor_cache
 from tasks.tracking import experiment_id
 from tasks.train import (
     MEAN,
@@ -39,10 +40,8 @@ from tasks.train import (
     augment,
     build_model,
     fit,
-    load_tensors,
     run_trial,
     seeded_model,
-    tensor_cache,
     training_phases,
 )
 from tasks.weights import WeightsUnavailable, resolve_weights
