@@ -15,6 +15,7 @@ from tasks.manifest import load_dataset
 from tasks.policies import HOUR
 from tasks.tracking import experiment_id
 from tasks.train import TrainConfig
+from ursa.images import ResizePolicy
 from ursa.settings import Settings
 
 
@@ -33,6 +34,7 @@ def clean(
     lr: float = 3e-3,
     arch: str = "resnet18",
     image_size: int = 32,
+    resize: ResizePolicy = "squash",
     batch_size: int = 64,
     seed: int = 0,
     review: str = "",
@@ -42,7 +44,9 @@ def clean(
     the review page (``review``, default: the configured server's /review)."""
     settings = Settings.from_env()
     dataset = load_dataset(dataset_manifest or settings.data_dir / "datasets" / "dataset.csv")
-    config = TrainConfig(arch=arch, image_size=image_size, batch_size=batch_size, seed=seed)
+    config = TrainConfig(
+        arch=arch, image_size=image_size, resize=resize, batch_size=batch_size, seed=seed
+    )
     ranking = rank_task(dataset, folds, lr, epochs, config)
     run_id = log_ranking_task(ranking, experiment_id(settings), settings.data_dir)
     url = review_url(settings, review)

@@ -15,7 +15,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from PIL import Image
 
-from ursa.package import ModelPackage, PackageError, load_package
+from ursa.package import ModelPackage, PackageError, load_package, resize_policy
 
 ALIAS = "champion"
 
@@ -46,6 +46,7 @@ class LoadedModel:
             "run_id": self.run_id,
             "classes": self.classes,
             "image_size": self.package.meta["image_size"],
+            "resize": resize_policy(self.package.meta),
             "loaded_at": self.loaded_at.isoformat(),
         }
 

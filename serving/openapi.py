@@ -184,6 +184,7 @@ def api_schema(max_body_bytes: int, admin: bool) -> dict:
                         "run_id": {"type": "string"},
                         "classes": {"type": "array", "items": {"type": "string"}},
                         "image_size": {"type": "integer"},
+                        "resize": {"type": "string", "enum": ["squash", "crop", "pad"]},
                         "loaded_at": {"type": "string", "format": "date-time"},
                     },
                 },

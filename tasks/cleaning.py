@@ -34,6 +34,7 @@ from PIL import Image
 from prefect import task
 from prefect.cache_policies import NONE
 
+from tasks.architectures import num_classes
 from tasks.grids import image_grid
 from tasks.manifest import Dataset, ImageRow, read_rows
 from tasks.progress import progress
@@ -47,6 +48,7 @@ from tasks.train import (
     load_tensors,
     tensor_cache,
 )
+from ursa.images import input_pixels
 from ursa.ranking import RankedImage, ranking_paths, read_ranking, write_ranking
 from ursa.settings import Settings
 
@@ -96,20 +98,15 @@ def probabilities(
     for start in range(0, len(x), batch_size):
         logits = model(_inputs(x[start : start + batch_size], device))
         out.append(logits.float().softmax(1).cpu())
-    n_classes = model.fc.out_features
+    n_classes = num_classes(model)
     return torch.cat(out).numpy() if out else np.zeros((0, n_classes), np.float32)
 
 
-def _decode(rows: list[ImageRow], data_dir: Path, size: int) -> torch.Tensor:
-    """uint8 (N, 3, size, size), resized as :func:`tasks.train.tensor_cache` does."""
+def _decode(rows: list[ImageRow], data_dir: Path, size: int, resize: str) -> torch.Tensor:
+    """uint8 (N, 3, size, size), by the same :func:`ursa.images.input_pixels` as training."""
     if not rows:
         return torch.zeros((0, 3, size, size), dtype=torch.uint8)
-    images = [
-        np.asarray(
-            Image.open(data_dir / r.image_path).convert("RGB").resize((size, size), Image.BILINEAR)
-        )
-        for r in rows
-    ]
+    images = [input_pixels(data_dir / r.image_path, size, resize) for r in rows]
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
 
 
@@ -122,12 +119,12 @@ def out_of_sample(
     kept = [r for r in rows if r.status == KEPT]
     # The training tensor cache holds the kept images, train then valid, in manifest order.
     kept = [r for r in kept if r.split == "train"] + [r for r in kept if r.split == "valid"]
-    cached = load_tensors(tensor_cache(dataset, config.image_size))
+    cached = load_tensors(tensor_cache(dataset, config.image_size, config.resize))
     x = torch.cat([cached.x_train, cached.x_valid])
     y = torch.cat([cached.y_train, cached.y_valid])
     classes = list(cached.classes)
     conflicts = [r for r in rows if r.status == CONFLICT and r.label in classes]
-    x_conflicts = _decode(conflicts, dataset.data_dir, config.image_size)
+    x_conflicts = _decode(conflicts, dataset.data_dir, config.image_size, config.resize)
 
     assignment = fold_of(kept, folds, config.seed)
     probs = np.zeros((len(kept), len(classes)), dtype=np.float32)

@@ -31,11 +31,11 @@ from tasks.train import (
     diagnose_fit,
     evaluate,
     load_tensors,
-    resolve_weights,
     run_trial,
     tensor_cache,
 )
 from tasks.trial_report import diagnosis_tags
+from tasks.weights import resolve_weights
 from ursa.package import log_package
 
 
@@ -64,6 +64,8 @@ def start_sweep(
     run = mlflow.start_run(experiment_id=experiment_id, run_name=f"sweep {dataset.digest[:8]}")
     try:
         mlflow.set_tag("ursa.role", "sweep")
+        if extra and "recipe" in extra:
+            mlflow.set_tag("ursa.recipe", extra["recipe"])
         mlflow.log_params(
             {
                 **asdict(config),
@@ -203,6 +205,7 @@ def log_best_model(
         "arch": config.arch,
         "classes": list(data.classes),
         "image_size": config.image_size,
+        "resize": config.resize,
         "mean": list(MEAN),
         "std": list(STD),
         "metrics": {"val_accuracy": accuracy, "val_loss": best.val_loss},

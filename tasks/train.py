@@ -20,18 +20,20 @@ import os
 import socket
 import threading
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-import torchvision
-from PIL import Image
 from torch import nn
 
+from tasks.architectures import check_arch, head, is_norm, layer_groups, new_model
 from tasks.diagnosis import Diagnosis, diagnose
 from tasks.manifest import Dataset, ImageRow, read_rows
+from tasks.recipes import AUGMENTATIONS
+from tasks.weights import WeightsUnavailable, local_weights_file
+from ursa.images import RESIZE_POLICIES, input_pixels
 
 # ImageNet statistics: right for pretrained backbones, harmless for models trained from scratch.
 MEAN = (0.485, 0.456, 0.406)
@@ -39,7 +41,6 @@ STD = (0.229, 0.224, 0.225)
 # Training images re-scored without augmentation for the diagnosis: about as many as there
 # are validation images, within these bounds, so that both losses are estimated about as well.
 CLEAN_TRAIN_SAMPLE = (256, 1024)
-ARCHITECTURES = ("resnet18", "resnet34")
 SYSTEM_METRICS_INTERVAL = 1  # seconds between samples of a trial's CPU, memory, GPU
 IF_NO_WEIGHTS = ("fail", "scratch")
 # Discriminative rates after unfreezing (fast.ai's fine_tune): the base rate is halved, and
@@ -49,10 +50,6 @@ LAYER_GROUP_DIVISORS = (100.0, 10.0, 1.0)
 
 
 _GLOBAL_RNG = threading.Lock()
-
-
-class WeightsUnavailable(RuntimeError):
-    """Pretrained weights were asked for but are not on this machine."""
 
 
 @dataclass(frozen=True)
@@ -65,13 +62,14 @@ class TrainConfig:
     weights_path: str = ""  # a local state_dict file for the pretrained backbone
     if_no_weights: str = "fail"  # when pretrained weights are missing: "fail" or "scratch"
     freeze_epochs: int = 1  # pretrained only: epochs that train the head alone
-    augment: bool = True  # random affine + brightness/contrast, on batches of tensors
+    augment: bool = True  # random affine + lighting, on batches of tensors
+    augmentation: str = "digits"  # the augmentation style: "digits" or "photos"
     flip: bool = False  # horizontal flips: right for photos, wrong for digits and text
+    resize: str = "squash"  # how pictures become squares (ursa.images.RESIZE_POLICIES)
     compile: bool = False  # torch.compile the model (CUDA; measure first: bench_gpu.py)
 
     def __post_init__(self) -> None:
-        if self.arch not in ARCHITECTURES:
-            raise ValueError(f"TrainConfig.arch is '{self.arch}', expected one of {ARCHITECTURES}.")
+        check_arch(self.arch)
         if self.image_size < 16:
             raise ValueError(f"TrainConfig.image_size is {self.image_size}, expected >= 16.")
         if self.batch_size < 1:
@@ -83,6 +81,12 @@ class TrainConfig:
             )
         if self.freeze_epochs < 0:
             raise ValueError(f"TrainConfig.freeze_epochs is {self.freeze_epochs}, expected >= 0.")
+        for name, value, allowed in (
+            ("augmentation", self.augmentation, AUGMENTATIONS),
+            ("resize", self.resize, RESIZE_POLICIES),
+        ):
+            if value not in allowed:
+                raise ValueError(f"TrainConfig.{name} is '{value}', expected one of {allowed}.")
 
 
 @dataclass(frozen=True)
@@ -154,9 +158,10 @@ def memory_format(device: torch.device) -> torch.memory_format:
     return torch.channels_last if device.type == "cuda" else torch.contiguous_format
 
 
-def tensor_cache(dataset: Dataset, image_size: int) -> Path:
-    """Decode the kept images once into ``<data>/cache/<digest>-<size>.pt``; return its path."""
-    path = dataset.data_dir / "cache" / f"{dataset.digest[:16]}-{image_size}.pt"
+def tensor_cache(dataset: Dataset, image_size: int, resize: str = "squash") -> Path:
+    """Decode the kept images once into ``<data>/cache/<digest>-<size>-<resize>.pt``, each
+    by :func:`ursa.images.input_pixels` (as serving does); return its path."""
+    path = dataset.data_dir / "cache" / f"{dataset.digest[:16]}-{image_size}-{resize}.pt"
     if path.exists():
         return path
     rows = [r for r in read_rows(Path(dataset.manifest_path), ImageRow) if r.status == "kept"]
@@ -164,14 +169,7 @@ def tensor_cache(dataset: Dataset, image_size: int) -> Path:
     payload: dict = {"classes": list(dataset.classes)}
     for split in ("train", "valid"):
         chosen = [r for r in rows if r.split == split]
-        images = [
-            np.asarray(
-                Image.open(dataset.data_dir / r.image_path)
-                .convert("RGB")
-                .resize((image_size, image_size), Image.BILINEAR)
-            )
-            for r in chosen
-        ]
+        images = [input_pixels(dataset.data_dir / r.image_path, image_size, resize) for r in chosen]
         x = np.stack(images) if images else np.zeros((0, image_size, image_size, 3), np.uint8)
         payload[f"x_{split}"] = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
         payload[f"y_{split}"] = torch.tensor([index[r.label] for r in chosen], dtype=torch.long)
@@ -186,54 +184,25 @@ def load_tensors(path: str | Path) -> Tensors:
     return Tensors(**torch.load(path, weights_only=True))
 
 
-def resolve_weights(config: TrainConfig) -> tuple[TrainConfig, str]:
-    """Check pretrained weights up front, before any trial starts; returns (config, note).
-
-    Missing weights with ``if_no_weights="scratch"`` give a config that trains from scratch and
-    a note that says why; with ``"fail"`` they raise :class:`WeightsUnavailable`, whose message
-    names the files looked for and the two ways out.
-    """
-    if not config.pretrained:
-        return config, "trained from scratch (pretrained=False)"
-    try:
-        path = _pretrained_weights_file(config)
-    except WeightsUnavailable as exc:
-        if config.if_no_weights == "scratch":
-            return replace(config, pretrained=False), f"trained from scratch: {exc}"
-        raise
-    return config, f"fine-tuned from pretrained weights {path}"
-
-
-def _pretrained_weights_file(config: TrainConfig) -> Path:
-    weights = torchvision.models.get_model_weights(config.arch).DEFAULT
-    candidates = [Path(config.weights_path)] if config.weights_path else []
-    candidates.append(Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name)
-    for path in candidates:
-        if path.is_file():
-            return path
-    raise WeightsUnavailable(
-        f"Pretrained weights for '{config.arch}' were not found at "
-        f"{', '.join(str(p) for p in candidates)}. This machine cannot download them: put the "
-        f"file there, pass a local file as weights_path (--weights), train with "
-        f"pretrained=False, or choose if_no_weights='scratch' (--if-no-weights scratch) to fall "
-        f"back to training from scratch."
-    )
-
-
 def build_model(config: TrainConfig, num_classes: int) -> nn.Module:
-    """A torchvision model with a fresh head; pretrained backbone only from a local file."""
-    constructor = getattr(torchvision.models, config.arch)
-    model = constructor(weights=None)
-    if config.pretrained:
-        path = _pretrained_weights_file(config)
-        try:
-            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        except (RuntimeError, KeyError) as exc:
-            raise WeightsUnavailable(
-                f"The weights file {path} does not fit '{config.arch}': {exc}"
-            ) from exc
-    model.fc = nn.Linear(model.fc.in_features, num_classes)
-    return model
+    """A torchvision model with a fresh head; a pretrained backbone from a local file only
+    (:func:`tasks.weights.resolve_weights` downloads it, once, before any trial starts)."""
+    if not config.pretrained:
+        return new_model(config.arch, num_classes)
+    path = local_weights_file(config.arch, config.weights_path)
+    if path is None:
+        raise WeightsUnavailable(
+            f"Pretrained weights for '{config.arch}' are not on this machine "
+            f"(weights_path '{config.weights_path}'); resolve_weights finds or downloads them."
+        )
+    try:
+        return new_model(
+            config.arch, num_classes, torch.load(path, map_location="cpu", weights_only=True)
+        )
+    except (RuntimeError, KeyError) as exc:
+        raise WeightsUnavailable(
+            f"The weights file {path} does not fit '{config.arch}': {exc}"
+        ) from exc
 
 
 def seeded_model(config: TrainConfig, num_classes: int) -> nn.Module:
@@ -245,22 +214,12 @@ def seeded_model(config: TrainConfig, num_classes: int) -> nn.Module:
         return build_model(config, num_classes)
 
 
-def layer_groups(model: nn.Module) -> list[list[nn.Parameter]]:
-    """ResNet parameters in three groups, early to late: stem + layer1-2, layer3-4, head."""
-    early = [model.conv1, model.bn1, model.layer1, model.layer2]
-    late = [model.layer3, model.layer4]
-    return [
-        [p for m in early for p in m.parameters()],
-        [p for m in late for p in m.parameters()],
-        list(model.fc.parameters()),
-    ]
-
-
 def _set_frozen(model: nn.Module, frozen: bool) -> None:
-    """Freeze everything but the head and the batch-norm layers (fast.ai keeps BN training:
-    its statistics must adapt to the new data even while the convolutions stay put)."""
+    """Freeze everything but the head and the batch-norm layers (see
+    :func:`tasks.architectures.is_norm`)."""
+    new_head = head(model)
     for module in model.modules():
-        trainable = not frozen or isinstance(module, nn.BatchNorm2d) or module is model.fc
+        trainable = not frozen or is_norm(module) or module is new_head
         for p in module.parameters(recurse=False):
             p.requires_grad_(trainable)
 
@@ -299,31 +258,57 @@ def _batches(
 
 
 def augment(
-    x: torch.Tensor, generator: torch.Generator, flip: bool = False, peak: float = 1.0
+    x: torch.Tensor,
+    generator: torch.Generator,
+    flip: bool = False,
+    peak: float = 1.0,
+    style: str = "digits",
 ) -> torch.Tensor:
-    """Random affine (rotate ±10°, scale 0.9-1.1, shift ±1/8) and brightness/contrast jitter,
-    for a whole float batch in [0, ``peak``] at once: one ``grid_sample`` instead of a PIL
-    transform per image (measured here: about 0.3 ms for 64 images at 32 px)."""
+    """Random affine and lighting for a whole float batch in [0, ``peak``] at once: one
+    ``grid_sample`` instead of a PIL transform per image (measured here: about 0.3 ms for 64
+    images at 32 px); ``flip`` adds mirror images.
+
+    - "digits": rotate ±10°, scale 0.9-1.1, shift ±1/8, contrast 0.8-1.2.
+    - "photos" (lesson 2's ``RandomResizedCrop(min_scale=0.5)`` + ``aug_transforms``, on the
+      batch): a random crop of 50-100% of the area with aspect ratio 3/4-4/3 stretched back to
+      the square, rotate ±10°, brightness and contrast 0.8-1.2, edges reflected.
+    """
     b = x.shape[0]
     # Drawn where the generator lives (the GPU on CUDA): a copy per batch would sync.
-    r = torch.rand(b, 6, generator=generator, device=generator.device).to(x.device)
+    r = torch.rand(b, 8 if style == "photos" else 6, generator=generator, device=generator.device)
+    r = r.to(x.device)
     angle = (r[:, 0] - 0.5) * math.radians(20)
-    scale = 1.0 / (0.9 + 0.2 * r[:, 1])
     mirror = torch.where(r[:, 2] < 0.5, -1.0, 1.0) if flip else torch.ones_like(r[:, 2])
-    cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
+    if style == "photos":
+        area = 0.5 + 0.5 * r[:, 1]
+        ratio = torch.exp((r[:, 6] - 0.5) * 2 * math.log(4 / 3))
+        w, h = (area * ratio).sqrt().clamp(max=1.0), (area / ratio).sqrt().clamp(max=1.0)
+        shift_x, shift_y = (2 * r[:, 3] - 1) * (1 - w), (2 * r[:, 4] - 1) * (1 - h)
+    else:
+        w = h = 1.0 / (0.9 + 0.2 * r[:, 1])
+        shift_x, shift_y = (r[:, 3] - 0.5) * 0.5, (r[:, 4] - 0.5) * 0.5
+    cos, sin = torch.cos(angle), torch.sin(angle)
     theta = torch.stack(
         [
-            torch.stack([cos * mirror, -sin, (r[:, 3] - 0.5) * 0.5], 1),
-            torch.stack([sin * mirror, cos, (r[:, 4] - 0.5) * 0.5], 1),
+            torch.stack([cos * w * mirror, -sin * w, shift_x], 1),
+            torch.stack([sin * h * mirror, cos * h, shift_y], 1),
         ],
         1,
     ).to(x.dtype)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    # (out - mean) * contrast + mean as one multiply-add: each pass over a 224 px batch counts.
+    padding = "reflection" if style == "photos" else "border"
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode=padding, align_corners=False)
+    # ((out - mean) * contrast + mean) * brightness as one multiply-add: each pass over a
+    # 224 px batch counts.
     contrast = (0.8 + 0.4 * r[:, 5]).view(b, 1, 1, 1).to(x.dtype)
+    if style == "photos":
+        contrast = contrast * (0.8 + 0.4 * r[:, 7]).view(b, 1, 1, 1).to(x.dtype)
+        brightness = (0.8 + 0.4 * r[:, 7]).view(b, 1, 1, 1).to(x.dtype)
+    else:
+        brightness = 1.0
     mean = out.mean(dim=(1, 2, 3), keepdim=True)
-    return torch.addcmul(mean * (1 - contrast), out, contrast).clamp_(0.0, peak)
+    offset = mean * (brightness - contrast)
+    return torch.addcmul(offset, out, contrast).clamp_(0.0, peak)
 
 
 @functools.cache
@@ -336,7 +321,11 @@ def _normalisation(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _inputs(
-    x: torch.Tensor, device: torch.device, generator: torch.Generator | None = None, flip=False
+    x: torch.Tensor,
+    device: torch.device,
+    generator: torch.Generator | None = None,
+    flip: bool = False,
+    style: str = "digits",
 ) -> torch.Tensor:
     """A uint8 batch -> the model's normalised float input in :func:`memory_format`,
     augmented when a generator is given. Augmentation works on 0-255 and the division by 255
@@ -344,7 +333,7 @@ def _inputs(
     on a GPU each pass over the batch is a visible share of a resnet18 step."""
     batch = x.to(device, non_blocking=True).float()
     if generator is not None:
-        batch = augment(batch, generator, flip, peak=255.0)
+        batch = augment(batch, generator, flip, peak=255.0, style=style)
     scale, shift = _normalisation(batch.device)
     out = torch.empty_like(batch, memory_format=memory_format(batch.device))
     return torch.addcmul(shift, batch, scale, out=out)
@@ -394,7 +383,7 @@ def train_one_epoch(
     losses, correct, seen = [], torch.zeros((), device=device), 0
     aug = aug_generator if config.augment else None
     for idx in _batches(len(data.y_train), config.batch_size, generator, data.x_train.device):
-        x = _inputs(data.x_train[idx], device, aug, config.flip)
+        x = _inputs(data.x_train[idx], device, aug, config.flip, config.augmentation)
         y = data.y_train[idx].to(device, non_blocking=True)
         with _autocast(device):
             logits = model(x)

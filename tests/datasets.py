@@ -37,3 +37,44 @@ def digits_dataset(data_dir: Path, per_class: int = 20, classes: int = 10) -> Da
                 )
             )
     return write_dataset(data_dir, rows)
+
+
+def photos_dataset(data_dir: Path, per_class: int = 6, classes: int = 2) -> Dataset:
+    """Small generated colour photos of unusual aspect ratios (wide 3:1 and tall 1:2, as JPEGs
+    at their own sizes, not pre-resized), every 3rd one in valid. Class k is a bright disc of
+    its own colour on a noisy background, placed off centre: cropping, padding and squashing
+    give visibly different squares."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    colours = [(220, 40, 40), (40, 80, 220), (40, 200, 60), (230, 200, 30)]
+    rows: list[ImageRow] = []
+    for k in range(classes):
+        label = f"class{k}"
+        for i in range(per_class):
+            width, height = (150, 50) if i % 2 == 0 else (40, 80)
+            pixels = rng.integers(0, 90, (height, width, 3), dtype=np.uint8)
+            yy, xx = np.mgrid[:height, :width]
+            cx, cy, r = width * (0.25 + 0.1 * (i % 3)), height * 0.5, min(width, height) / 3
+            pixels[(xx - cx) ** 2 + (yy - cy) ** 2 < r**2] = colours[k]
+            image = Image.fromarray(pixels)
+            name = f"{label}-{i}"
+            target = data_dir / "images" / f"{name}.jpg"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            image.save(target, quality=90)
+            image = Image.open(target).convert("RGB")
+            rows.append(
+                ImageRow(
+                    sha256=name,
+                    image_path=f"images/{name}.jpg",
+                    label=label,
+                    url=f"http://photos.test/{name}.jpg",
+                    width=width,
+                    height=height,
+                    pixel_hash=pixel_hash(image),
+                    phash=f"{phash(image):016x}",
+                    group=name,
+                    split="valid" if i % 3 == 0 else "train",
+                )
+            )
+    return write_dataset(data_dir, rows)

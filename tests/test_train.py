@@ -33,7 +33,6 @@ from tasks.train import (
     TrainConfig,
     Trial,
     TrialResult,
-    WeightsUnavailable,
     _inputs,
     _optimizer,
     _set_frozen,
@@ -41,12 +40,12 @@ from tasks.train import (
     build_model,
     fit,
     load_tensors,
-    resolve_weights,
     run_trial,
     seeded_model,
     tensor_cache,
     training_phases,
 )
+from tasks.weights import WeightsUnavailable, resolve_weights
 from tests.datasets import digits_dataset
 from ursa.package import load_package, log_package, preprocess
 from ursa.settings import Settings
@@ -242,7 +241,7 @@ def test_trial_grid_refuses_bad_values() -> None:
 
 def test_pretrained_weights_come_from_a_local_file_or_a_clear_error(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
-    with pytest.raises(WeightsUnavailable, match="pretrained=False"):
+    with pytest.raises(WeightsUnavailable, match="not on this machine"):
         build_model(TrainConfig(pretrained=True), 3)
     weights = tmp_path / "resnet18.pth"
     reference = torchvision.models.resnet18(weights=None)
@@ -255,10 +254,11 @@ def test_pretrained_weights_come_from_a_local_file_or_a_clear_error(tmp_path, mo
 def test_missing_weights_fall_back_only_when_the_user_chose_so(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
     missing = str(tmp_path / "nope.pth")
+    nowhere = "http://127.0.0.1:9"  # the discard port: nothing listens, the download is refused
     with pytest.raises(WeightsUnavailable, match="nope.pth"):
-        resolve_weights(TrainConfig(pretrained=True, weights_path=missing))
+        resolve_weights(TrainConfig(pretrained=True, weights_path=missing), nowhere)
     config, note = resolve_weights(
-        TrainConfig(pretrained=True, weights_path=missing, if_no_weights="scratch")
+        TrainConfig(pretrained=True, weights_path=missing, if_no_weights="scratch"), nowhere
     )
     assert not config.pretrained and "from scratch" in note and "nope.pth" in note
     wrong = tmp_path / "wrong.pth"

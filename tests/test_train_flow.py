@@ -80,6 +80,7 @@ def test_missing_pretrained_weights_give_a_clear_message_not_a_traceback(
     manifest: str, tmp_path, monkeypatch, capsys
 ) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    monkeypatch.setenv("URSA_WEIGHTS_MIRROR", "http://127.0.0.1:9")  # offline: refused at once
     missing = str(tmp_path / "resnet18.pth")
     code = main(["train", "--dataset", manifest, "--pretrained", "--weights", missing])
     assert code == 2

@@ -14,6 +14,8 @@ set_offline_defaults()  # before Prefect and MLflow are imported
 
 from rich.console import Console  # noqa: E402
 
+from tasks.recipes import AUGMENTATIONS, DEFAULT_RECIPE, RECIPES  # noqa: E402
+from ursa.images import RESIZE_POLICIES  # noqa: E402
 from ursa.settings import Settings  # noqa: E402
 
 console = Console()
@@ -125,30 +127,50 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _given(**options) -> dict:
+    """The options the user gave (argparse leaves the others None): the flow's own defaults,
+    or its recipe's, apply to the rest."""
+    return {k: v for k, v in options.items() if v is not None}
+
+
+def _arch(name: str) -> str:
+    from tasks.architectures import check_arch
+
+    try:
+        return check_arch(name)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     from flows.train import train
-    from tasks.train import WeightsUnavailable
+    from tasks.weights import WeightsUnavailable
 
     try:
         result = train(
             dataset_manifest=args.dataset or _default_dataset(settings),
-            lrs=args.lr,
-            epochs=args.epochs,
-            arch=args.arch,
-            image_size=args.image_size,
-            batch_size=args.batch_size,
+            recipe=args.recipe,
             seed=args.seed,
-            pretrained=args.pretrained,
             weights_path=args.weights or "",
             if_no_weights=args.if_no_weights,
-            freeze_epochs=args.freeze_epochs,
-            augment=not args.no_augment,
-            flip=args.flip,
             compile=args.compile,
+            **_given(
+                lrs=args.lr,
+                epochs=args.epochs,
+                arch=args.arch,
+                image_size=args.image_size,
+                batch_size=args.batch_size,
+                pretrained=args.pretrained,
+                freeze_epochs=args.freeze_epochs,
+                augment=args.augment,
+                augmentation=args.augmentation,
+                flip=args.flip,
+                resize=args.resize,
+                lr_find=args.lr_find,
+                centre_lrs=args.centre_lrs,
+            ),
             mode=args.mode,
             eta=args.eta,
-            lr_find=args.lr_find,
-            centre_lrs=args.centre_lrs,
             runner=args.runner,
             workers=args.workers,
             dask_address=args.dask_address or "",
@@ -224,13 +246,12 @@ def cmd_pipeline(args: argparse.Namespace, settings: Settings) -> int:
     result = pipeline(
         source=args.source,
         max_per_class=args.max_per_class,
-        lrs=args.lr,
-        epochs=args.epochs,
-        arch=args.arch,
+        recipe=args.recipe,
         seed=args.seed,
         margin=_margin(args, settings),
         serve_url=args.serve_url or "",
         clean=args.clean,
+        **_given(lrs=args.lr, epochs=args.epochs, arch=args.arch, pretrained=args.pretrained),
     )
     r = result.release.release
     console.print(f"champion: {r.model_name} v{r.champion_version} ({r.reason})")
@@ -249,6 +270,7 @@ def cmd_clean(args: argparse.Namespace, settings: Settings) -> int:
         lr=args.lr,
         arch=args.arch,
         image_size=args.image_size,
+        resize=args.resize,
         seed=args.seed,
         review=args.review_url or "",
     )
@@ -391,32 +413,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fresh", action="store_true", help="fetch every URL again instead of resuming")
     p.set_defaults(func=cmd_ingest)
 
+    # Options a recipe chooses default to None: not given, the recipe's value applies.
     def sweep_args(p: argparse.ArgumentParser) -> None:
         p.add_argument(
-            "--lr",
-            type=_floats,
-            default=[1e-3, 3e-3],
-            help="learning rates, comma-separated (default 1e-3,3e-3)",
+            "--recipe",
+            choices=RECIPES,
+            default=DEFAULT_RECIPE,
+            help="defaults for every option below: digits (small scans, resnet18 at 32 px "
+            "from scratch) or photos (lesson 2: resnet34 pretrained at 224 px, lr from "
+            f"lr_find, photo augmentation, cropped to the square); default {DEFAULT_RECIPE}",
         )
         p.add_argument(
-            "--epochs",
-            type=_ints,
-            default=[2, 4],
-            help="epoch counts, comma-separated (default 2,4)",
+            "--lr", type=_floats, help="learning rates, comma-separated (digits: 1e-3,3e-3)"
         )
-        p.add_argument("--arch", choices=["resnet18", "resnet34"], default="resnet18")
+        p.add_argument("--epochs", type=_ints, help="epoch counts, comma-separated (digits: 2,4)")
+        p.add_argument(
+            "--arch",
+            type=_arch,
+            metavar="NAME",
+            help="any torchvision classification model: resnet18 (digits), resnet34 "
+            "(photos), resnet50, convnext_tiny, efficientnet_b0, mobilenet_v3_large, ...",
+        )
+        p.add_argument(
+            "--pretrained",
+            action=argparse.BooleanOptionalAction,
+            help="start from pretrained ImageNet weights: a local file, torchvision's cache, "
+            "or downloaded into it (photos: yes)",
+        )
 
     p = sub.add_parser("train", help="sweep learning rates x epochs, tracked in MLflow")
     p.add_argument("--dataset", help="dataset manifest (default: the data folder's last ingest)")
     sweep_args(p)
-    p.add_argument("--image-size", type=int, default=32, help="training resolution in px")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--image-size", type=int, help="training resolution in px (digits: 32)")
+    p.add_argument("--batch-size", type=int, help="images per step (64)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--pretrained",
-        action="store_true",
-        help="start from pretrained weights (a local file or torchvision's cache)",
-    )
     p.add_argument("--weights", help="local state_dict file for --pretrained")
     p.add_argument(
         "--if-no-weights",
@@ -425,9 +455,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="when --pretrained weights are missing: stop with a message (default) or "
         "train from scratch",
     )
-    p.add_argument("--freeze-epochs", type=int, default=1, help="head-only epochs (pretrained)")
-    p.add_argument("--no-augment", action="store_true", help="turn batch augmentation off")
-    p.add_argument("--flip", action="store_true", help="also flip images horizontally")
+    p.add_argument("--freeze-epochs", type=int, help="head-only epochs (pretrained; 1)")
+    p.add_argument(
+        "--augment", action=argparse.BooleanOptionalAction, help="augment training batches"
+    )
+    p.add_argument(
+        "--augmentation", choices=AUGMENTATIONS, help="augmentation style (the recipe's name)"
+    )
+    p.add_argument(
+        "--flip",
+        action=argparse.BooleanOptionalAction,
+        help="also flip images horizontally (photos: yes)",
+    )
+    p.add_argument(
+        "--resize",
+        choices=RESIZE_POLICIES,
+        help="how pictures become squares: squash (digits), crop (photos) or pad",
+    )
     p.add_argument(
         "--compile",
         action="store_true",
@@ -441,9 +485,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="every lr x epochs pair, or successive halving with epochs as the budget",
     )
     p.add_argument("--eta", type=int, default=3, help="halving: keep the best 1/eta per rung")
-    p.add_argument("--lr-find", action="store_true", help="run the learning-rate finder first")
     p.add_argument(
-        "--centre-lrs", action="store_true", help="centre the --lr grid on lr_find's suggestion"
+        "--lr-find",
+        action=argparse.BooleanOptionalAction,
+        help="run the learning-rate finder first (photos: yes)",
+    )
+    p.add_argument(
+        "--centre-lrs",
+        action=argparse.BooleanOptionalAction,
+        help="centre the --lr grid on lr_find's suggestion (photos: yes)",
     )
     p.add_argument("--runner", choices=["threads", "dask"], default="threads")
     p.add_argument(
@@ -494,8 +544,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folds", type=int, default=4, help="k of the k-fold (default 4)")
     p.add_argument("--epochs", type=int, default=3, help="epochs per fold model (default 3)")
     p.add_argument("--lr", type=float, default=3e-3, help="learning rate (default 3e-3)")
-    p.add_argument("--arch", choices=["resnet18", "resnet34"], default="resnet18")
+    p.add_argument("--arch", type=_arch, default="resnet18", metavar="NAME")
     p.add_argument("--image-size", type=int, default=32, help="training resolution in px")
+    p.add_argument("--resize", choices=RESIZE_POLICIES, default="squash")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--review-url", help="review page to link (default: the server's /review)")
     p.set_defaults(func=cmd_clean)

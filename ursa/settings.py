@@ -58,6 +58,16 @@ def _origins(raw: str) -> tuple[str, ...]:
 _origins.__name__ = "comma-separated origin list"
 
 
+def _base_url(raw: str) -> str:
+    scheme, _, rest = raw.partition("://")
+    if scheme not in ("http", "https") or not rest.strip("/"):
+        raise ValueError("expected http(s)://host[:port][/path]")
+    return raw.rstrip("/")
+
+
+_base_url.__name__ = "http(s) base URL"
+
+
 @dataclass(frozen=True)
 class Settings:
     data_dir: Path = Path("ursa-data")
@@ -82,6 +92,8 @@ class Settings:
     search_url: str = ""
     # Where people browse MLflow: links in Prefect artifacts point there ("" when unknown).
     mlflow_ui_url: str = ""
+    # A base URL replacing torchvision's weights host (download.pytorch.org); "" for none.
+    weights_mirror: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -108,7 +120,8 @@ class Settings:
             cors_origins=_read(env, "URSA_CORS_ORIGINS", _origins, ()),
             inference_threads=_read(env, "URSA_INFERENCE_THREADS", int, 0),
             release_margin=_read(env, "URSA_RELEASE_MARGIN", _non_negative_float, 0.0),
-            search_url=_read(env, "URSA_SEARCH_URL", str, "").rstrip("/"),
+            search_url=_read(env, "URSA_SEARCH_URL", _base_url, ""),
+            weights_mirror=_read(env, "URSA_WEIGHTS_MIRROR", _base_url, ""),
         )
 
     @property
