@@ -69,8 +69,10 @@ class Load:
 # -- the model --------------------------------------------------------------------------
 
 
-def register_model(data_dir: Path, name: str, image_size: int) -> Settings:
-    """An untrained resnet18 at ``image_size``, logged as an Ursa package and crowned."""
+def register_model(
+    data_dir: Path, name: str, image_size: int, arch: str = "resnet18", classes: list | None = None
+) -> Settings:
+    """An untrained ``arch`` at ``image_size``, logged as an Ursa package and crowned."""
     import mlflow
     import torchvision
     from mlflow import MlflowClient
@@ -86,10 +88,11 @@ def register_model(data_dir: Path, name: str, image_size: int) -> Settings:
     mlflow.set_tracking_uri(settings.tracking_uri)
     experiment = mlflow.create_experiment(name, artifact_location=settings.artifact_location)
     with mlflow.start_run(experiment_id=experiment):
-        model = torchvision.models.resnet18(num_classes=len(CLASSES))
+        classes = classes or CLASSES
+        model = torchvision.models.get_model(arch, num_classes=len(classes))
         meta = {
-            "arch": "resnet18",
-            "classes": CLASSES,
+            "arch": arch,
+            "classes": classes,
             "image_size": image_size,
             "mean": [0.485, 0.456, 0.406],
             "std": [0.229, 0.224, 0.225],

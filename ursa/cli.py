@@ -363,6 +363,13 @@ def cmd_host(args: argparse.Namespace, settings: Settings) -> int:
     from ursa.embedded import write_embedded_images
     from ursa.imagehost import run_host
 
+    if getattr(args, "photos", 0):
+        from ursa.photos import write_photos
+        from ursa.searchhost import run_photo_hosts
+
+        photos = write_photos(settings.data_dir / "photos", args.photos)
+        run_photo_hosts(photos, args.host, args.port, args.latency)
+        return 0
     root = getattr(args, "root", None)
     root = Path(root) if root else write_embedded_images(settings.data_dir / "embedded")
     run_host(root, args.host, args.port, args.latency)
@@ -688,6 +695,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8800)
     p.add_argument("--latency", type=float, default=0.0, help="added delay per response, s")
+    p.add_argument(
+        "--photos",
+        type=int,
+        default=0,
+        metavar="N",
+        help="serve N generated bear photos per class instead, and an image search over them "
+        "on port+1 (for `ursa urls` with URSA_SEARCH_URL)",
+    )
     p.set_defaults(func=cmd_host)
 
     p = sub.add_parser(

@@ -24,13 +24,17 @@ import json
 import re
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
 from PIL import Image
+
+from ursa.imagehost import ImageHost
+from ursa.photos import QUERIES
 
 PAGE_SIZE = 100  # DuckDuckGo's i.js pages hold up to 100 results; ddgs asks for s=(page-1)*100
 STOCK_HOSTS = ("www.shutterstock.com", "media.istockphoto.com", "www.alamy.com")
@@ -232,3 +236,30 @@ def _size(url: str, image_root: Path | None) -> tuple[int, int]:
             with Image.open(file) as im:
                 return im.size  # the stored size: engines report it before EXIF rotation too
     return 800, 600
+
+
+@contextmanager
+def photo_search(
+    photos: Path, latency_s: float = 0.0, per_query: int = 150
+) -> Iterator[tuple[ImageHost, SearchHost]]:
+    """The image host over a folder of photos (junk included) and a search stand-in over it."""
+    with ImageHost(photos, latency_s=latency_s) as images:
+        catalog = catalog_from_lists(images.url_lists(), photos)
+        with SearchHost(catalog, per_query=per_query) as search:
+            yield images, search
+
+
+def run_photo_hosts(photos: Path, host: str, port: int, latency_s: float = 0.0) -> None:
+    """Serve ``photos`` and a search over them until interrupted; for ``ursa host --photos``."""
+    with ImageHost(photos, host=host, port=port, latency_s=latency_s) as images:
+        catalog = catalog_from_lists(images.url_lists(), photos)
+        with SearchHost(catalog, host=host, port=port + 1 if port else 0) as search:
+            terms = " ".join(f'{label}="{q}"' for label, q in QUERIES.items() if label in catalog)
+            print(f"Serving {images.image_root} at {images.base_url}/img/", flush=True)
+            print(
+                f"Search it: URSA_SEARCH_URL={search.base_url} ursa urls {terms} --out bears/",
+                flush=True,
+            )
+            with suppress(KeyboardInterrupt):
+                while True:
+                    time.sleep(3600)

@@ -148,7 +148,7 @@ class Settings:
             max_queue=_read(env, "URSA_MAX_QUEUE", _non_negative_int, None),
             request_timeout_s=_read(env, "URSA_REQUEST_TIMEOUT_S", _non_negative_float, 5.0),
             release_margin=_read(env, "URSA_RELEASE_MARGIN", _non_negative_float, 0.0),
-            search_url=_read(env, "URSA_SEARCH_URL", str, "").rstrip("/"),
+            search_url=_read(env, "URSA_SEARCH_URL", _base_url, ""),
             release_min_valid=_read(env, "URSA_RELEASE_MIN_VALID", _non_negative_int, 20),
             weights_mirror=_read(env, "URSA_WEIGHTS_MIRROR", _base_url, ""),
         )
