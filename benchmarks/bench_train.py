@@ -120,6 +120,7 @@ def ursa_sweep(dataset: Dataset, lrs: list[float], epochs: list[int], **kw) -> t
         "best_trial": result.best.name,
         "budget": result.budget,
         "trials": {t.name: (t.val_accuracy, t.diagnosis) for t in result.trials},
+        "results": result.trials,
     }
 
 
@@ -309,6 +310,48 @@ def speed(root: Path, naive_workers: int, rounds: int) -> list[str]:
     ]
 
 
+def halving_diagnostics(grid: list, halving: list, epochs: list[int], n_valid: int) -> list[str]:
+    """Why halving lands where it does: every grid trial by rung, the first rung's spread
+    against its noise, where the grid's best rate ranked there, and whether the trials that
+    both ran (same config, same seed) gave the same result."""
+    from tasks.halving import noise
+    from tasks.leaderboard import leaderboard
+
+    lines = ["grid trials (val accuracy / val loss, diagnosis):"]
+    for r in sorted(grid, key=lambda r: (r.lr, r.epochs)):
+        lines.append(
+            f"  lr={r.lr:<7g} epochs={r.epochs}: {r.val_accuracy:.4f} / {r.val_loss:.4f} "
+            f"({r.diagnosis})"
+        )
+    first = [r for r in grid if r.epochs == min(epochs)]
+    accs = [r.val_accuracy for r in first]
+    best = leaderboard(grid)[0]
+    order = [r.lr for r in leaderboard(first)]
+    lines.append(
+        f"first rung ({min(epochs)} epoch): accuracy {min(accs):.4f}..{max(accs):.4f} "
+        f"(spread {100 * (max(accs) - min(accs)):.2f} points; noise of a difference at the "
+        f"top {100 * noise(max(accs), n_valid):.2f} points on {n_valid} images); the grid's "
+        f"best rate {best.lr:g} ranks {order.index(best.lr) + 1} of {len(order)} there"
+    )
+    by_name = {r.name: r for r in grid}
+    same = [
+        r.name
+        for r in halving
+        if (r.val_accuracy, r.val_loss) == (by_name[r.name].val_accuracy, by_name[r.name].val_loss)
+    ]
+    lines.append(
+        f"same seed, same result: {len(same)} of {len(halving)} halving trials match the "
+        f"grid's to the last digit"
+    )
+    lines.append(
+        "halving trials: "
+        + ", ".join(
+            f"{r.name} {r.val_accuracy:.4f}" for r in sorted(halving, key=lambda r: r.epochs)
+        )
+    )
+    return lines
+
+
 def efficiency(root: Path) -> list[str]:
     from prefect.testing.utilities import prefect_test_harness
 
@@ -329,6 +372,8 @@ def efficiency(root: Path) -> list[str]:
             f"({halv['best_trial']}), {halv['budget']}",
             flush=True,
         )
+    for line in halving_diagnostics(grid["results"], halv["results"], epochs, dataset.n_valid):
+        print(line, flush=True)
     grid_s, halv_s = grid_clock.wall, halv_clock.wall
     used = int(halv["budget"].split()[0])
     total = int(halv["budget"].split()[2])

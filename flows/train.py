@@ -17,6 +17,7 @@ from prefect import flow
 from pydantic import Field
 
 from tasks.data_checks import check_dataset_task
+from tasks.diagnosis import sweep_advice
 from tasks.halving import DEFAULT_ETA, budget, successive_halving
 from tasks.leaderboard import best_trial
 from tasks.lr_find import centred_lrs, lr_find_task
@@ -79,6 +80,7 @@ def trials(
     digest: str,
     tracking_uri: str,
     torch_threads: int,
+    n_valid: int = 0,
 ) -> list[TrialResult]:
     """Every grid trial at once, or successive halving one rung at a time."""
 
@@ -94,7 +96,7 @@ def trials(
     with torch_threads_kept():  # trials in threads change torch's process-wide default
         if mode == "grid":
             return run(trial_grid(lrs, epochs))
-        return successive_halving(lrs, epochs, eta, run)
+        return successive_halving(lrs, epochs, eta, run, n_valid)
 
 
 @flow(name="train", log_prints=True, timeout_seconds=24 * HOUR)
@@ -233,6 +235,7 @@ def train(
         dataset.digest,
         settings.tracking_uri,
         threads_per_trial(runner, workers),
+        dataset.n_valid,
     )
     sweep_seconds = time.perf_counter() - started
     print(f"train: {len(results)} trials in {sweep_seconds:.1f} s, {workers} at a time")
@@ -244,6 +247,8 @@ def train(
     publish_sweep(results, best, parent, excluded, str(spent), warnings)
     for e in excluded:
         print(f"train: excluded {e['trial']}: {e['diagnosis']} ({e['why']})")
+    for advice in sweep_advice([r.diagnosis for r in results]):
+        print(f"train: {advice}")
     print(f"train: best {best.val_accuracy:.4f} at {best.name} ({best.diagnosis}); trained {spent}")
     return TrainResult(
         parent_run_id=parent,

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from tasks.diagnosis import sweep_advice
 from tasks.leaderboard import leaderboard
 from tasks.manifest import Dataset, ImageRow, UrlRow, read_rows
 from ursa.settings import Settings
@@ -95,7 +96,11 @@ def publish_sweep(
         ),
         "",
         "## Read these numbers with care",
-        *([f"- {w}" for w in warnings] if warnings else ["- nothing to report"]),
+        *(
+            [f"- {w}" for w in notes]
+            if (notes := [*(warnings or []), *sweep_advice([r.diagnosis for r in results])])
+            else ["- nothing to report"]
+        ),
     ]
     create_markdown_artifact("\n".join(lines), key="sweep-summary", description="Sweep summary")
 

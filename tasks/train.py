@@ -16,6 +16,7 @@ schedule. From scratch there is nothing to protect: one phase, one rate.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import os
 import socket
@@ -27,6 +28,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import update_bn
 
 from tasks.architectures import check_arch, head, is_norm, layer_groups, new_model
 from tasks.diagnosis import Diagnosis, diagnose
@@ -47,6 +49,14 @@ IF_NO_WEIGHTS = ("fail", "scratch")
 # the stem + first blocks learn 100x slower than the head, the middle blocks 10x slower.
 UNFROZEN_BASE = 0.5
 LAYER_GROUP_DIVISORS = (100.0, 10.0, 1.0)
+# Before the validation pass of a trial that has taken fewer steps than this, batch-norm
+# statistics are recomputed on training batches: running averages (momentum 0.1) still
+# remember their initial values after a few dozen steps (0.9**50 < 1%), and a from-scratch
+# model evaluated with them predicts badly whatever its rate. A few batches estimate the
+# statistics well, and cost about a third of as many training steps (a forward pass, no
+# backward).
+BN_RECOMPUTE_STEPS = 50
+BN_RECOMPUTE_BATCHES = 8
 # Batch norm cannot train on one image (its variance is undefined): a training epoch never
 # ends on a mini-batch smaller than this; the remainder joins the batch before it.
 MIN_TRAINING_BATCH = 2
@@ -434,6 +444,24 @@ def predict_examples(
     return torch.cat(losses).cpu(), torch.cat(preds).cpu(), torch.cat(probs).cpu()
 
 
+def recompute_batch_norm(
+    model: nn.Module, data: Tensors, config: TrainConfig, device: torch.device, seed: int
+) -> None:
+    """Batch-norm running statistics measured afresh on up to ``BN_RECOMPUTE_BATCHES``
+    training batches (unaugmented, as validation sees images): torch's ``update_bn``, a
+    forward pass in train mode without gradients. Its own seeded order, so that training's
+    shuffling is the same with or without it."""
+    order = torch.Generator().manual_seed(seed)
+    batches = itertools.islice(
+        _batches(
+            len(data.y_train), config.batch_size, order, data.x_train.device, MIN_TRAINING_BATCH
+        ),
+        BN_RECOMPUTE_BATCHES,
+    )
+    with _autocast(device):
+        update_bn((_inputs(data.x_train[idx], device) for idx in batches), model)
+
+
 def fit(trial: Trial, config: TrainConfig, data: Tensors, on_epoch=None) -> FitResult:
     """Train one model, phase by phase, each on a one-cycle schedule; ``on_epoch(record)``
     after every epoch. Stops early once the training loss is no longer finite."""
@@ -459,11 +487,16 @@ def fit(trial: Trial, config: TrainConfig, data: Tensors, on_epoch=None) -> FitR
                 trained, optimizer, scheduler, data, config, generator, device, aug_generator
             )
             train_seconds = time.perf_counter() - start  # losses came back: the GPU is done
+            step_losses += losses
+            recompute = len(step_losses) < BN_RECOMPUTE_STEPS and math.isfinite(train_loss)
+            if recompute:
+                recompute_batch_norm(model, data, config, device, config.seed + len(history))
             examples = predict_examples(trained, data.x_valid, data.y_valid, device)
             val_loss, val_acc = loss_and_accuracy(examples, data.y_valid)
-            step_losses += losses
             record = {
                 "epoch": len(history),
+                "steps": len(step_losses),
+                "bn_recomputed": float(recompute),
                 "train_loss": train_loss,
                 "train_accuracy": train_acc,
                 "val_loss": val_loss,
@@ -505,6 +538,18 @@ def diagnose_fit(
         val_accuracy=history[-1]["val_accuracy"] if history else None,
         best_val_accuracy=best_val_accuracy,
         clean_train_loss=history[-1].get("train_eval_loss") if history else None,
+        steps=history[-1].get("steps") if history else None,
+    )
+
+
+def batch_norm_note(history: list[dict]) -> str:
+    """Which validation passes ran on recomputed batch-norm statistics, for the trial's tag."""
+    epochs = [str(h["epoch"] + 1) for h in history if h.get("bn_recomputed")]
+    if not epochs:
+        return "no"
+    return (
+        f"before the validation of epoch {', '.join(epochs)} of {len(history)} "
+        f"(under {BN_RECOMPUTE_STEPS} steps taken)"
     )
 
 
@@ -557,6 +602,7 @@ def run_trial(
         if clean is not None and math.isfinite(clean):
             mlflow.log_metric("train_eval_loss", clean, step=fitted.history[-1]["epoch"])
         initial = fitted.step_losses[0] if fitted.step_losses else math.nan
+        mlflow.set_tag("ursa.bn_recomputed", batch_norm_note(fitted.history))
         diagnosis = diagnose_fit(fitted.history, initial)
         log_trial_report(run.info.run_id, trial.name, fitted, data, diagnosis)
         checkpoint = Path(cache_path).parent.parent / "checkpoints" / f"{run.info.run_id}.pt"

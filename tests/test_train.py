@@ -12,6 +12,7 @@ import torchvision
 from mlflow import MlflowClient
 from PIL import Image
 
+from tasks.diagnosis import MIN_STEPS
 from tasks.leaderboard import best_trial
 from tasks.manifest import Dataset
 from tasks.sweep import (
@@ -38,7 +39,9 @@ from tasks.train import (
     _optimizer,
     _set_frozen,
     augment,
+    batch_norm_note,
     build_model,
+    diagnose_fit,
     fit,
     run_trial,
     seeded_model,
@@ -112,6 +115,24 @@ def test_fit_is_seeded_and_learns(dataset: Dataset) -> None:
     assert len(first.step_losses) == 3 * math.ceil(dataset.n_train / SMALL.batch_size)
 
 
+def test_a_tiny_from_scratch_trial_is_not_called_diverged(dataset: Dataset, monkeypatch) -> None:
+    """Issue #21 in miniature: a few steps from scratch leave batch-norm running statistics
+    near their initial values; they are recomputed before validation, and the diagnosis says
+    that too few steps were taken instead of blaming the rate."""
+    data = load_tensors(tensor_cache(dataset, 16))
+    config = TrainConfig(image_size=16, batch_size=16)
+    fitted = fit(Trial(1e-3, 1), config, data)
+    (record,) = fitted.history
+    assert (record["steps"], record["bn_recomputed"]) == (3, 1.0)  # 36 images: 16, 16, 4
+    assert batch_norm_note(fitted.history).startswith("before the validation of epoch 1 of 1")
+    d = diagnose_fit(fitted.history, fitted.step_losses[0])
+    assert d.label == "too_few_steps" and "only 3 optimizer steps" in d.evidence, d.evidence
+    monkeypatch.setattr("tasks.train.BN_RECOMPUTE_STEPS", 0)  # the statistics training left
+    stale = fit(Trial(1e-3, 1), config, data).history[0]
+    assert stale["bn_recomputed"] == 0.0 and batch_norm_note([stale]) == "no"
+    assert record["val_loss"] < stale["val_loss"], (record["val_loss"], stale["val_loss"])
+
+
 def test_augment_transforms_whole_batches_reproducibly() -> None:
     x = torch.rand(6, 3, 16, 16)
     a = augment(x, torch.Generator().manual_seed(1))
@@ -158,9 +179,10 @@ def test_sweep_logs_parent_children_diagnoses_and_a_loadable_model(
     settings = Settings.from_env()
     experiment = experiment_id(settings)
     # One full batch per epoch: the loss of a step is not the noise of a small batch, so
-    # "barely moved" (1e-6) and "exploded" (10) read cleanly from two steps.
+    # "barely moved" (1e-6) and "exploded" (10) read cleanly; 10 epochs are the fewest steps
+    # a diagnosis other than too_few_steps needs.
     config = TrainConfig(image_size=16, batch_size=64)
-    trials = trial_grid([1e-6, 3e-3, 10.0], [2])
+    trials = trial_grid([1e-6, 3e-3, 10.0], [MIN_STEPS])
     parent = start_sweep(experiment, config, dataset, trials)
     cache = str(tensor_cache(dataset, config.image_size))
     results = [
@@ -173,8 +195,8 @@ def test_sweep_logs_parent_children_diagnoses_and_a_loadable_model(
     assert by_lr[1e-6].diagnosis == "too_slow", by_lr[1e-6].evidence
     best = best_trial(results)
     assert best.lr != 10.0 and best.diagnosis != "diverged"
-    excluded = finish_sweep(parent, results, best, "6 of 6 grid epochs")
-    assert [e["trial"] for e in excluded] == ["lr=10 epochs=2"]
+    excluded = finish_sweep(parent, results, best, "30 of 30 grid epochs")
+    assert [e["trial"] for e in excluded] == [f"lr=10 epochs={MIN_STEPS}"]
     assert excluded[0]["diagnosis"] == "diverged" and excluded[0]["why"]
     model_uri = log_best_model(best, config, dataset, cache, parent)
 
@@ -185,7 +207,7 @@ def test_sweep_logs_parent_children_diagnoses_and_a_loadable_model(
     assert {c.info.run_id for c in children} == {r.run_id for r in results}
     for child in children:
         history = client.get_metric_history(child.info.run_id, "val_loss")
-        assert {m.step for m in history} <= {0, 1}  # a NaN loss is not logged
+        assert {m.step for m in history} <= set(range(MIN_STEPS))  # a NaN loss is not logged
         steps = client.get_metric_history(child.info.run_id, "train_loss_step")
         assert len(steps) >= 1
         assert child.data.params["dataset_digest"] == dataset.digest
@@ -201,7 +223,7 @@ def test_sweep_logs_parent_children_diagnoses_and_a_loadable_model(
         } <= artifacts
     parent_run = client.get_run(parent)
     assert parent_run.data.tags["ursa.best_run_id"] == best.run_id
-    assert "lr=10 epochs=2: diverged" in parent_run.data.tags["ursa.excluded"]
+    assert f"lr=10 epochs={MIN_STEPS}: diverged" in parent_run.data.tags["ursa.excluded"]
     parent_artifacts = {a.path for a in client.list_artifacts(parent)}
     assert {"leaderboard.json", "heatmap_val_accuracy.png", "excluded_trials.json"} <= (
         parent_artifacts
