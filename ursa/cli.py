@@ -128,8 +128,8 @@ def report_to_running_stack(settings: Settings) -> Settings:
     if stack is None:
         return settings
     for key, value in stack.get("client_env", {}).items():
-        if value:
-            os.environ.setdefault(key, value)
+        if value and not os.environ.get(key):  # set and empty reads as unset, as in Settings
+            os.environ[key] = value
     return Settings.from_env()
 
 
