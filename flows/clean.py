@@ -13,7 +13,7 @@ from prefect import flow
 from tasks.cleaning import Ranking, log_ranking_task, publish_review_task, rank_task, review_url
 from tasks.manifest import load_dataset
 from tasks.policies import HOUR
-from tasks.tracking import experiment_id
+from tasks.tracking import experiment_id, use_tracking_uri
 from tasks.train import TrainConfig
 from ursa.settings import Settings
 
@@ -44,6 +44,7 @@ def clean(
     dataset = load_dataset(dataset_manifest or settings.data_dir / "datasets" / "dataset.csv")
     config = TrainConfig(arch=arch, image_size=image_size, batch_size=batch_size, seed=seed)
     ranking = rank_task(dataset, folds, lr, epochs, config)
+    use_tracking_uri(settings.tracking_uri)  # the ranking's run is opened through it
     run_id = log_ranking_task(ranking, experiment_id(settings), settings.data_dir)
     url = review_url(settings, review)
     publish_review_task(ranking, url, run_id)

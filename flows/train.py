@@ -35,7 +35,7 @@ from tasks.sweep import (
     trial_runner,
     trial_task,
 )
-from tasks.tracking import experiment_id
+from tasks.tracking import experiment_id, use_tracking_uri
 from tasks.train import TrainConfig, Trial, TrialResult
 from ursa.settings import Settings
 
@@ -176,12 +176,15 @@ def train(
     print(f"train: {weights}")
     dataset = load_dataset(dataset_manifest or settings.data_dir / "datasets" / "dataset.csv")
     experiment = experiment_id(settings)
+    use_tracking_uri(settings.tracking_uri)  # the sweep's runs are opened through it
     extra = {"mode": mode, "eta": eta, "runner": runner, "workers": workers, "weights": weights}
     parent = start_sweep_task(experiment, config, dataset, grid, extra)
     cache = str(cache_task(dataset, config.image_size))
     suggestion = None
     if lr_find or centre_lrs:
-        suggestion = lr_find_task(config, cache, experiment, parent, lr_find_iters)
+        suggestion = lr_find_task(
+            config, cache, experiment, parent, lr_find_iters, tracking_uri=settings.tracking_uri
+        )
         print(f"train: lr_find suggests {suggestion:.2g}")
         if centre_lrs:
             lrs = centred_lrs(suggestion, len(lrs))
@@ -202,11 +205,13 @@ def train(
     )
     sweep_seconds = time.perf_counter() - started
     print(f"train: {len(results)} trials in {sweep_seconds:.1f} s, {workers} at a time")
-    results = diagnose_task(results)
+    results = diagnose_task(results, settings.tracking_uri)
     spent = budget(lrs, epochs, results)
     best = best_trial(results)
-    excluded = finish_sweep_task(parent, results, best, str(spent), sweep_seconds)
-    model_uri = log_model_task(best, config, dataset, cache, parent)
+    excluded = finish_sweep_task(
+        parent, results, best, str(spent), sweep_seconds, tracking_uri=settings.tracking_uri
+    )
+    model_uri = log_model_task(best, config, dataset, cache, parent, settings.tracking_uri)
     publish_sweep(results, best, parent, excluded, str(spent))
     for e in excluded:
         print(f"train: excluded {e['trial']}: {e['diagnosis']} ({e['why']})")

@@ -225,7 +225,7 @@ def _latest_model_uri(settings: Settings) -> str:
         from tasks.tracking import experiment_id
 
         try:
-            return latest_model_uri(experiment_id(settings))
+            return latest_model_uri(experiment_id(settings), settings.tracking_uri)
         except LookupError:
             pass
     raise UsageError(f"no trained model yet in {settings.tracking_uri}", "Run 'ursa train' first")
