@@ -14,7 +14,7 @@ from tasks.cleaning import Ranking, log_ranking_task, publish_review_task, rank_
 from tasks.data_checks import check_dataset_task
 from tasks.manifest import load_dataset
 from tasks.policies import HOUR
-from tasks.tracking import experiment_id
+from tasks.tracking import experiment_id, use_tracking_uri
 from tasks.train import TrainConfig
 from ursa.images import ResizePolicy
 from ursa.settings import Settings
@@ -50,6 +50,7 @@ def clean(
         arch=arch, image_size=image_size, resize=resize, batch_size=batch_size, seed=seed
     )
     ranking = rank_task(dataset, folds, lr, epochs, config)
+    use_tracking_uri(settings.tracking_uri)  # the ranking's run is opened through it
     run_id = log_ranking_task(ranking, experiment_id(settings), settings.data_dir)
     url = review_url(settings, review)
     publish_review_task(ranking, url, run_id)

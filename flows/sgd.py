@@ -35,11 +35,13 @@ def sgd_from_scratch(
         seed: Seed of the data and the batches.
     """
     settings = Settings.from_env()
-    experiment = experiment_id(settings)
-    parent = start_sgd_task(experiment, lrs, steps, batch_size, n)
-    futures = [sgd_task.submit(lr, steps, batch_size, n, seed, experiment, parent) for lr in lrs]
+    experiment, uri = experiment_id(settings), settings.tracking_uri
+    parent = start_sgd_task(experiment, lrs, steps, batch_size, n, uri)
+    futures = [
+        sgd_task.submit(lr, steps, batch_size, n, seed, experiment, parent, uri) for lr in lrs
+    ]
     runs = [f.result() for f in futures]
-    rows = finish_sgd_task(parent, runs, n, seed)
+    rows = finish_sgd_task(parent, runs, n, seed, uri)
     publish_sgd(rows, parent)
     for r in rows:
         print(

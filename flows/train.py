@@ -40,7 +40,7 @@ from tasks.sweep import (
     trial_runner,
     trial_task,
 )
-from tasks.tracking import experiment_id
+from tasks.tracking import experiment_id, use_tracking_uri
 from tasks.train import TrainConfig, Trial, TrialResult
 from ursa.images import ResizePolicy
 from ursa.settings import Settings
@@ -202,6 +202,7 @@ def train(
     dataset = load_dataset(dataset_manifest or settings.data_dir / "datasets" / "dataset.csv")
     warnings = check_dataset_task(dataset)  # refuses what cannot make a classifier
     experiment = experiment_id(settings)
+    use_tracking_uri(settings.tracking_uri)  # the sweep's runs are opened through it
     extra = {
         "recipe": recipe,
         "recipe_overridden": ",".join(overridden) or "none",
@@ -217,7 +218,9 @@ def train(
     cache = str(cache_task(dataset, config.image_size, config.resize))
     suggestion = None
     if lr_find or centre_lrs:
-        suggestion = lr_find_task(config, cache, experiment, parent, lr_find_iters)
+        suggestion = lr_find_task(
+            config, cache, experiment, parent, lr_find_iters, tracking_uri=settings.tracking_uri
+        )
         print(f"train: lr_find suggests {suggestion:.2g}")
         if centre_lrs:
             lrs = centred_lrs(suggestion, len(lrs))
@@ -239,11 +242,19 @@ def train(
     )
     sweep_seconds = time.perf_counter() - started
     print(f"train: {len(results)} trials in {sweep_seconds:.1f} s, {workers} at a time")
-    results = diagnose_task(results)
+    results = diagnose_task(results, settings.tracking_uri)
     spent = budget(lrs, epochs, results)
     best = best_trial(results)
-    excluded = finish_sweep_task(parent, results, best, str(spent), sweep_seconds, warnings)
-    model_uri = log_model_task(best, config, dataset, cache, parent)
+    excluded = finish_sweep_task(
+        parent,
+        results,
+        best,
+        str(spent),
+        sweep_seconds,
+        warnings,
+        tracking_uri=settings.tracking_uri,
+    )
+    model_uri = log_model_task(best, config, dataset, cache, parent, settings.tracking_uri)
     publish_sweep(results, best, parent, excluded, str(spent), warnings)
     for e in excluded:
         print(f"train: excluded {e['trial']}: {e['diagnosis']} ({e['why']})")

@@ -123,6 +123,8 @@ def run_lr_find(
     experiment_id: str,
     parent_run_id: str,
     num_iter: int = 100,
+    *,
+    tracking_uri: str,
 ) -> float:
     """The finder as an MLflow child run of the sweep, with its plot; returns the suggestion."""
     import mlflow
@@ -143,7 +145,8 @@ def run_lr_find(
             }
         )
         mlflow.log_figure(lr_find_figure(found.lrs, found.losses, found.suggestion), "lr_find.png")
-    mlflow.MlflowClient().set_tag(parent_run_id, "ursa.lr_find_suggestion", f"{found.suggestion:g}")
+    client = mlflow.MlflowClient(tracking_uri)
+    client.set_tag(parent_run_id, "ursa.lr_find_suggestion", f"{found.suggestion:g}")
     return found.suggestion
 
 

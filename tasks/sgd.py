@@ -99,6 +99,7 @@ def run_sgd(
     seed: int,
     experiment_id: str,
     parent_run_id: str,
+    tracking_uri: str,
 ) -> SGDRun:
     """One learning rate as an MLflow child run: its loss per step, its diagnosis, and a GIF
     of the line converging (or flying off)."""
@@ -109,7 +110,7 @@ def run_sgd(
 
     x, y = line_data(n, seed)
     result = sgd(x, y, lr, steps, batch_size, seed)
-    client = MlflowClient()
+    client = MlflowClient(tracking_uri)
     run = client.create_run(
         experiment_id,
         run_name=f"sgd lr={lr:g}",
@@ -137,10 +138,12 @@ def run_sgd(
     return result
 
 
-def start_sgd(experiment_id: str, lrs: list[float], steps: int, batch_size: int, n: int) -> str:
+def start_sgd(
+    experiment_id: str, lrs: list[float], steps: int, batch_size: int, n: int, tracking_uri: str
+) -> str:
     from mlflow import MlflowClient
 
-    client = MlflowClient()
+    client = MlflowClient(tracking_uri)
     run = client.create_run(
         experiment_id, run_name="sgd from scratch", tags={"ursa.role": "sgd-sweep"}
     )
@@ -149,7 +152,9 @@ def start_sgd(experiment_id: str, lrs: list[float], steps: int, batch_size: int,
     return run.info.run_id
 
 
-def finish_sgd(parent_run_id: str, runs: list[SGDRun], n: int, seed: int) -> list[dict]:
+def finish_sgd(
+    parent_run_id: str, runs: list[SGDRun], n: int, seed: int, tracking_uri: str
+) -> list[dict]:
     """Diagnose each run again knowing the sweep's best loss ("far from the best" is
     underfitting), log the fitted-lines plot on the parent; returns one row per rate."""
     from mlflow import MlflowClient
@@ -158,7 +163,7 @@ def finish_sgd(parent_run_id: str, runs: list[SGDRun], n: int, seed: int) -> lis
 
     x, y = line_data(n, seed)
     lines = {f"lr={r.lr:g}": r.params[-1] for r in runs}
-    client = MlflowClient()
+    client = MlflowClient(tracking_uri)
     finite = [r.final_loss for r in runs if math.isfinite(r.final_loss)]
     for r in runs:
         d = diagnose(r.losses, best_train_loss=min(finite) if finite else None)

@@ -102,14 +102,14 @@ def excluded_trials(results: list[TrialResult]) -> list[dict]:
     ]
 
 
-def diagnose_in_sweep(results: list[TrialResult]) -> list[TrialResult]:
+def diagnose_in_sweep(results: list[TrialResult], tracking_uri: str) -> list[TrialResult]:
     """Diagnose each trial again, now knowing the best accuracy of the sweep ("far from the
     best trial" is underfitting), and update the MLflow tags that changed."""
     usable = [r for r in results if r.usable]
     if not usable:
         return results
     best_accuracy = max(r.val_accuracy for r in usable)
-    client = MlflowClient()
+    client = MlflowClient(tracking_uri)
     updated = []
     for r in results:
         d = diagnose_fit(r.history, r.initial_loss, best_accuracy) if r.history else None
@@ -139,13 +139,15 @@ def finish_sweep(
     budget_note: str = "",
     sweep_seconds: float | None = None,
     warnings: list[str] | None = None,
+    *,
+    tracking_uri: str,
 ) -> list[dict]:
     """Log the leaderboard, the lr x epochs heatmap, the exclusions, the choice and the
     sweep's wall time on the parent run, and the dataset's warnings on every trial; returns
     the excluded trials with their reasons."""
     board = leaderboard(results)
     excluded = excluded_trials(results)
-    client = MlflowClient()
+    client = MlflowClient(tracking_uri)
     for r in results:
         client.set_tag(r.run_id, WARNINGS_TAG, warnings_tag(warnings))
     client.log_table(
@@ -188,7 +190,12 @@ def finish_sweep(
 
 
 def log_best_model(
-    best: TrialResult, config: TrainConfig, dataset: Dataset, cache_path: str, parent_run_id: str
+    best: TrialResult,
+    config: TrainConfig,
+    dataset: Dataset,
+    cache_path: str,
+    parent_run_id: str,
+    tracking_uri: str,
 ) -> str:
     """Log the best trial's weights as a model package in its own run; return the model URI."""
     data = load_tensors(cache_path)
@@ -213,18 +220,17 @@ def log_best_model(
         mlflow.set_tag("ursa.best", "true")
         model_uri = log_package(model, meta)
     # The sweep run names its model, so "the latest trained model" is one search away.
-    MlflowClient().set_tag(parent_run_id, "ursa.model_uri", model_uri)
+    MlflowClient(tracking_uri).set_tag(parent_run_id, "ursa.model_uri", model_uri)
     return model_uri
 
 
-def latest_model_uri(experiment_id: str) -> str:
+def latest_model_uri(experiment_id: str, tracking_uri: str) -> str:
     """The model URI of the most recent finished sweep in the experiment."""
-    runs = mlflow.search_runs(
+    runs = MlflowClient(tracking_uri).search_runs(
         [experiment_id],
         filter_string="tags.`ursa.role` = 'sweep' and tags.`ursa.model_uri` != ''",
         order_by=["attributes.start_time DESC"],
         max_results=1,
-        output_format="list",
     )
     if not runs:
         raise LookupError(

@@ -604,7 +604,9 @@ def run_trial(
         initial = fitted.step_losses[0] if fitted.step_losses else math.nan
         mlflow.set_tag("ursa.bn_recomputed", batch_norm_note(fitted.history))
         diagnosis = diagnose_fit(fitted.history, initial)
-        log_trial_report(run.info.run_id, trial.name, fitted, data, diagnosis)
+        log_trial_report(
+            run.info.run_id, trial.name, fitted, data, diagnosis, mlflow.get_tracking_uri()
+        )
         checkpoint = Path(cache_path).parent.parent / "checkpoints" / f"{run.info.run_id}.pt"
         checkpoint.parent.mkdir(parents=True, exist_ok=True)
         torch.save(fitted.model.state_dict(), checkpoint)

@@ -40,9 +40,14 @@ def log_step_losses(client: MlflowClient, run_id: str, name: str, losses: list[f
 
 
 def log_trial_report(
-    run_id: str, title: str, fitted: FitResult, data: Tensors, diagnosis: Diagnosis
+    run_id: str,
+    title: str,
+    fitted: FitResult,
+    data: Tensors,
+    diagnosis: Diagnosis,
+    tracking_uri: str,
 ) -> None:
-    client = MlflowClient()
+    client = MlflowClient(tracking_uri)
     for key, value in diagnosis_tags(diagnosis).items():
         client.set_tag(run_id, key, value)
     log_step_losses(client, run_id, "train_loss_step", fitted.step_losses)

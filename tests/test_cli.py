@@ -207,12 +207,12 @@ def test_status_of_a_trained_data_folder(data_dir: Path, version_server: str) ->
     trials = trial_grid([3e-3], [1])
     parent = start_sweep(experiment, config, dataset, trials)
     cache = str(tensor_cache(dataset, config.image_size))
-    results = diagnose_in_sweep(
-        [run_trial(trials[0], config, cache, experiment, parent, dataset.digest, "")]
-    )
+    uri = settings.tracking_uri
+    results = [run_trial(trials[0], config, cache, experiment, parent, dataset.digest, uri)]
+    results = diagnose_in_sweep(results, uri)
     best = best_trial(results)
-    finish_sweep(parent, results, best)
-    model_uri = log_best_model(best, config, dataset, cache, parent)
+    finish_sweep(parent, results, best, tracking_uri=uri)
+    model_uri = log_best_model(best, config, dataset, cache, parent, uri)
     release_model(model_uri, dataset, settings.model_name, settings.tracking_uri)
     write_stack_state(
         data_dir,

@@ -54,7 +54,9 @@ def test_range_test_on_real_images_is_logged_with_its_plot(data_dir) -> None:
     settings = Settings.from_env()
     experiment = experiment_id(settings)
     parent = start_sweep(experiment, SMALL, dataset, trial_grid([1e-3], [1]))
-    suggestion = run_lr_find(SMALL, cache, experiment, parent, num_iter=10)
+    suggestion = run_lr_find(
+        SMALL, cache, experiment, parent, num_iter=10, tracking_uri=settings.tracking_uri
+    )
     client = MlflowClient(settings.tracking_uri)
     child = client.search_runs([experiment], filter_string="tags.`ursa.role` = 'lr_find'")[0]
     assert child.data.tags["mlflow.parentRunId"] == parent

@@ -11,7 +11,7 @@ from mlflow import MlflowClient
 
 from tasks.sweep import finish_sweep, start_sweep, trial_grid
 from tasks.tensor_cache import tensor_cache
-from tasks.tracking import experiment_id
+from tasks.tracking import experiment_id, use_tracking_uri
 from tasks.train import TrainConfig, run_trial
 from tests.datasets import digits_dataset
 from tests.servers import mlflow_server, postgres
@@ -32,6 +32,7 @@ def test_concurrent_trials_lose_no_metric_on_postgres(
         monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)
         settings = Settings.from_env()
         experiment = experiment_id(settings)
+        use_tracking_uri(tracking)  # start_sweep opens the parent run through MLflow's fluent API
         trials = trial_grid([1e-3, 3e-3, 1e-2], [EPOCHS])
         parent = start_sweep(experiment, config, dataset, trials)
         cache = str(tensor_cache(dataset, config.image_size))
@@ -44,7 +45,8 @@ def test_concurrent_trials_lose_no_metric_on_postgres(
                     trials,
                 )
             )
-        finish_sweep(parent, results, max(results, key=lambda r: r.val_accuracy))
+        best = max(results, key=lambda r: r.val_accuracy)
+        finish_sweep(parent, results, best, tracking_uri=tracking)
 
         client = MlflowClient(tracking)
         children = client.search_runs(

@@ -189,16 +189,18 @@ def test_sweep_logs_parent_children_diagnoses_and_a_loadable_model(
         run_trial(t, config, cache, experiment, parent, dataset.digest, settings.tracking_uri)
         for t in trials
     ]
-    results = diagnose_in_sweep(results)
+    results = diagnose_in_sweep(results, settings.tracking_uri)
     by_lr = {r.lr: r for r in results}
     assert by_lr[10.0].diagnosis == "diverged", by_lr[10.0].evidence
     assert by_lr[1e-6].diagnosis == "too_slow", by_lr[1e-6].evidence
     best = best_trial(results)
     assert best.lr != 10.0 and best.diagnosis != "diverged"
-    excluded = finish_sweep(parent, results, best, "30 of 30 grid epochs")
+    excluded = finish_sweep(
+        parent, results, best, "30 of 30 grid epochs", tracking_uri=settings.tracking_uri
+    )
     assert [e["trial"] for e in excluded] == [f"lr=10 epochs={MIN_STEPS}"]
     assert excluded[0]["diagnosis"] == "diverged" and excluded[0]["why"]
-    model_uri = log_best_model(best, config, dataset, cache, parent)
+    model_uri = log_best_model(best, config, dataset, cache, parent, settings.tracking_uri)
 
     client = MlflowClient(settings.tracking_uri)
     children = client.search_runs(
@@ -228,7 +230,7 @@ def test_sweep_logs_parent_children_diagnoses_and_a_loadable_model(
     assert {"leaderboard.json", "heatmap_val_accuracy.png", "excluded_trials.json"} <= (
         parent_artifacts
     )
-    assert latest_model_uri(experiment) == model_uri
+    assert latest_model_uri(experiment, settings.tracking_uri) == model_uri
 
     package = load_package(model_uri, settings.tracking_uri)
     assert package.classes == list(dataset.classes)

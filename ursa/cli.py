@@ -130,8 +130,8 @@ def report_to_running_stack(settings: Settings) -> Settings:
     if stack is None:
         return settings
     for key, value in stack.get("client_env", {}).items():
-        if value:
-            os.environ.setdefault(key, value)
+        if value and not os.environ.get(key):  # set and empty reads as unset, as in Settings
+            os.environ[key] = value
     return Settings.from_env()
 
 
@@ -287,7 +287,7 @@ def _latest_model_uri(settings: Settings) -> str:
         from tasks.tracking import experiment_id
 
         try:
-            return latest_model_uri(experiment_id(settings))
+            return latest_model_uri(experiment_id(settings), settings.tracking_uri)
         except LookupError:
             pass
     raise UsageError(f"no trained model yet in {settings.tracking_uri}", "Run 'ursa train' first")
