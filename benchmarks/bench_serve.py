@@ -426,7 +426,7 @@ def server_pid(port: int) -> int:
 def run_burst(settings: Settings, body: bytes, total: int, in_flight: int, root: Path) -> Burst:
     import uvloop
 
-    with server_process(settings) as url:
+    with server_process(settings, startup_s=600) as url:  # slow to start on a busy machine
         pid = server_pid(settings.serve_port)
         # A few answers first: the first batches are slow, and the rate is then measured.
         for _ in range(5):

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import hashlib
 import socket
 import time
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -181,6 +183,29 @@ def test_retry_after_is_honoured_when_it_fits(host: ImageHost, data_dir: Path) -
     [row] = download_urls([UrlRow(too_long, "0")], data_dir, FAST)
     assert (row.outcome, row.http_status, row.attempts) == ("http_error", 503, 1)
     assert time.perf_counter() - started < 1.5
+
+
+def http_date(seconds_from_now: float) -> str:
+    """``Retry-After``'s other form, URL-quoted for the image host's query string."""
+    when = email.utils.formatdate(time.time() + seconds_from_now, usegmt=True)
+    return urllib.parse.quote(when)
+
+
+def test_retry_after_as_an_http_date_is_honoured_when_it_fits(
+    host: ImageHost, data_dir: Path
+) -> None:
+    # Whole seconds only: a date 3 s ahead is 2 to 3 s away; the backoff alone waits 0.05 s.
+    fits = f"{host.base_url}/flaky/0/0000.png?status=503&retry_after={http_date(3)}"
+    options = DownloadOptions(timeout_s=8.0, attempt_timeout_s=1.5, backoff_s=0.05)
+    started = time.perf_counter()
+    [row] = download_urls([UrlRow(fits, "0")], data_dir, options)
+    assert (row.outcome, row.attempts) == ("ok", 2)
+    assert time.perf_counter() - started >= 1.5  # it waited for the date, not the backoff
+
+    too_late = f"{host.base_url}/flaky/1/0001.png?status=503&retry_after={http_date(60)}"
+    [row] = download_urls([UrlRow(too_late, "1")], data_dir, options)
+    assert (row.outcome, row.http_status, row.attempts) == ("http_error", 503, 1)
+    assert "does not fit" in row.reason
 
 
 def test_429_is_retried_and_persistent_5xx_gives_up(host: ImageHost, data_dir: Path) -> None:

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import dataclasses
 import io
+import re
 import subprocess
 import sys
 import threading
@@ -60,6 +61,7 @@ class Registry:
             model_name=NAME,
             max_body_bytes=MAX_BODY,
             max_image_pixels=1_000_000,
+            poll_interval_s=0,  # tests move the alias: no server may follow it on its own
         )
         return dataclasses.replace(base, **changes)
 
@@ -419,8 +421,19 @@ BAD_INPUTS = {
 }
 
 
-def test_the_bad_input_corpus_is_large() -> None:
-    assert len(BAD_INPUTS) >= 20
+def test_the_bad_input_corpus_covers_every_refusal_the_server_has() -> None:
+    """Every status the upload path answers and every reason an image is refused for."""
+    uploads = (ROOT / "serving" / "uploads.py").read_text()
+    images = (ROOT / "ursa" / "images.py").read_text()
+    statuses = {int(s) for s in re.findall(r"UploadError\(\s*(\d{3})", uploads)}
+    reasons = set(re.findall(r'ImageError\(\s*"(\w+)"', images))
+    assert statuses and reasons  # the patterns still find what they look for
+    reasons.discard("too_small")  # the server asks for no minimum side
+    statuses |= {400, 422}  # decode(): an empty upload, an unusable image
+    covered_statuses = {status for _, _, status, _ in BAD_INPUTS.values()}
+    covered_reasons = {reason for _, _, _, reason in BAD_INPUTS.values()}
+    assert statuses <= covered_statuses
+    assert reasons <= covered_reasons
 
 
 @pytest.mark.parametrize("case", BAD_INPUTS, ids=list(BAD_INPUTS))
@@ -444,7 +457,54 @@ AWKWARD_BUT_VALID = {
     "grayscale png": ("image/png", lambda: encode(Image.new("L", (20, 20), 99), "PNG")),
     "rgba png": ("image/png", lambda: encode(Image.new("RGBA", (20, 20), (1, 2, 3, 0)), "PNG")),
     "webp": ("image/webp", lambda: encode(Image.new("RGB", (20, 20)), "WEBP")),
+    "palette png": ("image/png", lambda: encode(palette_image(), "PNG")),
 }
+
+
+def palette_image() -> Image.Image:
+    """Three palette colours in bands; index 2 is the one a PNG may mark transparent."""
+    im = Image.new("P", (20, 20), 0)
+    im.putpalette([200, 30, 90, 10, 120, 240, 0, 0, 0] + [0] * (3 * 253))
+    im.paste(1, (0, 7, 20, 14))
+    im.paste(2, (0, 14, 20, 20))
+    return im
+
+
+def probabilities(served: LiveServer, data: bytes) -> list[float]:
+    with served.client() as client:
+        response = client.post("/predict?k=3", content=data, headers={"content-type": "image/png"})
+    assert response.status_code == 200, response.text
+    return [p["probability"] for p in sorted(response.json()["predictions"], key=str)]
+
+
+@pytest.mark.parametrize("transparent", [False, True], ids=["opaque", "transparent index"])
+def test_palette_images_are_classified_as_their_rgb_pixels(
+    served: LiveServer, transparent: bool
+) -> None:
+    palette = palette_image()
+    rgb = palette.convert("RGB")
+    if transparent:  # the transparent index is composited on white, like any transparency
+        rgb.paste((255, 255, 255), (0, 14, 20, 20))
+    served_palette = encode(palette, "PNG", **({"transparency": 2} if transparent else {}))
+    assert probabilities(served, served_palette) == pytest.approx(
+        probabilities(served, encode(rgb, "PNG")), abs=1e-6
+    )
+
+
+@pytest.mark.parametrize("fields, status", [(8, 200), (9, 400)])
+def test_up_to_eight_form_fields_beside_the_file(
+    served: LiveServer, fields: int, status: int
+) -> None:
+    parts = [(f"note{i}", None, b"x") for i in range(fields)] + [("a", "a.png", image_bytes())]
+    with served.client() as client:
+        response = client.post(
+            "/predict",
+            content=multipart(parts),
+            headers={"content-type": "multipart/form-data; boundary=xyzzy"},
+        )
+    assert response.status_code == status, response.text
+    if status == 400:
+        assert response.json()["reason"] == "bad_form"
 
 
 @pytest.mark.parametrize("case", AWKWARD_BUT_VALID, ids=list(AWKWARD_BUT_VALID))
