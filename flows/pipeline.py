@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Annotated
 
 from prefect import flow
@@ -95,5 +95,7 @@ def pipeline(
         serve_url=serve_url,
     )
     settings = Settings.from_env()
+    # The links name the server this run redeployed, given here or in URSA_SERVE_URL.
+    settings = replace(settings, serve_url=serve_url or settings.serve_url)
     publish_pipeline(settings, experiment_id(settings), trained.parent_run_id, released.release)
     return PipelineResult(ingest=ingested, train=trained, release=released, clean=cleaned)
