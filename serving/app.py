@@ -32,13 +32,15 @@ from starlette.staticfiles import StaticFiles
 
 from serving.auth import bearer_matches, unauthorized
 from serving.batching import Batcher, NotLoaded
+from serving.feedback import RateLimiter, feedback_routes
 from serving.metrics import Metrics, MetricsMiddleware, metrics_endpoint
 from serving.models import ModelHolder, NoChampion, Reload
 from serving.openapi import openapi_endpoint
 from serving.page import upload_page
+from serving.predictionlog import LogOptions, PredictionLog, prediction_record
 from serving.responses import STATIC_DIR, error
 from serving.review import review_routes
-from serving.uploads import UploadError, read_image
+from serving.uploads import UploadError, read_upload
 from ursa.package import PackageError
 from ursa.settings import Settings
 
@@ -63,16 +65,24 @@ async def predict(request: Request) -> JSONResponse:
         return no_model()
     k = top_k(request.query_params.get("k"), len(loaded.classes))
     settings: Settings = request.app.state.settings
-    image = await read_image(
-        request, settings.max_body_bytes, settings.max_image_pixels, request.app.state.decoding
+    log: PredictionLog = request.app.state.prediction_log
+    logged = log.sampled()
+    upload = await read_upload(
+        request,
+        settings.max_body_bytes,
+        settings.max_image_pixels,
+        request.app.state.decoding,
+        describe=logged,
     )
     try:
-        scored = await request.app.state.batcher.score(image)
+        scored = await request.app.state.batcher.score(upload.image)
     except NotLoaded:
         return no_model()
     # The batch ran on the model current when it started: name that one, not ``loaded``.
     model, row = scored.model, scored.probabilities
     best = row.argsort()[::-1][: min(k, len(model.classes))]
+    if logged:  # queued for the log's writer thread; never waits, never fails the request
+        log.offer(prediction_record(model, row, upload), upload.data)
     return JSONResponse(
         {
             "model": model.name,
@@ -80,6 +90,7 @@ async def predict(request: Request) -> JSONResponse:
             "predictions": [
                 {"label": str(model.classes[i]), "probability": float(row[i])} for i in best
             ],
+            "sha256": upload.sha256,  # what feedback about this image names
         }
     )
 
@@ -193,6 +204,17 @@ def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings.from_env()
     holder = ModelHolder(settings.model_name, settings.tracking_uri)
     metrics = Metrics()
+    prediction_log = PredictionLog(
+        settings.data_dir,
+        LogOptions(
+            sample=settings.log_sample,
+            queue_size=settings.log_queue_size,
+            rotate_bytes=settings.log_rotate_bytes,
+            images_max_bytes=settings.log_images_max_bytes,
+            retention_days=settings.log_retention_days,
+        ),
+        count=metrics.count_log,
+    )
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -212,6 +234,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         )
         batcher.start()
         app.state.batcher = batcher
+        prediction_log.start()
         try:
             await reload_model(app, "start")
         except (NoChampion, PackageError) as exc:
@@ -226,6 +249,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             poller.cancel()
             await asyncio.gather(poller, return_exceptions=True)
         await batcher.stop()
+        await run_in_threadpool(prediction_log.stop)
         inference.shutdown(wait=False, cancel_futures=True)
         decoding.shutdown(wait=False, cancel_futures=True)
 
@@ -243,6 +267,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     if settings.admin_token:  # no token configured: the admin endpoints do not exist
         routes.append(Route("/admin/reload", reload, methods=["POST"]))
     routes += review_routes(settings)  # /review: also only with an admin token
+    routes += feedback_routes(settings)
 
     middleware = [Middleware(MetricsMiddleware, metrics=metrics)]
     if settings.cors_origins:  # off unless configured; never for the admin token header
@@ -269,4 +294,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.state.settings = settings
     app.state.holder = holder
     app.state.metrics = metrics
+    app.state.prediction_log = prediction_log
+    app.state.feedback_limiter = RateLimiter(settings.feedback_per_minute)
     return app

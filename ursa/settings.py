@@ -58,6 +58,26 @@ def _origins(raw: str) -> tuple[str, ...]:
 _origins.__name__ = "comma-separated origin list"
 
 
+def _share(raw: str) -> float:
+    value = float(raw)
+    if not 0.0 <= value <= 1.0:  # also refuses NaN
+        raise ValueError("must be from 0 to 1")
+    return value
+
+
+_share.__name__ = "share from 0 to 1"
+
+
+def _non_negative_int(raw: str) -> int:
+    value = int(raw)
+    if value < 0:
+        raise ValueError("must be >= 0")
+    return value
+
+
+_non_negative_int.__name__ = "int >= 0"
+
+
 @dataclass(frozen=True)
 class Settings:
     data_dir: Path = Path("ursa-data")
@@ -76,6 +96,13 @@ class Settings:
     poll_interval_s: float = 30.0  # 0 turns polling off
     cors_origins: tuple[str, ...] = ()  # empty: no CORS headers at all
     inference_threads: int = 0  # torch threads in `ursa serve`; 0: every core
+    # The prediction log (serving/predictionlog.py) and feedback from people.
+    log_sample: float = 1.0  # share of answers recorded; 0 turns the log off
+    log_queue_size: int = 10_000  # records waiting for the writer; more are dropped
+    log_rotate_bytes: int = 64 * 1024 * 1024
+    log_images_max_bytes: int = 0  # bytes of uploaded images kept; 0: none kept
+    log_retention_days: float = 30.0  # kept images older than this are deleted
+    feedback_per_minute: int = 10  # feedback answers a client may send a minute
     # Release: accuracy a candidate must beat the champion by.
     release_margin: float = 0.0
     # Where people browse MLflow: links in Prefect artifacts point there ("" when unknown).
@@ -105,6 +132,12 @@ class Settings:
             poll_interval_s=_read(env, "URSA_POLL_INTERVAL_S", _non_negative_float, 30.0),
             cors_origins=_read(env, "URSA_CORS_ORIGINS", _origins, ()),
             inference_threads=_read(env, "URSA_INFERENCE_THREADS", int, 0),
+            log_sample=_read(env, "URSA_LOG_SAMPLE", _share, 1.0),
+            log_queue_size=_read(env, "URSA_LOG_QUEUE_SIZE", _positive_int, 10_000),
+            log_rotate_bytes=_read(env, "URSA_LOG_ROTATE_BYTES", _positive_int, 64 * 1024 * 1024),
+            log_images_max_bytes=_read(env, "URSA_LOG_IMAGES_MAX_BYTES", _non_negative_int, 0),
+            log_retention_days=_read(env, "URSA_LOG_RETENTION_DAYS", _non_negative_float, 30.0),
+            feedback_per_minute=_read(env, "URSA_FEEDBACK_PER_MINUTE", _positive_int, 10),
             release_margin=_read(env, "URSA_RELEASE_MARGIN", _non_negative_float, 0.0),
         )
 
