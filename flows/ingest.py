@@ -11,6 +11,7 @@ from pydantic import Field
 
 from tasks.dedup import dedup_task
 from tasks.download import DownloadOptions, download_task
+from tasks.feedback import feedback_rows
 from tasks.ledger import load_ledger
 from tasks.manifest import Dataset, UrlRow, write_rows
 from tasks.policies import HOUR
@@ -40,6 +41,7 @@ def ingest(
     timeout_s: Annotated[float, Field(gt=0, le=3600)] = 10.0,
     fresh: bool = False,
     ledger: str = "",
+    feedback_to_valid: bool = False,
 ) -> IngestResult:
     """Build a dataset: download, verify and dedup, then split into train and valid.
 
@@ -57,16 +59,27 @@ def ingest(
         timeout_s: Deadline per URL in seconds, retries included.
         fresh: Ignore the download journal and fetch every URL again.
         ledger: Cleaning ledger to apply (empty: <data>/cleaning/ledger.jsonl).
+        feedback_to_valid: Split images added from accepted feedback like the others (off:
+            they all go to training, so the gate compares on the same validation data).
     """
     settings = Settings.from_env()
     data_dir = settings.data_dir
     options = DownloadOptions(concurrency=concurrency, per_host=per_host, timeout_s=timeout_s)
     with url_rows(source, data_dir, max_per_class) as rows:
         rows = download_task(rows, data_dir, options, resume=not fresh)
-    rows = verify_task(rows, data_dir, max_pixels=settings.max_image_pixels, workers=None)
+    ledger_file = Path(ledger) if ledger else ledger_path(data_dir)
+    added = feedback_rows(data_dir, ledger_file)  # accepted feedback: source=feedback
+    rows = verify_task(rows + added, data_dir, max_pixels=settings.max_image_pixels, workers=None)
     url_manifest = write_rows(data_dir / "manifests" / "urls.csv", rows, UrlRow)
-    decisions = load_ledger(Path(ledger) if ledger else ledger_path(data_dir))
-    dataset = dedup_task(rows, data_dir, valid_pct=valid_pct, seed=seed, ledger=decisions)
+    decisions = load_ledger(ledger_file)
+    dataset = dedup_task(
+        rows,
+        data_dir,
+        valid_pct=valid_pct,
+        seed=seed,
+        ledger=decisions,
+        feedback_to_valid=feedback_to_valid,
+    )
     publish_ingest(rows, dataset, url_manifest)
     result = IngestResult(
         dataset=dataset,
@@ -75,6 +88,8 @@ def ingest(
         statuses=dataset_status_counts(dataset),
     )
     print(f"ingest: {len(rows)} URLs -> {result.statuses.get('kept', 0)} images; {result.outcomes}")
+    if added:
+        print(f"ingest: {len(added)} images from accepted feedback (source=feedback)")
     if decisions.digest:
         print(
             f"ingest: applied {len(decisions.decisions)} review decisions from {decisions.path} "

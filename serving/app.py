@@ -32,14 +32,16 @@ from starlette.staticfiles import StaticFiles
 
 from serving.auth import bearer_matches, unauthorized
 from serving.batching import Batcher, NotLoaded
+from serving.feedback import RateLimiter, feedback_routes
 from serving.metrics import Metrics, MetricsMiddleware, metrics_endpoint
 from serving.models import ModelHolder, NoChampion, Reload
 from serving.openapi import openapi_endpoint
 from serving.page import upload_page
+from serving.predictionlog import LogOptions, PredictionLog, prediction_record
 from serving.responses import STATIC_DIR, error
 from serving.review import review_routes
 from serving.shedding import Admission, LoadShedding, overloaded
-from serving.uploads import UploadError, read_image
+from serving.uploads import UploadError, read_upload
 from ursa.package import PackageError
 from ursa.settings import Settings
 
@@ -64,17 +66,20 @@ async def predict(request: Request) -> JSONResponse:
         return no_model()
     k = top_k(request.query_params.get("k"), len(loaded.classes))
     settings: Settings = request.app.state.settings
+    log: PredictionLog = request.app.state.prediction_log
+    logged = log.sampled()
     # The queue place was taken before the body is read (serving/shedding.py); the deadline
     # counts from here: reading, decoding, waiting for a batch and inference.
     try:
         async with asyncio.timeout(settings.request_timeout_s or None):
-            image = await read_image(
+            upload = await read_upload(
                 request,
                 settings.max_body_bytes,
                 settings.max_image_pixels,
                 request.app.state.decoding,
+                describe=logged,
             )
-            scored = await request.app.state.batcher.score(image)
+            scored = await request.app.state.batcher.score(upload.image)
     except NotLoaded:
         return no_model()
     except TimeoutError:
@@ -83,6 +88,8 @@ async def predict(request: Request) -> JSONResponse:
     # The batch ran on the model current when it started: name that one, not ``loaded``.
     model, row = scored.model, scored.probabilities
     best = row.argsort()[::-1][: min(k, len(model.classes))]
+    if logged:  # queued for the log's writer thread; never waits, never fails the request
+        log.offer(prediction_record(model, row, upload), upload.data)
     return JSONResponse(
         {
             "model": model.name,
@@ -90,6 +97,7 @@ async def predict(request: Request) -> JSONResponse:
             "predictions": [
                 {"label": str(model.classes[i]), "probability": float(row[i])} for i in best
             ],
+            "sha256": upload.sha256,  # what feedback about this image names
         }
     )
 
@@ -203,6 +211,17 @@ def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings.from_env()
     holder = ModelHolder(settings.model_name, settings.tracking_uri)
     metrics = Metrics()
+    prediction_log = PredictionLog(
+        settings.data_dir,
+        LogOptions(
+            sample=settings.log_sample,
+            queue_size=settings.log_queue_size,
+            rotate_bytes=settings.log_rotate_bytes,
+            images_max_bytes=settings.log_images_max_bytes,
+            retention_days=settings.log_retention_days,
+        ),
+        count=metrics.count_log,
+    )
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -222,6 +241,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         )
         batcher.start()
         app.state.batcher = batcher
+        prediction_log.start()
         try:
             await reload_model(app, "start")
         except (NoChampion, PackageError) as exc:
@@ -236,6 +256,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             poller.cancel()
             await asyncio.gather(poller, return_exceptions=True)
         await batcher.stop()
+        await run_in_threadpool(prediction_log.stop)
         inference.shutdown(wait=False, cancel_futures=True)
         decoding.shutdown(wait=False, cancel_futures=True)
 
@@ -254,6 +275,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     if settings.admin_token:  # no token configured: the admin endpoints do not exist
         routes.append(Route("/admin/reload", reload, methods=["POST"]))
     routes += review_routes(settings)  # /review: also only with an admin token
+    routes += feedback_routes(settings)
 
     admission = Admission(settings.max_queue, settings.batch_max_size, settings.request_timeout_s)
     middleware = [Middleware(MetricsMiddleware, metrics=metrics)]
@@ -286,4 +308,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.state.holder = holder
     app.state.metrics = metrics
     app.state.admission = admission
+    app.state.prediction_log = prediction_log
+    app.state.feedback_limiter = RateLimiter(settings.feedback_per_minute)
     return app

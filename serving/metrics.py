@@ -62,6 +62,31 @@ class Metrics:
         for reason in ("queue_full", "deadline"):  # both series exist from the start, at 0
             self.shed.labels(reason)
 
+        self.prediction_log = Counter(
+            "ursa_prediction_log_records",
+            "Prediction log records: written, dropped_queue_full (the writer fell behind), "
+            "dropped_write_error (the disk refused).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.kept_images = Counter(
+            "ursa_prediction_log_images",
+            "Uploaded images the log was to keep: kept, over_cap, write_error.",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.feedback = Counter(
+            "ursa_feedback",
+            "Feedback answers from the upload page, by outcome (stored, refused, rate_limited).",
+            ["outcome"],
+            registry=self.registry,
+        )
+
+    def count_log(self, kind: str, outcome: str, n: int = 1) -> None:
+        """Count prediction-log ``records`` or ``images`` by outcome (from the writer thread)."""
+        counter = self.prediction_log if kind == "records" else self.kept_images
+        counter.labels(outcome).inc(n)
+
     def serving(self, model: str, version: str) -> None:
         """Record that ``model`` ``version`` is now the one served."""
         self.model_version.clear()

@@ -118,6 +118,35 @@ def api_schema(max_body_bytes: int, admin: bool) -> dict:
                 "responses": {"200": {"description": "Metrics", "content": {"text/plain": {}}}},
             }
         },
+        "/feedback": {
+            "post": {
+                "summary": "Say which class an answered image really is (unconfirmed until a "
+                "reviewer accepts it).",
+                "requestBody": {
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["sha256", "label"],
+                                "properties": {
+                                    "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                                    "label": {"type": "string"},
+                                },
+                            }
+                        }
+                    }
+                },
+                "responses": {
+                    "201": json_reply("Stored, pending review.", {"type": "object"}),
+                    "400": error_reply("Not JSON, a bad sha256, or not one of the classes."),
+                    "404": error_reply(
+                        "Not an image the server kept (image keeping is off, or it expired)."
+                    ),
+                    "429": error_reply("Too much feedback from this address (Retry-After)."),
+                    "503": error_reply("No model is loaded yet."),
+                },
+            }
+        },
         "/static/{path}": {
             "get": {
                 "summary": "The pages' scripts and styles.",
@@ -174,6 +203,7 @@ def api_schema(max_body_bytes: int, admin: bool) -> dict:
                     "properties": {
                         "model": {"type": "string"},
                         "version": {"type": "string"},
+                        "sha256": {"type": "string", "description": "Of the uploaded bytes."},
                         "predictions": {
                             "type": "array",
                             "items": {
@@ -293,6 +323,64 @@ def review_paths() -> dict:
                 "responses": {
                     "201": json_reply("The undo entry.", {"type": "object"}),
                     "400": error_reply("No such entry, or already undone."),
+                    "401": refused,
+                    "403": error_reply("A cross-origin request."),
+                },
+            }
+        },
+        "/review/api/feedback": {
+            "get": {
+                "summary": "Feedback from people, with the model's answer beside it.",
+                "security": bearer,
+                "parameters": [
+                    {
+                        "name": "state",
+                        "in": "query",
+                        "schema": {"enum": ["pending", "accept", "reject", "all"]},
+                    }
+                ],
+                "responses": {"200": json_reply("The feedback items.", {"type": "object"})},
+            }
+        },
+        "/review/api/feedback/images/{sha256}": {
+            "get": {
+                "summary": "An image the prediction log kept.",
+                "security": bearer,
+                "parameters": [
+                    {"name": "sha256", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
+                "responses": {
+                    "200": {"description": "The image.", "content": {"image/*": {}}},
+                    "401": refused,
+                    "404": error_reply("Not a kept image."),
+                },
+            }
+        },
+        "/review/api/feedback/decisions": {
+            "post": {
+                "summary": "Accept (into the cleaning ledger, as a new labelled image) or "
+                "reject one feedback item.",
+                "security": bearer,
+                "requestBody": {
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["id", "decision"],
+                                "properties": {
+                                    "id": {"type": "string"},
+                                    "decision": {
+                                        "type": "string",
+                                        "description": "accept, accept:<class> or reject",
+                                    },
+                                },
+                            }
+                        }
+                    }
+                },
+                "responses": {
+                    "201": json_reply("The verdict.", {"type": "object"}),
+                    "400": error_reply("No such pending feedback, or a bad decision."),
                     "401": refused,
                     "403": error_reply("A cross-origin request."),
                 },

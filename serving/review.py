@@ -104,7 +104,7 @@ def reviewer(request: Request) -> str | None:
     return _cookie_reviewer(cookie, token) if cookie else None
 
 
-def _unauthorized() -> JSONResponse:
+def refused_reviewer() -> JSONResponse:
     return unauthorized("A valid admin bearer token (or a review login) is required.")
 
 
@@ -115,7 +115,7 @@ def _same_origin(request: Request) -> bool:
     return origin == f"{request.url.scheme}://{request.url.netloc}"
 
 
-async def _json_body(request: Request) -> dict:
+async def json_body(request: Request) -> dict:
     if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
         raise LedgerError("Send the decision as application/json.")
     body = b""
@@ -195,7 +195,7 @@ def _suspects_page(request: Request) -> dict:
 
 async def suspects(request: Request) -> JSONResponse:
     if reviewer(request) is None:
-        return _unauthorized()
+        return refused_reviewer()
     try:
         return JSONResponse(await run_in_threadpool(_suspects_page, request))
     except FileNotFoundError:
@@ -206,7 +206,7 @@ async def suspects(request: Request) -> JSONResponse:
 
 async def image(request: Request) -> Response:
     if reviewer(request) is None:
-        return _unauthorized()
+        return refused_reviewer()
     sha = request.path_params["sha256"]
     try:
         check_sha256(sha)
@@ -222,10 +222,10 @@ async def image(request: Request) -> Response:
     return FileResponse(path, headers={"Cache-Control": "private, max-age=3600"})
 
 
-def _write_refusal(request: Request, who: str | None) -> JSONResponse | None:
+def write_refusal(request: Request, who: str | None) -> JSONResponse | None:
     """Why a request may not write to the ledger, or None when it may."""
     if who is None:
-        return _unauthorized()
+        return refused_reviewer()
     if not _same_origin(request):
         return error(403, "Cross-origin requests may not record decisions.")
     return None
@@ -233,11 +233,11 @@ def _write_refusal(request: Request, who: str | None) -> JSONResponse | None:
 
 async def decide(request: Request) -> JSONResponse:
     who = reviewer(request)
-    refusal = _write_refusal(request, who)
+    refusal = write_refusal(request, who)
     if refusal is not None:
         return refusal
     try:
-        body = await _json_body(request)
+        body = await json_body(request)
         sha = check_sha256(str(body.get("sha256", "")))
         rows, meta = await run_in_threadpool(_ranking, request)
         shown = [r for r in rows if r.sha256 == sha]
@@ -263,11 +263,11 @@ async def decide(request: Request) -> JSONResponse:
 
 async def undo_decision(request: Request) -> JSONResponse:
     who = reviewer(request)
-    refusal = _write_refusal(request, who)
+    refusal = write_refusal(request, who)
     if refusal is not None:
         return refusal
     try:
-        body = await _json_body(request)
+        body = await json_body(request)
         entry_id = str(body.get("id", ""))
         if not (len(entry_id) == 32 and all(c in "0123456789abcdef" for c in entry_id)):
             raise LedgerError(f"Entry id '{entry_id[:40]}' is not a ledger entry id.")
@@ -281,7 +281,7 @@ async def undo_decision(request: Request) -> JSONResponse:
 
 async def ledger_csv(request: Request) -> Response:
     if reviewer(request) is None:
-        return _unauthorized()
+        return refused_reviewer()
     try:
         entries = await run_in_threadpool(read_entries, ledger_path(_settings(request).data_dir))
     except LedgerError as exc:

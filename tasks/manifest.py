@@ -75,6 +75,7 @@ class ImageRow:
     duplicate_of: str = ""  # sha256 of the kept member when not kept
     split: str = ""  # train | valid, for kept rows
     review: str = ""  # the cleaning ledger's decision: keep | remove | relabel:<was>-><now>
+    source: str = ""  # "feedback": a person's corrected answer (tasks/feedback.py); else ""
 
 
 Row = TypeVar("Row", UrlRow, ImageRow)

@@ -103,11 +103,11 @@ def local_image_rows(root: Path, data_dir: Path, max_per_class: int | None = Non
     for folder in sorted(d for d in Path(root).iterdir() if d.is_dir()):
         files = sorted(f for f in folder.iterdir() if f.is_file() and not f.name.startswith("."))
         for file in files[:max_per_class]:
-            rows.append(_local_row(file.resolve(), folder.name, raw_dir))
+            rows.append(local_file_row(file.resolve(), folder.name, raw_dir))
     return rows
 
 
-def _local_row(file: Path, label: str, raw_dir: Path) -> UrlRow:
+def local_file_row(file: Path, label: str, raw_dir: Path) -> UrlRow:
     data = file.read_bytes()
     row = UrlRow(url=file.as_uri(), label=label, attempts=0)
     if not data:

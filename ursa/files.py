@@ -7,20 +7,21 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TextIO
+from typing import IO
 
 TEMP_PREFIX = ".part-"  # temporary files of content-addressed writes: a killed run's leftovers
 
 
 @contextlib.contextmanager
-def atomic_writer(path: Path) -> Iterator[TextIO]:
-    """A text file handle whose content appears at ``path`` all at once when the block ends
-    (readers see the old file or the new one), and nowhere if it raises. Lines written to it
-    stream to disk: a long manifest is never held in memory whole."""
+def atomic_writer(path: Path, binary: bool = False) -> Iterator[IO]:
+    """A file handle (text, or bytes when ``binary``) whose content appears at ``path`` all at
+    once when the block ends (readers see the old file or the new one), and nowhere if it
+    raises. Lines written to it stream to disk: a long manifest is never held in memory whole."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    opened = os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8", newline="")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+        with opened as fh:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
@@ -28,6 +29,12 @@ def atomic_writer(path: Path) -> Iterator[TextIO]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` all at once: readers see the old file or the new one."""
+    with atomic_writer(path, binary=True) as fh:
+        fh.write(data)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

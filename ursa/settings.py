@@ -61,16 +61,6 @@ def _non_negative_float(raw: str) -> float:
 _non_negative_float.__name__ = "number >= 0"
 
 
-def _non_negative_int(raw: str) -> int:
-    value = int(raw)
-    if value < 0:
-        raise ValueError(raw)
-    return value
-
-
-_non_negative_int.__name__ = "whole number >= 0"
-
-
 def _origins(raw: str) -> tuple[str, ...]:
     return tuple(o.strip().rstrip("/") for o in raw.split(",") if o.strip())
 
@@ -86,6 +76,16 @@ def _base_url(raw: str) -> str:
 
 
 _base_url.__name__ = "http(s) base URL"
+
+
+def _share(raw: str) -> float:
+    value = float(raw)
+    if not 0.0 <= value <= 1.0:  # also refuses NaN
+        raise ValueError("must be from 0 to 1")
+    return value
+
+
+_share.__name__ = "share from 0 to 1"
 
 
 @dataclass(frozen=True)
@@ -110,6 +110,13 @@ class Settings:
     # bound) and the deadline from a request's arrival to its answer (0: none).
     max_queue: int | None = None
     request_timeout_s: float = 5.0
+    # The prediction log (serving/predictionlog.py) and feedback from people.
+    log_sample: float = 1.0  # share of answers recorded; 0 turns the log off
+    log_queue_size: int = 10_000  # records waiting for the writer; more are dropped
+    log_rotate_bytes: int = 64 * 1024 * 1024
+    log_images_max_bytes: int = 0  # bytes of uploaded images kept; 0: none kept
+    log_retention_days: float = 30.0  # kept images older than this are deleted
+    feedback_per_minute: int = 10  # feedback answers a client may send a minute
     # Release: accuracy a candidate must beat the champion by.
     release_margin: float = 0.0
     # Image search: a base URL that replaces the engine's host (a mirror, or a local stand-in).
@@ -147,6 +154,12 @@ class Settings:
             inference_threads=_read(env, "URSA_INFERENCE_THREADS", int, 0),
             max_queue=_read(env, "URSA_MAX_QUEUE", _non_negative_int, None),
             request_timeout_s=_read(env, "URSA_REQUEST_TIMEOUT_S", _non_negative_float, 5.0),
+            log_sample=_read(env, "URSA_LOG_SAMPLE", _share, 1.0),
+            log_queue_size=_read(env, "URSA_LOG_QUEUE_SIZE", _positive_int, 10_000),
+            log_rotate_bytes=_read(env, "URSA_LOG_ROTATE_BYTES", _positive_int, 64 * 1024 * 1024),
+            log_images_max_bytes=_read(env, "URSA_LOG_IMAGES_MAX_BYTES", _non_negative_int, 0),
+            log_retention_days=_read(env, "URSA_LOG_RETENTION_DAYS", _non_negative_float, 30.0),
+            feedback_per_minute=_read(env, "URSA_FEEDBACK_PER_MINUTE", _positive_int, 10),
             release_margin=_read(env, "URSA_RELEASE_MARGIN", _non_negative_float, 0.0),
             search_url=_read(env, "URSA_SEARCH_URL", _base_url, ""),
             release_min_valid=_read(env, "URSA_RELEASE_MIN_VALID", _non_negative_int, 20),

@@ -174,3 +174,62 @@ $("next").addEventListener("click", () => load(state.page + 1));
 $("order").addEventListener("change", () => load(1));
 $("flag").addEventListener("change", () => load(1));
 load(1);
+
+// The feedback queue: what people said about the server's answers; accept (into the
+// cleaning ledger, as a new labelled image) or reject each item.
+function feedbackCard(item, classes) {
+  const box = document.createElement("div");
+  box.className = "feedback-card";
+  box.dataset.id = item.id;
+  box.dataset.sha256 = item.sha256;
+  const img = document.createElement("img");
+  img.src = BASE + item.image_url;
+  img.alt = `image ${item.sha256.slice(0, 12)}`;
+  const model = `model: ${item.predicted} (${(100 * item.confidence).toFixed(1)}%)`;
+  box.append(img, text("div", "model-said", model),
+             text("div", "person-said", `person: ${item.label}`));
+  const choose = document.createElement("select");
+  choose.className = "accept-as";
+  choose.setAttribute("aria-label", "accept as");
+  for (const c of classes) {
+    const option = text("option", "", c);
+    option.value = c;
+    choose.append(option);
+  }
+  choose.value = item.label;
+  const accept = text("button", "accept", "accept");
+  accept.type = "button";
+  const reject = text("button", "reject", "reject");
+  reject.type = "button";
+  const outcome = text("div", "outcome", "");
+  const decide = async (decision) => {
+    $("feedback-error").textContent = "";
+    try {
+      const verdict = await api("api/feedback/decisions", {id: item.id, decision});
+      outcome.textContent = `${verdict.kind}ed` + (verdict.kind === "accept"
+        ? ` as ${verdict.label}` : "");
+      accept.disabled = reject.disabled = choose.disabled = true;
+    } catch (err) {
+      $("feedback-error").textContent = err.message;
+    }
+  };
+  accept.addEventListener("click", () => decide(`accept:${choose.value}`));
+  reject.addEventListener("click", () => decide("reject"));
+  const actions = document.createElement("div");
+  actions.className = "actions";
+  actions.append(choose, accept, reject);
+  box.append(actions, outcome);
+  return box;
+}
+
+async function loadFeedback() {
+  try {
+    const data = await api("api/feedback?state=pending");
+    $("feedback-summary").textContent = `${data.pending} waiting`;
+    $("feedback-grid").replaceChildren(...data.items.map((i) => feedbackCard(i, data.classes)));
+  } catch (err) {
+    $("feedback-error").textContent = err.message;
+  }
+}
+
+loadFeedback();

@@ -1,5 +1,6 @@
 const $ = (id) => document.getElementById(id);
 const TOP_K = 3;
+const answer = {sha256: "", label: "", classes: []};
 
 async function showModel() {
   try {
@@ -7,6 +8,7 @@ async function showModel() {
     const info = await reply.json();
     $("model-version").textContent = reply.ok
       ? `${info.model} version ${info.version}` : info.error;
+    if (reply.ok) answer.classes = info.classes;
   } catch (err) {
     $("model-version").textContent = "the server does not answer";
   }
@@ -35,11 +37,44 @@ function showResults(body) {
   $("results").hidden = false;
   $("status").textContent = `Answered by ${body.model} version ${body.version}.`;
   $("status").dataset.version = body.version;
+  answer.sha256 = body.sha256;
+  answer.label = body.predictions[0].label;
+  const choose = $("correct-class");
+  choose.replaceChildren();
+  for (const c of answer.classes) {
+    const option = document.createElement("option");
+    option.value = c;
+    option.textContent = c;
+    choose.append(option);
+  }
+  $("correct").hidden = true;
+  $("feedback-status").textContent = "";
+  $("right").disabled = $("wrong").disabled = false;
+  $("feedback").hidden = false;
+}
+
+// "Right?": the person's answer goes to POST /feedback; a reviewer confirms it later.
+async function sendFeedback(label) {
+  $("feedback-status").textContent = "Sending…";
+  try {
+    const reply = await fetch("feedback", {
+      method: "POST", headers: {"Content-Type": "application/json"},
+      body: JSON.stringify({sha256: answer.sha256, label}),
+    });
+    const body = await reply.json();
+    if (!reply.ok) throw new Error(body.error || `HTTP ${reply.status}`);
+    $("feedback-status").textContent = "Thank you: a reviewer will look at it.";
+    $("right").disabled = $("wrong").disabled = true;
+    $("correct").hidden = true;
+  } catch (err) {
+    $("feedback-status").textContent = err.message;
+  }
 }
 
 async function classify(file) {
   $("error").textContent = "";
   $("results").hidden = true;
+  $("feedback").hidden = true;
   $("status").textContent = "Classifying…";
   const preview = $("preview");
   if (preview.src) URL.revokeObjectURL(preview.src);
@@ -71,4 +106,10 @@ drop.addEventListener("drop", (e) => {
   drop.classList.remove("over");
   if (e.dataTransfer.files.length) classify(e.dataTransfer.files[0]);
 });
+$("right").addEventListener("click", () => sendFeedback(answer.label));
+$("wrong").addEventListener("click", () => {
+  $("correct").hidden = false;
+  $("correct-class").focus();
+});
+$("send-correct").addEventListener("click", () => sendFeedback($("correct-class").value));
 showModel();
