@@ -56,6 +56,7 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
         per_host=args.per_host,
         timeout_s=args.timeout,
         fresh=args.fresh,
+        shards=args.shards,
     )
     from rich.table import Table
 
@@ -186,6 +187,7 @@ def cmd_pipeline(args: argparse.Namespace, settings: Settings) -> int:
         margin=_margin(args, settings),
         serve_url=args.serve_url or "",
         clean=args.clean,
+        shards=args.shards,
     )
     r = result.release.release
     console.print(f"champion: {r.model_name} v{r.champion_version} ({r.reason})")
@@ -304,6 +306,12 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--max-per-class", type=int, default=None, help="first N URLs per class")
         p.add_argument("--seed", type=int, default=0, help="split and training seed")
+        p.add_argument(
+            "--shards",
+            type=int,
+            default=1,
+            help="split the ingest into N shard flow runs on the Prefect workers (default 1)",
+        )
 
     p = sub.add_parser("ingest", help="download, verify and dedup URL lists into a dataset")
     ingest_args(p)
