@@ -45,6 +45,7 @@ def pipeline(
     margin: Annotated[float, Field(ge=0)] | None = None,
     serve_url: str = "",
     clean: bool = False,
+    shards: Annotated[int, Field(ge=1, le=1024)] = 1,
 ) -> PipelineResult:
     """From per-class URL lists to a registered champion served over HTTP.
 
@@ -64,8 +65,10 @@ def pipeline(
         serve_url: Server to redeploy (empty: URSA_SERVE_URL, or none).
         clean: After training, rank the images most likely mislabelled and publish the
             review link; the next run's ingest applies what people decide there.
+        shards: Split the ingest into this many shards, each a flow run of the ingest-shard
+            deployment on any worker (all must reach the data folder).
     """
-    ingested = ingest(source=source, max_per_class=max_per_class, seed=seed)
+    ingested = ingest(source=source, max_per_class=max_per_class, seed=seed, shards=shards)
     trained = train(
         dataset_manifest=ingested.dataset.manifest_path,
         recipe=recipe,

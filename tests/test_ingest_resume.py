@@ -133,3 +133,54 @@ def test_a_second_ingest_on_the_same_folder_is_refused(data_dir: Path) -> None:
 
 def _row(url: str) -> UrlRow:
     return UrlRow(url=url, label="x")
+
+
+def test_a_10000_url_download_killed_half_way_resumes(
+    host: ImageHost, data_dir: Path, tmp_path: Path
+) -> None:
+    """At scale: 10,000 URLs (tiny images, no latency), SIGKILL mid-run, then a rerun that
+    reports every URL once, fetches only what the journal does not hold, and leaves one
+    journal line per URL."""
+    files = sorted(p.relative_to(host.image_root).as_posix() for p in host.image_root.glob("*/*"))
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    by_label: dict[str, list[str]] = {}
+    for i in range(10_000):
+        name = files[i % len(files)]
+        by_label.setdefault(name.split("/")[0], []).append(f"{host.base_url}/img/{name}?copy={i}\n")
+    for label, urls in by_label.items():
+        (lists / f"{label}.txt").write_text("".join(urls))
+    rows = read_url_lists(lists)
+    assert len(rows) == 10_000
+
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(lists), str(data_dir)],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    try:
+        journal = data_dir / JOURNAL
+        deadline = time.monotonic() + 120
+        while not (journal.exists() and journal.stat().st_size > 3_000 * 200):
+            assert child.poll() is None, "the download finished before it could be killed"
+            assert time.monotonic() < deadline, "the download never got going"
+            time.sleep(0.05)
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=10)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    before = journal_urls(data_dir)
+    assert 1_000 <= len(before) < 10_000, "killed half-way"
+    fetched_before = sum(host.request_counts().values())
+
+    reported: list[str] = []
+    # Deadlines far above need: on a busy machine an answer may wait, and this is no timing test.
+    options = DownloadOptions(concurrency=32, timeout_s=300, attempt_timeout_s=120)
+    out = download_urls(rows, data_dir, options, progress=reported.append)
+    failed = [r for r in out if r.outcome != "ok"]
+    assert not failed and len(out) == 10_000, failed[:3]
+    assert sorted(r.url for r in reported) == sorted(r.url for r in rows)  # progress: each once
+    assert sum(host.request_counts().values()) - fetched_before == 10_000 - len(before)
+    assert all(host.requests_for(url) == 1 for url in before)
+    assert sorted(journal_urls(data_dir)) == sorted(r.url for r in rows)

@@ -533,6 +533,11 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--max-per-class", type=int, help="first N URLs per class")
         p.add_argument("--seed", type=int, help="split and training seed")
+        p.add_argument(
+            "--shards",
+            type=int,
+            help="split the ingest into N shard flow runs on the Prefect workers",
+        )
 
     p = sub.add_parser("ingest", help="download, verify and dedup URL lists into a dataset")
     ingest_args(p)
