@@ -54,7 +54,7 @@ from tasks.manifest import UrlRow  # noqa: E402
 
 # tasks.download and tasks.verify (Prefect, aiohttp) are imported where they are used: the
 # worker processes that verification spawns import this main module first, and `ursa ingest`,
-# whose main module (ursa.cli) imports them lazily too, does not make its workers pay for them.
+# whose main module (app.cli) imports them lazily too, does not make its workers pay for them.
 
 FASTAI_WORKERS = 8  # fastai.vision.utils.download_images(n_workers=8)
 FASTAI_TIMEOUT_S = 4  # download_images(timeout=4)

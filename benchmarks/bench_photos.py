@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_photos.py [--per-class 500] [--latency 0.05]
         [--batches 3] [--serve-seconds 10] [--clients 16]
 
-About 1,500 generated bear photos (``ursa.photos``: 400-2000 px JPEGs, some PNG, WebP,
+About 1,500 generated bear photos (``standins.photos``: 400-2000 px JPEGs, some PNG, WebP,
 greyscale, CMYK, EXIF-rotated; made once and kept in the temporary folder) are served by the
 local image host (50 ms added latency, the host's junk included) and made searchable by the
 DuckDuckGo stand-in, both in a process of their own. Then each stage runs in a fresh
@@ -246,7 +246,7 @@ def _child(name: str, work: Path, kwargs: dict) -> None:
 _HOSTS = """
 import sys
 from pathlib import Path
-from ursa.searchhost import photo_search
+from standins.searchhost import photo_search
 hosts = photo_search(Path(sys.argv[1]), latency_s=float(sys.argv[2]), per_query=300)
 with hosts as (images, search):
     print(images.base_url, search.base_url, flush=True)
@@ -258,9 +258,9 @@ def serve(work: Path, seconds: float, clients: int) -> dict:
     """Ursa's server and the naive one on an untrained resnet34 at 224 px; req/s and peaks."""
     import psutil
 
+    from app.demo import free_port, server_process
     from benchmarks.bench_serve import naive_process, register_model, run_load
     from tasks.manifest import ImageRow, load_dataset, read_rows
-    from ursa.demo import free_port, server_process
     from ursa.settings import Settings
 
     dataset = load_dataset((work / "dataset.txt").read_text())
@@ -304,7 +304,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16)
     args = parser.parse_args()
 
-    from ursa.photos import write_photos
+    from standins.photos import write_photos
 
     tmp = Path(tempfile.gettempdir())
     started = time.perf_counter()

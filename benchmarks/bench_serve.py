@@ -44,7 +44,7 @@ os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 
 import httpx  # noqa: E402
 
-from ursa.demo import free_port, server_process  # noqa: E402
+from app.demo import free_port, server_process  # noqa: E402
 from ursa.settings import Settings  # noqa: E402
 
 CLASSES = [f"class{i}" for i in range(10)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -10,15 +11,16 @@ from prefect import flow
 from prefect.exceptions import ObjectNotFound
 from pydantic import Field
 
+from standins.imagehost import embedded_url_lists
 from tasks.dedup import dedup_task
-from tasks.download import DownloadOptions, download_task
+from tasks.download import DownloadOptions, download_task, read_url_lists
 from tasks.feedback import feedback_rows
 from tasks.ledger import load_ledger
 from tasks.manifest import Dataset, UrlRow, write_rows
 from tasks.policies import HOUR
 from tasks.reports import dataset_status_counts, outcome_counts, publish_ingest
 from tasks.shards import PART, Shard, merged_rows, record_worker, wait_for_runs, write_shards
-from tasks.sources import EMBEDDED, read_csv_urls, url_rows
+from tasks.sources import EMBEDDED, read_csv_urls, read_source
 from tasks.verify import verify_task
 from ursa.ledger import ledger_path
 from ursa.settings import Settings
@@ -74,7 +76,10 @@ def ingest(
     settings = Settings.from_env()
     data_dir = settings.data_dir
     options = DownloadOptions(concurrency=concurrency, per_host=per_host, timeout_s=timeout_s)
-    with url_rows(source, data_dir, max_per_class) as rows:
+    # The embedded default is served by a local image host for as long as downloads run.
+    served = embedded_url_lists(data_dir, max_per_class) if source == EMBEDDED else nullcontext()
+    with served as lists:
+        rows = read_url_lists(lists) if lists else read_source(source, data_dir, max_per_class)
         if shards == 1:
             rows = download_task(rows, data_dir, options, resume=not fresh)
         else:  # the URL source (a local host for "embedded") stays up while the shards run

@@ -1,51 +1,24 @@
 """Where the rows come from: URL lists (``<class>.txt``), CSV files with a ``url`` column,
-a folder of images per class (nothing to download), or the embedded default."""
+or a folder of images per class (nothing to download). The embedded default is published by
+a local image host (:func:`standins.imagehost.embedded_url_lists`), which the ingest flow
+starts: this module only reads."""
 
 from __future__ import annotations
 
 import csv
 import hashlib
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from tasks.download import read_url_lists
 from tasks.manifest import UrlRow
-from ursa.embedded import write_embedded_images
 from ursa.files import write_new_file
-from ursa.imagehost import ImageHost
 from ursa.images import sniff_extension
 
 EMBEDDED = "embedded"
 
 
-@contextmanager
-def url_rows(
-    source: str, data_dir: Path, max_per_class: int | None = None
-) -> Iterator[list[UrlRow]]:
-    """Yields one row per listed URL of ``source``, at most ``max_per_class`` real ones a class.
-
-    ``"embedded"`` writes scikit-learn's bundled digits as image files, publishes them (and the
-    junk real lists hold) from a local image host on 127.0.0.1 for the duration of the block,
-    and yields the rows of the per-class lists that host exports (the junk comes on top of
-    ``max_per_class``). Anything else is a path: see :func:`read_source`.
-    """
-    if source == EMBEDDED:
-        images = write_embedded_images(data_dir / "embedded")
-        with ImageHost(images) as host:
-            yield read_url_lists(host.write_url_lists(data_dir / "urls", max_per_class))
-        return
-    path = Path(source).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(
-            f"URL list source '{source}' does not exist: give a folder of <class>.txt files, "
-            f"one such file, or '{EMBEDDED}'."
-        )
-    yield read_source(path, data_dir, max_per_class)
-
-
-def read_source(path: Path, data_dir: Path, max_per_class: int | None = None) -> list[UrlRow]:
+def read_source(path: str | Path, data_dir: Path, max_per_class: int | None = None) -> list[UrlRow]:
     """Rows from a path, by what it holds:
 
     - a ``.csv`` file, or a folder of them: a ``url`` column, the label from a ``label``
@@ -54,7 +27,12 @@ def read_source(path: Path, data_dir: Path, max_per_class: int | None = None) ->
     - a folder of class folders of images: no download; each file is copied into ``raw/``
       by content and its row is ``ok`` already (or ``empty``/``not_image``).
     """
-    path = Path(path)
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(
+            f"URL list source '{path}' does not exist: give a folder of <class>.txt files, "
+            f"one such file, or '{EMBEDDED}'."
+        )
     if path.is_file():
         rows = read_csv_urls(path) if path.suffix.lower() == ".csv" else read_url_lists(path)
         return limit_per_class(rows, max_per_class)

@@ -13,7 +13,7 @@ import pytest
 from ursa.offline import set_offline_defaults
 
 if TYPE_CHECKING:
-    from ursa.imagehost import ImageHost
+    from standins.imagehost import ImageHost
 
 # Telemetry fails loudly offline; Prefect must not touch the user's ~/.prefect.
 set_offline_defaults(PREFECT_LOGGING_LEVEL="WARNING")
@@ -55,7 +55,7 @@ def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def host(digits: Path) -> Iterator[ImageHost]:
     """The local image host over the digits. One per test: the flaky URL fails only once."""
-    from ursa.imagehost import ImageHost
+    from standins.imagehost import ImageHost
 
     with ImageHost(digits) as image_host:
         yield image_host

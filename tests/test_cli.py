@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def ursa(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run the CLI as a person would, in a fresh process."""
     return subprocess.run(
-        [sys.executable, "-m", "ursa.cli", *args],
+        [sys.executable, "-m", "app.cli", *args],
         capture_output=True,
         text=True,
         timeout=300,

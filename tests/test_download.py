@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from standins.imagehost import ImageHost
 from tasks.download import (
     DownloadOptions,
     download_task,
@@ -20,7 +21,6 @@ from tasks.download import (
     read_url_lists,
 )
 from tasks.manifest import DOWNLOAD_OUTCOMES, UrlRow
-from ursa.imagehost import ImageHost
 
 # Small deadlines so that the slow URL (30 s on the host) times out fast.
 FAST = DownloadOptions(timeout_s=2.0, attempt_timeout_s=1.5, backoff_s=0.05)

@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from standins.imagehost import ImageHost
 from tasks.download import DownloadOptions, download_urls
 from tasks.manifest import DOWNLOAD_OUTCOMES, VERIFY_OUTCOMES, UrlRow
 from tasks.verify import verify_rows
 from tests.images import encode, png_header_only
 from ursa.embedded import write_embedded_images
-from ursa.imagehost import ImageHost
 
 OPTIONS = DownloadOptions(
     timeout_s=2.0, attempt_timeout_s=1.0, backoff_s=0.05, max_bytes=1_000_000, retries=3

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from standins.imagehost import ImageHost
 from tasks.download import JOURNAL, DownloadOptions, download_urls, read_url_lists
 from tasks.manifest import UrlRow, data_dir_lock
 from ursa.embedded import write_embedded_images
-from ursa.imagehost import ImageHost
 
 REPO = Path(__file__).resolve().parents[1]
 CHILD = """

@@ -27,7 +27,7 @@ def test_recipes_fill_what_the_user_did_not_give() -> None:
 
 def test_the_cli_passes_on_only_the_options_given(monkeypatch: pytest.MonkeyPatch) -> None:
     import flows.train
-    from ursa.cli import main
+    from app.cli import main
 
     seen: dict = {}
 
@@ -47,9 +47,9 @@ def test_the_photos_recipe_fine_tunes_downloaded_weights_and_records_itself(
     data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prefect_harness
 ) -> None:
     from flows.train import train
+    from standins.weightshost import WeightsHost
     from tests.datasets import photos_dataset
     from ursa.package import load_package
-    from ursa.weightshost import WeightsHost
 
     manifest = photos_dataset(data_dir, per_class=6, classes=2).manifest_path
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))

@@ -10,12 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+from app.demo import free_port
+from app.processes import wait_until_healthy
+from app.stack import stop_process_group
+from standins.imagehost import ImageHost
 from tasks.manifest import ImageRow, UrlRow, load_dataset, read_rows
 from tasks.shards import shard_of
-from ursa.demo import free_port
-from ursa.imagehost import ImageHost
-from ursa.processes import wait_until_healthy
-from ursa.stack import stop_process_group
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -94,7 +94,7 @@ def test_two_shards_run_on_two_workers_and_merge_into_one_dataset(
         ]
         started += [(w, signal.SIGINT) for w in workers]  # a worker stops on SIGINT
         done = subprocess.run(
-            [sys.executable, "-m", "ursa.cli", "ingest", str(tmp_path / "lists"), "--shards", "2"],
+            [sys.executable, "-m", "app.cli", "ingest", str(tmp_path / "lists"), "--shards", "2"],
             cwd=ROOT,
             env=env,
             capture_output=True,

@@ -12,11 +12,11 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
+from app.cli import main
 from flows.train import train
 from tasks.sweep import auto_workers
 from tests.datasets import digits_dataset
 from tests.test_flows import _artifact_keys
-from ursa.cli import main
 from ursa.settings import Settings
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")

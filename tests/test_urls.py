@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from standins.searchhost import Listing, SearchHost, catalog_from_lists
 from tasks.image_search import (
     ImageHit,
     RateLimited,
@@ -29,7 +30,6 @@ from tasks.urls import (
     load_collection,
     query_variants,
 )
-from ursa.searchhost import Listing, SearchHost, catalog_from_lists
 
 
 def _listings(label: str, n: int) -> list[Listing]:
@@ -212,8 +212,8 @@ def test_ursa_urls_writes_lists_that_ingest_reads(
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
+    from app.cli import main
     from tasks.sources import read_source
-    from ursa.cli import main
 
     catalog = {"grizzly": _listings("grizzly", 40), "black": _listings("black", 40)}
     catalog["black"].insert(2, catalog["grizzly"][1])  # the same image under two classes

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from standins.weightshost import WeightsHost
 from tasks.train import TrainConfig, build_model
 from tasks.weights import WeightsUnavailable, resolve_weights
-from ursa.weightshost import WeightsHost
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@
 a page carrying a ``vqd`` token for that query, then ``GET /i.js?o=json&q=QUERY&vqd=TOKEN&s=OFFSET``
 returns a JSON page of up to 100 results with a ``next`` link while more remain. This server
 answers both over a catalog of listings (usually the images of a local
-:class:`~ursa.imagehost.ImageHost`), so ``ursa urls`` runs its real client code offline when
+:class:`~standins.imagehost.ImageHost`), so ``ursa urls`` runs its real client code offline when
 ``URSA_SEARCH_URL`` points here. It also reproduces what users of the real engine run into:
 
 - a query for the wrong token is refused (403), as DuckDuckGo does;
@@ -33,8 +33,8 @@ from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
 from PIL import Image
 
-from ursa.imagehost import ImageHost
-from ursa.photos import QUERIES
+from standins.imagehost import ImageHost
+from standins.photos import QUERIES
 
 PAGE_SIZE = 100  # DuckDuckGo's i.js pages hold up to 100 results; ddgs asks for s=(page-1)*100
 STOCK_HOSTS = ("www.shutterstock.com", "media.istockphoto.com", "www.alamy.com")

@@ -24,7 +24,7 @@ def has_mlflow_store(settings: Settings) -> bool:
 
 def status(settings: Settings) -> dict[str, Any]:
     """Everything ``ursa status`` shows, as plain data (its ``--json``)."""
-    from ursa.stack import running_stack
+    from app.stack import running_stack
 
     stack = running_stack(settings.data_dir)
     report: dict[str, Any] = {

@@ -6,8 +6,8 @@ own size (400-2000 px on the long side), aspect ratio, pose, clutter and sensor 
 web photos, most are JPEGs, some of them stored sideways with an EXIF orientation that says
 how to turn them upright, and some come as PNG, WebP, greyscale or CMYK JPEG.
 
-``write_photos`` writes ``<dest>/<class>/<name>``; :class:`ursa.imagehost.ImageHost` serves
-that folder (with its junk) and :mod:`ursa.searchhost` makes it searchable.
+``write_photos`` writes ``<dest>/<class>/<name>``; :class:`standins.imagehost.ImageHost` serves
+that folder (with its junk) and :mod:`standins.searchhost` makes it searchable.
 """
 
 from __future__ import annotations

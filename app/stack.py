@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ursa.processes import wait_until_healthy
+from app.processes import wait_until_healthy
 from ursa.settings import Settings
 
 BIN = Path(sys.executable).parent
@@ -181,7 +181,7 @@ class Stack:
             self._start(
                 Service(
                     "model-server",
-                    [sys.executable, "-m", "ursa.cli", "serve"],
+                    [sys.executable, "-m", "app.cli", "serve"],
                     f"http://{HOST}:{self.ports.serve}/healthz",
                 ),
                 startup_s,

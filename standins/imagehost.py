@@ -39,6 +39,7 @@ import struct
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -47,6 +48,8 @@ from urllib.parse import quote
 from aiohttp import web
 from PIL import Image
 from yarl import URL
+
+from ursa.embedded import write_embedded_images
 
 _SLOW_DEFAULT_S = 30.0  # longer than any sane download timeout
 _JSON = b'{"error": "not found", "status": 404}'
@@ -599,3 +602,13 @@ def _int_query(request: web.Request, key: str, default: int) -> int:
         return int(raw)
     except ValueError:
         raise web.HTTPBadRequest(text=f"Query '{key}' has value '{raw}', not an integer.") from None
+
+
+@contextlib.contextmanager
+def embedded_url_lists(data_dir: Path, max_per_class: int | None = None) -> Iterator[Path]:
+    """The embedded digits, written as image files and published (with the junk real lists
+    hold) by an image host on 127.0.0.1 for the duration of the block; yields the folder of
+    per-class URL lists it exports (the junk comes on top of ``max_per_class``)."""
+    images = write_embedded_images(data_dir / "embedded")
+    with ImageHost(images) as host:
+        yield host.write_url_lists(data_dir / "urls", max_per_class)

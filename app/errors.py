@@ -20,7 +20,7 @@ class UsageError(Exception):
 # module and class: checked only when that module is loaded, so the CLI imports none of them.
 USER_FIXABLE = (
     ("ursa.settings", "SettingsError"),
-    ("ursa.stack", "PortBusy"),
+    ("app.stack", "PortBusy"),
     ("tasks.weights", "WeightsUnavailable"),
     ("tasks.data_checks", "DatasetUnusable"),
     ("tasks.urls", "SearchGaveUp"),

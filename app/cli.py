@@ -1,7 +1,7 @@
 """The ``ursa`` command: one subcommand per stage, each a thin front on a flow or the server.
 
 Options a user does not give are not passed on (``argparse.SUPPRESS``), so the flows' own
-defaults apply; ``--help`` shows them, read from the flows (:mod:`ursa.parameters`), and the
+defaults apply; ``--help`` shows them, read from the flows (:mod:`app.parameters`), and the
 values given are checked against the flows' parameter annotations before anything starts.
 """
 
@@ -22,8 +22,8 @@ set_offline_defaults(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="90")
 
 from rich.console import Console  # noqa: E402
 
+from app.errors import UsageError, one_line, user_fixable, write_traceback  # noqa: E402
 from tasks.recipes import AUGMENTATIONS, RECIPES  # noqa: E402
-from ursa.errors import UsageError, one_line, user_fixable, write_traceback  # noqa: E402
 from ursa.images import RESIZE_POLICIES  # noqa: E402
 from ursa.settings import Settings  # noqa: E402
 
@@ -85,7 +85,7 @@ def _serve_target(args: argparse.Namespace, settings: Settings) -> None:
 def checked_arguments(args: argparse.Namespace, **filled: Any) -> dict[str, Any]:
     """The options given for the command's flow (plus ``filled``), checked against the flow's
     parameter annotations, read from its source: a typo costs no import of the flow."""
-    from ursa.parameters import check_arguments, flow_parameters
+    from app.parameters import check_arguments, flow_parameters
 
     module, flow = FLOWS[args.command]
     names = flow_parameters(module, flow)
@@ -99,7 +99,7 @@ def run_flow(
 ) -> Any:
     """Run ``flow`` quietly: Prefect's and MLflow's INFO logs go to the data folder's log file
     (``-v``: the console too). The first line says where the run reports to."""
-    from ursa.logs import route_logs
+    from app.logs import route_logs
 
     log_file = settings.data_dir / "logs" / "ursa.log"
     route_logs(log_file, args.verbose, _debug(args))
@@ -108,7 +108,7 @@ def run_flow(
 
 
 def reporting_to(settings: Settings) -> str:
-    from ursa.stack import running_stack
+    from app.stack import running_stack
 
     api = os.environ.get("PREFECT_API_URL", "")
     stack = running_stack(settings.data_dir)
@@ -124,7 +124,7 @@ def reporting_to(settings: Settings) -> str:
 def report_to_running_stack(settings: Settings) -> Settings:
     """When ``ursa up`` runs on this data folder, report to its Prefect server, MLflow and
     model server, unless the environment names others. Before Prefect is imported."""
-    from ursa.stack import running_stack
+    from app.stack import running_stack
 
     stack = running_stack(settings.data_dir)
     if stack is None:
@@ -136,7 +136,7 @@ def report_to_running_stack(settings: Settings) -> Settings:
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    from ursa.demo import run_demo
+    from app.demo import run_demo
 
     run_demo(settings, console)
     return 0
@@ -280,7 +280,7 @@ def cmd_release(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _latest_model_uri(settings: Settings) -> str:
-    from ursa.status import has_mlflow_store
+    from app.status import has_mlflow_store
 
     if has_mlflow_store(settings):
         from tasks.sweep import latest_model_uri
@@ -345,8 +345,8 @@ def cmd_clean(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from app.stack import check_port_free
     from serving.server import run
-    from ursa.stack import check_port_free
 
     settings = replace(
         settings,
@@ -360,12 +360,12 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_host(args: argparse.Namespace, settings: Settings) -> int:
+    from standins.imagehost import run_host
     from ursa.embedded import write_embedded_images
-    from ursa.imagehost import run_host
 
     if getattr(args, "photos", 0):
-        from ursa.photos import write_photos
-        from ursa.searchhost import run_photo_hosts
+        from standins.photos import write_photos
+        from standins.searchhost import run_photo_hosts
 
         photos = write_photos(settings.data_dir / "photos", args.photos)
         run_photo_hosts(photos, args.host, args.port, args.latency)
@@ -383,7 +383,7 @@ def project_dir() -> Path:
 
 
 def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
-    from ursa.stack import Ports, Stack
+    from app.stack import Ports, Stack
 
     serve_port = getattr(args, "serve_port", None) or settings.serve_port
     ports = Ports(args.prefect_port, args.mlflow_port, serve_port)
@@ -407,7 +407,7 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_down(args: argparse.Namespace, settings: Settings) -> int:
-    from ursa.stack import down_from_state
+    from app.stack import down_from_state
 
     stopped = down_from_state(settings.data_dir)
     console.print(f"stopped: {', '.join(stopped)}" if stopped else "no stack is running here")
@@ -451,7 +451,7 @@ FLOWS = {
 
 def show_flow_parameters(p: argparse.ArgumentParser, module: str, flow: str) -> None:
     """Add the flow's default to each option's help, and the flow's choices where it has some."""
-    from ursa.parameters import flow_parameters
+    from app.parameters import flow_parameters
 
     parameters = flow_parameters(module, flow)
     for action in p._actions:
@@ -474,7 +474,7 @@ def option_names(parser: argparse.ArgumentParser, command: str) -> dict[str, str
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
-    from ursa.status import print_status, status
+    from app.status import print_status, status
 
     report = status(settings)
     if getattr(args, "json", False):
@@ -749,7 +749,7 @@ def main(argv: list[str] | None = None) -> int:
     args.option_names = option_names(parser, args.command)
     logs = Path("ursa-data").resolve() / "logs"
     try:
-        from ursa.logs import quiet_env
+        from app.logs import quiet_env
 
         quiet_env(args.verbose)
         settings = Settings.from_env()

@@ -22,7 +22,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-from ursa.processes import stop, wait_until_healthy
+from app.processes import stop, wait_until_healthy
 from ursa.settings import Settings
 
 
@@ -51,7 +51,7 @@ def server_process(settings: Settings, startup_s: float = 120.0) -> Iterator[str
     log = settings.data_dir / "server.log"
     with open(log, "ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "ursa.cli", "serve"],
+            [sys.executable, "-m", "app.cli", "serve"],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
