@@ -73,6 +73,8 @@ def mlflow_status(settings: Settings) -> tuple[dict[str, Any] | None, list[dict[
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
+    from tasks.diagnosis import DIAGNOSIS_TAG
+
     client = MlflowClient(settings.tracking_uri, registry_uri=settings.tracking_uri)
     sweep = None
     experiment = client.get_experiment_by_name(settings.experiment)
@@ -93,9 +95,7 @@ def mlflow_status(settings: Settings) -> tuple[dict[str, Any] | None, list[dict[
                 "state": run.info.status,
                 "best_trial": tags.get("ursa.best_trial", ""),
                 "best_val_accuracy": run.data.metrics.get("best_val_accuracy"),
-                "diagnosis": client.get_run(best).data.tags.get("ursa.diagnosis", "")
-                if best
-                else "",
+                "diagnosis": client.get_run(best).data.tags.get(DIAGNOSIS_TAG, "") if best else "",
                 "excluded": tags.get("ursa.excluded", ""),
                 "model_uri": tags.get("ursa.model_uri", ""),
             }

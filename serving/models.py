@@ -16,11 +16,7 @@ from mlflow.exceptions import MlflowException
 from PIL import Image
 
 from ursa.package import ModelPackage, PackageError, load_package, resize_policy
-
-ALIAS = "champion"
-
-# What MLflow answers for a registered model or an alias that does not exist.
-_NOT_FOUND = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"}
+from ursa.registry import CHAMPION, NOT_FOUND
 
 
 class NoChampion(LookupError):
@@ -113,10 +109,10 @@ class ModelHolder:
     def _champion(self) -> tuple[str, str | None]:
         client = MlflowClient(self.tracking_uri, registry_uri=self.tracking_uri)
         try:
-            version = client.get_model_version_by_alias(self.name, ALIAS)
+            version = client.get_model_version_by_alias(self.name, CHAMPION)
         except MlflowException as exc:
-            if exc.error_code in _NOT_FOUND:
-                raise NoChampion(f"No '{self.name}@{ALIAS}' in the model registry.") from exc
+            if exc.error_code in NOT_FOUND:
+                raise NoChampion(f"No '{self.name}@{CHAMPION}' in the model registry.") from exc
             raise
         return str(version.version), version.run_id
 

@@ -25,6 +25,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+# The MLflow tags a diagnosed run carries (trials, lesson2-sgd runs); `ursa status` reads them.
+DIAGNOSIS_TAG = "ursa.diagnosis"
+EVIDENCE_TAG = "ursa.diagnosis_evidence"
+
 DIVERGED, TOO_SLOW, TOO_FEW_STEPS, OVERFITTING, UNDERFITTING, GOOD = (
     "diverged",
     "too_slow",

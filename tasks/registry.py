@@ -22,9 +22,7 @@ from prefect import task
 from tasks.manifest import Dataset, ImageRow, read_rows
 from tasks.policies import CPU, NETWORK
 from ursa.package import load_package
-
-CHAMPION = "champion"
-PREVIOUS = "previous"
+from ursa.registry import CHAMPION, NOT_FOUND, PREVIOUS
 
 
 @dataclass
@@ -95,7 +93,7 @@ def aliased_version(client: MlflowClient, name: str, alias: str) -> str:
     try:
         return str(client.get_model_version_by_alias(name, alias).version)
     except MlflowException as exc:
-        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+        if exc.error_code in NOT_FOUND:
             return ""
         raise  # an unreachable registry is not "no champion": that would promote blindly
 
