@@ -45,7 +45,7 @@ def _ints(text: str) -> list[int]:
 
 
 def _default_dataset(settings: Settings) -> str:
-    return str(settings.data_dir / "datasets" / "dataset.csv")
+    return str(settings.layout.dataset_manifest())
 
 
 def _dataset(args: argparse.Namespace, settings: Settings) -> str:
@@ -101,7 +101,7 @@ def run_flow(
     (``-v``: the console too). The first line says where the run reports to."""
     from app.logs import route_logs
 
-    log_file = settings.data_dir / "logs" / "ursa.log"
+    log_file = settings.layout.logs / "ursa.log"
     route_logs(log_file, args.verbose, _debug(args))
     console.print(f"[dim]{reporting_to(settings)}; logs in {log_file}[/dim]", soft_wrap=True)
     return flow(**arguments)
@@ -367,11 +367,11 @@ def cmd_host(args: argparse.Namespace, settings: Settings) -> int:
         from standins.photos import write_photos
         from standins.searchhost import run_photo_hosts
 
-        photos = write_photos(settings.data_dir / "photos", args.photos)
+        photos = write_photos(settings.layout.photos, args.photos)
         run_photo_hosts(photos, args.host, args.port, args.latency)
         return 0
     root = getattr(args, "root", None)
-    root = Path(root) if root else write_embedded_images(settings.data_dir / "embedded")
+    root = Path(root) if root else write_embedded_images(settings.layout.embedded)
     run_host(root, args.host, args.port, args.latency)
     return 0
 
@@ -753,7 +753,7 @@ def main(argv: list[str] | None = None) -> int:
 
         quiet_env(args.verbose)
         settings = Settings.from_env()
-        logs = settings.data_dir / "logs"
+        logs = settings.layout.logs
         if args.command not in OWN_SERVERS:
             settings = report_to_running_stack(settings)
         return args.func(args, settings)

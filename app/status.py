@@ -11,6 +11,7 @@ from typing import Any
 
 from rich.console import Console
 
+from ursa.layout import Layout
 from ursa.settings import Settings
 
 
@@ -47,7 +48,7 @@ def dataset_status(data_dir: Path) -> dict[str, Any] | None:
     """The current dataset: digest, images per class and split, the ledger it applied."""
     from tasks.manifest import ImageRow, load_dataset, read_rows
 
-    manifest = data_dir / "datasets" / "dataset.csv"
+    manifest = Layout(data_dir).dataset_manifest()
     if not manifest.with_suffix(".json").is_file():
         return None
     dataset = load_dataset(manifest)

@@ -131,9 +131,10 @@ class Peaks:
 
 def child_ingest(n: int, base_url: str, image_root: Path, work: Path) -> dict:
     from tasks.dedup import build_dataset
-    from tasks.download import JOURNAL, DownloadOptions, download_urls
+    from tasks.download import DownloadOptions, download_urls
     from tasks.manifest import UrlRow, write_rows
     from tasks.verify import verify_rows
+    from ursa.layout import Layout
 
     names = sorted(p.relative_to(image_root).as_posix() for p in image_root.glob("*/*.png"))[:n]
     assert len(names) == n, f"only {len(names)} images for {n} URLs"
@@ -155,7 +156,7 @@ def child_ingest(n: int, base_url: str, image_root: Path, work: Path) -> dict:
         dataset = build_dataset(rows, data)
         seconds["dedup+build"] = time.perf_counter() - mark
         seconds["total"] = time.perf_counter() - started
-    manifests = [data / "manifests" / "urls.csv", data / JOURNAL, Path(dataset.manifest_path)]
+    manifests = [Layout(data).url_manifest, Layout(data).journal, Path(dataset.manifest_path)]
     return {
         **peaks.as_dict(),
         "seconds": seconds,

@@ -44,7 +44,7 @@ def clean(
     probabilities; see tasks/cleaning.py), log the ranking to MLflow and publish the link to
     the review page (``review``, default: the configured server's /review)."""
     settings = Settings.from_env()
-    dataset = load_dataset(dataset_manifest or settings.data_dir / "datasets" / "dataset.csv")
+    dataset = load_dataset(dataset_manifest or settings.layout.dataset_manifest())
     check_dataset_task(dataset, need_valid=False)  # folds cut train and valid alike
     config = TrainConfig(
         arch=arch, image_size=image_size, resize=resize, batch_size=batch_size, seed=seed

@@ -19,9 +19,10 @@ from tasks.ledger import load_ledger
 from tasks.manifest import Dataset, UrlRow, write_rows
 from tasks.policies import HOUR
 from tasks.reports import dataset_status_counts, outcome_counts, publish_ingest
-from tasks.shards import PART, Shard, merged_rows, record_worker, wait_for_runs, write_shards
+from tasks.shards import Shard, merged_rows, record_worker, wait_for_runs, write_shards
 from tasks.sources import EMBEDDED, read_csv_urls, read_source
 from tasks.verify import verify_task
+from ursa.layout import Layout
 from ursa.ledger import ledger_path
 from ursa.settings import Settings
 
@@ -91,7 +92,7 @@ def ingest(
     unverified = rows + added if shards == 1 else added
     verified = verify_task(unverified, data_dir, max_pixels=settings.max_image_pixels, workers=None)
     rows = verified if shards == 1 else rows + verified
-    url_manifest = write_rows(data_dir / "manifests" / "urls.csv", rows, UrlRow)
+    url_manifest = write_rows(Layout(data_dir).url_manifest, rows, UrlRow)
     decisions = load_ledger(ledger_file)
     dataset = dedup_task(
         rows,
@@ -145,7 +146,7 @@ def ingest_shard(
     options = DownloadOptions(concurrency=concurrency, per_host=per_host, timeout_s=timeout_s)
     rows = download_task(read_csv_urls(Path(urls_csv)), data_dir, options, resume=not fresh)
     rows = verify_task(rows, data_dir, max_pixels=settings.max_image_pixels, workers=None)
-    part = write_rows(data_dir / PART, rows, UrlRow)
+    part = write_rows(Layout(data_dir).url_manifest, rows, UrlRow)
     print(f"ingest-shard: {len(rows)} URLs -> {part}")
     return str(part)
 

@@ -199,7 +199,7 @@ def train(
     task_runner = trial_runner(runner, workers, dask_address)
     config, weights = resolve_weights_task(config, settings.weights_mirror)
     print(f"train: {weights}")
-    dataset = load_dataset(dataset_manifest or settings.data_dir / "datasets" / "dataset.csv")
+    dataset = load_dataset(dataset_manifest or settings.layout.dataset_manifest())
     warnings = check_dataset_task(dataset)  # refuses what cannot make a classifier
     experiment = experiment_id(settings)
     use_tracking_uri(settings.tracking_uri)  # the sweep's runs are opened through it

@@ -37,6 +37,7 @@ from starlette.routing import Route
 
 from serving.auth import bearer_matches, unauthorized
 from serving.responses import error, html_page
+from ursa.layout import Layout
 from ursa.ledger import (
     LedgerError,
     check_sha256,
@@ -217,7 +218,7 @@ async def image(request: Request) -> Response:
     data_dir = _settings(request).data_dir.resolve()
     path = (data_dir / found.image_path).resolve() if found else None
     # Only images of the data folder's images/, whatever the ranking file says.
-    if path is None or path.parent != data_dir / "images" or not path.is_file():
+    if path is None or path.parent != Layout(data_dir).images or not path.is_file():
         return error(404, "No such image in the ranking.")
     return FileResponse(path, headers={"Cache-Control": "private, max-age=3600"})
 

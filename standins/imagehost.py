@@ -50,6 +50,7 @@ from PIL import Image
 from yarl import URL
 
 from ursa.embedded import write_embedded_images
+from ursa.layout import Layout
 
 _SLOW_DEFAULT_S = 30.0  # longer than any sane download timeout
 _JSON = b'{"error": "not found", "status": 404}'
@@ -609,6 +610,6 @@ def embedded_url_lists(data_dir: Path, max_per_class: int | None = None) -> Iter
     """The embedded digits, written as image files and published (with the junk real lists
     hold) by an image host on 127.0.0.1 for the duration of the block; yields the folder of
     per-class URL lists it exports (the junk comes on top of ``max_per_class``)."""
-    images = write_embedded_images(data_dir / "embedded")
+    images = write_embedded_images(Layout(data_dir).embedded)
     with ImageHost(images) as host:
-        yield host.write_url_lists(data_dir / "urls", max_per_class)
+        yield host.write_url_lists(Layout(data_dir).urls, max_per_class)

@@ -47,6 +47,7 @@ from tasks.train import (
     fit,
 )
 from ursa.images import input_pixels
+from ursa.layout import Layout
 from ursa.ranking import RankedImage, ranking_paths, read_ranking, write_ranking
 from ursa.settings import Settings
 
@@ -309,7 +310,7 @@ def publish_review(ranking: Ranking, url: str, run_id: str, top: int = 10) -> st
     """The review link as a Prefect link artifact, and a note with the top suspects."""
     from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
-    ranked, _ = read_ranking(Path(ranking.csv_path).parent.parent)
+    ranked, _ = read_ranking(Layout.around(ranking.csv_path).root)
     create_link_artifact(
         link=url,
         link_text="Review the suspect images",

@@ -38,12 +38,12 @@ from tasks.manifest import UrlRow, data_dir_lock
 from tasks.progress import progress as progress_bar
 from ursa.files import TEMP_PREFIX, atomic_writer, write_new_file
 from ursa.images import sniff_extension
+from ursa.layout import Layout
 
 _CHUNK = 64 * 1024
 _HEAD = 16  # enough bytes for every signature that sniff_extension knows
 _MAX_BACKOFF_S = 5.0
 _SPILL_BYTES = 256 * 1024  # bodies up to this stay in memory: at most concurrency x this
-JOURNAL = Path("manifests") / "urls.journal.jsonl"  # relative to the data dir
 # Statuses that may pass on a later run; every other 4xx is an answer about the URL itself.
 _TRANSIENT_STATUSES = {408, 425, 429}
 # Finished rows wait at most this long for their journal line: one write per batch instead of
@@ -136,9 +136,9 @@ async def download_urls_async(
 ) -> list[UrlRow]:
     """:func:`download_urls` for callers that already run an event loop."""
     data_dir = Path(data_dir)
-    raw_dir = data_dir / "raw"
+    raw_dir = Layout(data_dir).raw
     raw_dir.mkdir(parents=True, exist_ok=True)
-    journal_path = data_dir / JOURNAL
+    journal_path = Layout(data_dir).journal
     with data_dir_lock(data_dir, "download"):
         # Under the lock nobody else writes here: any temporary file is a killed run's.
         for stale in raw_dir.glob(f"{TEMP_PREFIX}*"):
@@ -328,7 +328,7 @@ def _stored(data_dir: Path, raw_path: str) -> bool:
     if not raw_path:
         return False
     path = data_dir / raw_path
-    return path.exists() or any((data_dir / "quarantine").glob(f"*/{path.name}"))
+    return path.exists() or any(Layout(data_dir).quarantine.glob(f"*/{path.name}"))
 
 
 def _checked_url(url: str) -> tuple[URL, str]:

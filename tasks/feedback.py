@@ -15,6 +15,7 @@ from pathlib import Path
 from tasks.manifest import UrlRow
 from tasks.sources import local_file_row
 from ursa.feedback import URL_SCHEME
+from ursa.layout import Layout
 from ursa.ledger import additions, read_entries
 from ursa.predictions import images_dir, kept_answer
 
@@ -29,7 +30,7 @@ def feedback_rows(data_dir: Path, ledger_file: Path) -> list[UrlRow]:
         if answer is None:  # expired from the log (retention) before an ingest took it
             log.warning("Accepted feedback image %s is no longer kept; skipped.", sha[:12])
             continue
-        raw = Path(data_dir) / "raw"
+        raw = Layout(data_dir).raw
         raw.mkdir(parents=True, exist_ok=True)
         row = local_file_row(images_dir(data_dir) / answer["file"], entry.label, raw)
         row.url = f"{URL_SCHEME}{sha}"

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ursa.files import atomic_write_text, atomic_writer
+from ursa.layout import Layout
 
 # Outcomes of a URL. ``ok`` is the only one that yields an image.
 OK = "ok"
@@ -89,7 +90,7 @@ def data_dir_lock(data_dir: Path, what: str) -> Iterator[None]:
     in them belong to a killed run and may be removed. The kernel drops the lock when its
     holder dies, SIGKILL included, so a crash never leaves the folder locked.
     """
-    path = Path(data_dir) / "manifests" / "ingest.lock"
+    path = Layout(data_dir).ingest_lock
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as fh:
         try:
@@ -155,7 +156,7 @@ class Dataset:
 
     @property
     def data_dir(self) -> Path:
-        return Path(self.manifest_path).parent.parent
+        return Layout.around(self.manifest_path).root
 
 
 def dataset_digest(rows: Iterable[ImageRow]) -> str:
@@ -176,7 +177,7 @@ def write_dataset(
     """Write ``<data_dir>/datasets/<name>.csv`` and its JSON summary; return the record."""
     kept = [r for r in rows if r.status == "kept"]
     digest = dataset_digest(rows)
-    path = write_rows(data_dir / "datasets" / f"{name}.csv", rows, ImageRow)
+    path = write_rows(Layout(data_dir).dataset_manifest(name), rows, ImageRow)
     ds = Dataset(
         manifest_path=str(path.resolve()),
         digest=digest,

@@ -32,9 +32,7 @@ from uuid import UUID
 
 from tasks.manifest import UrlRow, iter_rows
 from ursa.files import atomic_writer
-
-SHARDS = Path("shards")  # relative to the data dir
-PART = Path("manifests") / "urls.csv"  # a shard's manifest part, relative to its folder
+from ursa.layout import Layout
 
 
 @dataclass(frozen=True)
@@ -57,7 +55,7 @@ def write_shards(rows: Iterable[UrlRow], data_dir: Path, shards: int) -> list[Sh
     """Write each shard's URL list; returns the shards, in order."""
     if shards < 1:
         raise ValueError(f"shards must be >= 1, got {shards}.")
-    root = Path(data_dir).resolve() / SHARDS / str(shards)
+    root = Layout(Path(data_dir).resolve()).shards / str(shards)
     out = [
         Shard(k, shards, str(root / str(k)), str(root / str(k) / "urls.csv")) for k in range(shards)
     ]
@@ -93,7 +91,7 @@ def merged_rows(data_dir: Path, shards: list[Shard]) -> Iterator[UrlRow]:
     data_dir = Path(data_dir).resolve()
     for shard in shards:
         folder = Path(shard.folder)
-        part = folder / PART
+        part = Layout(folder).url_manifest  # a shard's folder is laid out as a data folder
         if not part.exists():
             raise FileNotFoundError(
                 f"Shard {shard.index + 1} of {shard.count} left no manifest part at {part}: "

@@ -14,6 +14,7 @@ from tasks.download import read_url_lists
 from tasks.manifest import UrlRow
 from ursa.files import write_new_file
 from ursa.images import sniff_extension
+from ursa.layout import Layout
 
 EMBEDDED = "embedded"
 
@@ -75,7 +76,7 @@ def local_image_rows(root: Path, data_dir: Path, max_per_class: int | None = Non
     The URL is the file's ``file://`` URI, so the manifest says where each image came from.
     Files are taken in name order, at most ``max_per_class`` per class.
     """
-    raw_dir = Path(data_dir) / "raw"
+    raw_dir = Layout(data_dir).raw
     raw_dir.mkdir(parents=True, exist_ok=True)
     rows: list[UrlRow] = []
     for folder in sorted(d for d in Path(root).iterdir() if d.is_dir()):

@@ -25,6 +25,7 @@ import torch
 from tasks.manifest import Dataset, ImageRow, iter_rows
 from tasks.parallel import map_chunks, usable_cores
 from tasks.pixels import DecodeChunk, decode_chunk
+from ursa.layout import Layout
 
 SPLITS = ("train", "valid")
 # Images per message to a worker: its round trip costs about one image's decode, and small
@@ -54,7 +55,7 @@ def tensor_cache(
     images to repay starting them. A concurrent build of the same cache is harmless: each
     writes a folder of its own and the first to finish is kept.
     """
-    path = dataset.data_dir / "cache" / f"{dataset.digest[:16]}-{image_size}-{resize}"
+    path = Layout(dataset.data_dir).cache / f"{dataset.digest[:16]}-{image_size}-{resize}"
     if (path / "classes.json").exists():
         return path
     index = {c: i for i, c in enumerate(dataset.classes)}

@@ -23,7 +23,6 @@ import socket
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +35,7 @@ from tasks.recipes import AUGMENTATIONS
 from tasks.tensor_cache import Tensors, load_tensors
 from tasks.weights import WeightsUnavailable, local_weights_file
 from ursa.images import RESIZE_POLICIES
+from ursa.layout import Layout
 
 # ImageNet statistics: right for pretrained backbones, harmless for models trained from scratch.
 MEAN = (0.485, 0.456, 0.406)
@@ -607,7 +607,7 @@ def run_trial(
         log_trial_report(
             run.info.run_id, trial.name, fitted, data, diagnosis, mlflow.get_tracking_uri()
         )
-        checkpoint = Path(cache_path).parent.parent / "checkpoints" / f"{run.info.run_id}.pt"
+        checkpoint = Layout.around(cache_path).checkpoints / f"{run.info.run_id}.pt"
         checkpoint.parent.mkdir(parents=True, exist_ok=True)
         torch.save(fitted.model.state_dict(), checkpoint)
         # MLflow's monitor logs a sample only once a whole interval has passed and drops it if

@@ -22,6 +22,7 @@ from prefect.cache_policies import NONE
 from tasks.checks import FileCheck, Verdict, check_files
 from tasks.manifest import OK, UrlRow, data_dir_lock
 from tasks.parallel import map_chunks, usable_cores
+from ursa.layout import Layout
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 # A spawned worker imports tasks.checks (Pillow, numpy, scipy: about half a second) and the
@@ -53,7 +54,7 @@ def verify_rows(
     data_dir = Path(data_dir)
     with data_dir_lock(data_dir, "verify"):
         # Under the lock, a temporary PNG can only be a killed run's half-written one.
-        for stale in (data_dir / "images").glob(".*.tmp"):
+        for stale in Layout(data_dir).images.glob(".*.tmp"):
             stale.unlink(missing_ok=True)
         return _verify_rows(rows, data_dir, max_pixels, min_side, workers)
 
@@ -73,9 +74,9 @@ def _verify_rows(
             )
         jobs[row.sha256] = FileCheck(
             raw=data_dir / row.raw_path,
-            images=data_dir / "images",
+            images=Layout(data_dir).images,
             sha256=row.sha256,
-            quarantine=data_dir / "quarantine",
+            quarantine=Layout(data_dir).quarantine,
             max_pixels=max_pixels,
             min_side=min_side,
         )
@@ -88,7 +89,7 @@ def _verify_rows(
 
     # Quarantine here, once per file: rows that share the bytes share the move.
     by_sha = {
-        sha: _quarantine(verdict, data_dir / "quarantine") if verdict.reason else verdict
+        sha: _quarantine(verdict, Layout(data_dir).quarantine) if verdict.reason else verdict
         for sha, verdict in zip(jobs, verdicts, strict=True)
     }
     return [_apply(row, by_sha[row.sha256], data_dir) if row.outcome == OK else row for row in rows]

@@ -18,9 +18,10 @@ from pathlib import Path
 import pytest
 
 from standins.imagehost import ImageHost
-from tasks.download import JOURNAL, DownloadOptions, download_urls, read_url_lists
+from tasks.download import DownloadOptions, download_urls, read_url_lists
 from tasks.manifest import UrlRow, data_dir_lock
 from ursa.embedded import write_embedded_images
+from ursa.layout import Layout
 
 REPO = Path(__file__).resolve().parents[1]
 CHILD = """
@@ -41,7 +42,7 @@ def slow_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ImageHost]:
 
 def journal_urls(data_dir: Path) -> list[str]:
     urls = []
-    for line in (data_dir / JOURNAL).read_text(encoding="utf-8").splitlines():
+    for line in (Layout(data_dir).journal).read_text(encoding="utf-8").splitlines():
         try:
             urls.append(json.loads(line)["url"])
         except ValueError:
@@ -63,7 +64,7 @@ def test_sigkill_half_way_then_rerun(slow_host: ImageHost, data_dir: Path, tmp_p
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     try:
-        journal = data_dir / JOURNAL
+        journal = Layout(data_dir).journal
         deadline = time.monotonic() + 60
         while not (journal.exists() and len(journal.read_text().splitlines()) >= 30):
             assert child.poll() is None, "the download finished before it could be killed"
@@ -79,7 +80,7 @@ def test_sigkill_half_way_then_rerun(slow_host: ImageHost, data_dir: Path, tmp_p
     assert 30 <= len(before) < len(rows), "killed half-way, not at the start or the end"
     fetched_before = sum(slow_host.request_counts().values())
     # A kill can cut the last line short: simulate the worst case.
-    with open(data_dir / JOURNAL, "a", encoding="utf-8") as fh:
+    with open(Layout(data_dir).journal, "a", encoding="utf-8") as fh:
         fh.write('{"url": "http://127.0.0.1/cut-sh')
     # And the temporary file that a kill in the middle of a spilled body leaves behind (this
     # kill rarely lands there): the next run removes it.
@@ -159,7 +160,7 @@ def test_a_10000_url_download_killed_half_way_resumes(
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     try:
-        journal = data_dir / JOURNAL
+        journal = Layout(data_dir).journal
         deadline = time.monotonic() + 120
         while not (journal.exists() and journal.stat().st_size > 3_000 * 200):
             assert child.poll() is None, "the download finished before it could be killed"

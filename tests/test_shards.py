@@ -130,7 +130,8 @@ def test_two_shards_run_on_two_workers_and_merge_into_one_dataset(
 
 def test_shards_split_by_url_and_merge_with_paths_into_their_folders(tmp_path: Path) -> None:
     from tasks.manifest import write_rows
-    from tasks.shards import PART, merged_rows, write_shards
+    from tasks.shards import merged_rows, write_shards
+    from ursa.layout import Layout
 
     urls = [f"http://h/{i % 40}.png" for i in range(50)]  # ten URLs listed twice
     parts = write_shards((UrlRow(url=u, label="a") for u in urls), tmp_path, 3)
@@ -146,7 +147,7 @@ def test_shards_split_by_url_and_merge_with_paths_into_their_folders(tmp_path: P
             UrlRow(url=line.split(",")[0], label="a", outcome="ok", raw_path="raw/x.png")
             for line in Path(part.urls_csv).read_text().splitlines()[1:]
         ]
-        write_rows(Path(part.folder) / PART, rows, UrlRow)
+        write_rows(Layout(Path(part.folder)).url_manifest, rows, UrlRow)
     merged = list(merged_rows(tmp_path, parts))
     assert len(merged) == 50
     assert {r.raw_path for r in merged} == {f"shards/3/{k}/raw/x.png" for k in range(3)}

@@ -16,6 +16,7 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
+from ursa.layout import Layout
 from ursa.ledger import (
     LedgerError,
     append_json_line,
@@ -42,7 +43,7 @@ class FeedbackError(ValueError):
 
 
 def feedback_path(data_dir: Path) -> Path:
-    return Path(data_dir) / "feedback" / "feedback.jsonl"
+    return Layout(data_dir).feedback / "feedback.jsonl"
 
 
 def _now() -> str:

@@ -26,6 +26,8 @@ from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 
+from ursa.layout import Layout
+
 KEEP = "keep"
 REMOVE = "remove"
 RELABEL = "relabel"
@@ -65,7 +67,7 @@ class Entry:
 
 def ledger_path(data_dir: Path) -> Path:
     """Where the review page writes decisions and the next ingest reads them."""
-    return Path(data_dir) / "cleaning" / "ledger.jsonl"
+    return Layout(data_dir).cleaning / "ledger.jsonl"
 
 
 def parse_decision(decision: str, classes: Iterable[str] | None = None) -> tuple[str, str]:

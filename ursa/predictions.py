@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ursa.layout import Layout
+
 # The log's columns, in order (``top`` is a list of {label, probability}).
 FIELDS = (
     "at",  # UTC time of the answer, ISO 8601
@@ -41,7 +43,7 @@ STATS_SIDE = 64  # input statistics are measured on a thumbnail this size: cheap
 
 
 def predictions_dir(data_dir: Path) -> Path:
-    return Path(data_dir) / "predictions"
+    return Layout(data_dir).predictions
 
 
 def log_dir(data_dir: Path) -> Path:

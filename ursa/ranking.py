@@ -16,6 +16,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from ursa.files import atomic_write_text
+from ursa.layout import Layout
 
 ORDERS = ("self_confidence", "margin", "loss")
 
@@ -39,7 +40,7 @@ class RankedImage:
 
 
 def ranking_paths(data_dir: Path) -> tuple[Path, Path]:
-    folder = Path(data_dir) / "cleaning"
+    folder = Layout(data_dir).cleaning
     return folder / "ranking.csv", folder / "ranking.json"
 
 

@@ -12,6 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from ursa.layout import Layout
+from ursa.registry import CHAMPION
+
 T = TypeVar("T")
 
 
@@ -167,10 +170,14 @@ class Settings:
         )
 
     @property
+    def layout(self) -> Layout:
+        return Layout(self.data_dir)
+
+    @property
     def artifact_location(self) -> str:
         """Where MLflow keeps artifacts for experiments Ursa creates (beside the database)."""
         return (self.data_dir / "mlartifacts").as_uri()
 
     @property
     def champion_uri(self) -> str:
-        return f"models:/{self.model_name}@champion"
+        return f"models:/{self.model_name}@{CHAMPION}"
