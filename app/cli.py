@@ -99,12 +99,17 @@ def run_flow(
 ) -> Any:
     """Run ``flow`` quietly: Prefect's and MLflow's INFO logs go to the data folder's log file
     (``-v``: the console too). The first line says where the run reports to."""
+    log_file = quiet_logs(args, settings)
+    console.print(f"[dim]{reporting_to(settings)}; logs in {log_file}[/dim]", soft_wrap=True)
+    return flow(**arguments)
+
+
+def quiet_logs(args: argparse.Namespace, settings: Settings) -> Path:
     from app.logs import route_logs
 
     log_file = settings.layout.logs / "ursa.log"
     route_logs(log_file, args.verbose, _debug(args))
-    console.print(f"[dim]{reporting_to(settings)}; logs in {log_file}[/dim]", soft_wrap=True)
-    return flow(**arguments)
+    return log_file
 
 
 def reporting_to(settings: Settings) -> str:
@@ -136,8 +141,10 @@ def report_to_running_stack(settings: Settings) -> Settings:
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    import flows.pipeline  # noqa: F401  (Prefect and MLflow set up their loggers on import)
     from app.demo import run_demo
 
+    quiet_logs(args, settings)
     run_demo(settings, console)
     return 0
 
@@ -265,8 +272,8 @@ def cmd_sgd(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_release(args: argparse.Namespace, settings: Settings) -> int:
     model_uri = getattr(args, "model_uri", "") or _latest_model_uri(settings)
-    dataset = _dataset(args, settings)
     _serve_target(args, settings)
+    dataset = _dataset(args, settings)
     arguments = checked_arguments(args, model_uri=model_uri, dataset_manifest=dataset)
     from flows.release import release
 
@@ -294,6 +301,12 @@ def _latest_model_uri(settings: Settings) -> str:
 
 
 def cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
+    from ursa.status import has_mlflow_store
+
+    if not has_mlflow_store(settings):
+        raise UsageError(
+            f"nothing released yet in {settings.tracking_uri}", "Run 'ursa release' first"
+        )
     _serve_target(args, settings)
     arguments = checked_arguments(args)
     from flows.rollback import rollback

@@ -54,8 +54,9 @@ def test_importing_the_ingest_flow_imports_neither_torch_nor_mlflow() -> None:
         (["release"], "no trained model yet in sqlite:///{data}/mlflow.db. Run 'ursa train'"),
         (["ingest", "--concurrency", "0", "embedded"], "--concurrency 0: input should be greater"),
         (["train", "--epochs", "0"], "--epochs 0: input should be greater than or equal to 1"),
+        (["rollback"], "nothing released yet in sqlite:///{data}/mlflow.db. Run 'ursa release'"),
         (
-            ["rollback", "--serve-url", "http://127.0.0.1:9"],
+            ["release", "--model-uri", "models:/m-1", "--serve-url", "http://127.0.0.1:9"],
             "redeploying the server at http://127.0.0.1:9 needs its admin token. Set URSA_",
         ),
     ],
@@ -244,3 +245,19 @@ def test_status_of_a_trained_data_folder(data_dir: Path, version_server: str) ->
     assert f"{dataset.digest[:12]}  3 classes, 18 train / 6 valid" in text
     assert "@champion" in text and "promoted" in text
     assert f"v1 at {version_server}" in text
+
+
+@pytest.mark.parametrize("command", sorted(cli.FLOWS))
+def test_the_checks_read_the_same_annotations_the_flow_has(command: str) -> None:
+    import importlib
+    import typing
+
+    from ursa.parameters import flow_annotations
+
+    module, name = cli.FLOWS[command]
+    flow = getattr(importlib.import_module(module), name)
+    hints = typing.get_type_hints(flow.fn, include_extras=True)
+    hints.pop("return", None)
+    assert {k: repr(v) for k, v in flow_annotations(module, name).items()} == {
+        k: repr(v) for k, v in hints.items()
+    }
