@@ -301,7 +301,7 @@ def _latest_model_uri(settings: Settings) -> str:
 
 
 def cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
-    from ursa.status import has_mlflow_store
+    from app.status import has_mlflow_store
 
     if not has_mlflow_store(settings):
         raise UsageError(

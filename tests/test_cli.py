@@ -252,7 +252,7 @@ def test_the_checks_read_the_same_annotations_the_flow_has(command: str) -> None
     import importlib
     import typing
 
-    from ursa.parameters import flow_annotations
+    from app.parameters import flow_annotations
 
     module, name = cli.FLOWS[command]
     flow = getattr(importlib.import_module(module), name)
