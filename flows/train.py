@@ -16,6 +16,7 @@ from typing import Annotated, Literal
 from prefect import flow
 from pydantic import Field
 
+from tasks.architectures import Arch
 from tasks.halving import DEFAULT_ETA, budget, promoted, rung_trials, rungs
 from tasks.lr_find import centred_lrs, lr_find_task
 from tasks.manifest import load_dataset
@@ -109,7 +110,7 @@ def train(
     recipe: RecipeName = DEFAULT_RECIPE,
     lrs: Lrs | None = None,
     epochs: Epochs | None = None,
-    arch: str | None = None,
+    arch: Arch | None = None,
     image_size: Annotated[int, Field(ge=16, le=512)] | None = None,
     batch_size: Annotated[int, Field(ge=1, le=4096)] | None = None,
     seed: Annotated[int, Field(ge=0)] = 0,
