@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from prefect import flow
 
+from tasks.architectures import Arch
 from tasks.cleaning import Ranking, log_ranking_task, publish_review_task, rank_task, review_url
 from tasks.data_checks import check_dataset_task
 from tasks.manifest import load_dataset
@@ -33,7 +34,7 @@ def clean(
     folds: int = 4,
     epochs: int = 3,
     lr: float = 3e-3,
-    arch: str = "resnet18",
+    arch: Arch = "resnet18",
     image_size: int = 32,
     resize: ResizePolicy = "squash",
     batch_size: int = 64,

@@ -13,6 +13,7 @@ from flows.clean import clean as clean_flow
 from flows.ingest import IngestResult, ingest
 from flows.release import ReleaseOutcome, release
 from flows.train import Epochs, Lrs, TrainResult, train
+from tasks.architectures import Arch
 from tasks.policies import HOUR
 from tasks.recipes import DEFAULT_RECIPE, RecipeName
 from tasks.reports import publish_pipeline
@@ -38,7 +39,7 @@ def pipeline(
     recipe: RecipeName = DEFAULT_RECIPE,
     lrs: Lrs | None = None,
     epochs: Epochs | None = None,
-    arch: str | None = None,
+    arch: Arch | None = None,
     image_size: Annotated[int, Field(ge=16, le=512)] | None = None,
     pretrained: bool | None = None,
     seed: Annotated[int, Field(ge=0)] = 0,

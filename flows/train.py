@@ -16,6 +16,7 @@ from typing import Annotated, Literal
 from prefect import flow
 from pydantic import Field
 
+from tasks.architectures import Arch
 from tasks.data_checks import check_dataset_task
 from tasks.diagnosis import sweep_advice
 from tasks.halving import DEFAULT_ETA, budget, successive_halving
@@ -105,7 +106,7 @@ def train(
     recipe: RecipeName = DEFAULT_RECIPE,
     lrs: Lrs | None = None,
     epochs: Epochs | None = None,
-    arch: str | None = None,
+    arch: Arch | None = None,
     image_size: Annotated[int, Field(ge=16, le=512)] | None = None,
     batch_size: Annotated[int, Field(ge=2, le=4096)] | None = None,
     seed: Annotated[int, Field(ge=0)] = 0,

@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import difflib
 import functools
+from typing import Annotated
 
 import torchvision
+from pydantic import AfterValidator
 from torch import nn
 
 # Where each family keeps its stages, first match wins (attribute paths; "layer1..4" lists).
@@ -55,6 +57,10 @@ def check_arch(name: str) -> str:
         f"Architecture '{name}' is not a torchvision classification model.{hint} Any name in "
         f"torchvision.models.list_models(module=torchvision.models) works: {', '.join(known)}."
     )
+
+
+# A flow parameter naming an architecture: Prefect refuses an unknown name with the message.
+Arch = Annotated[str, AfterValidator(check_arch)]
 
 
 def new_model(arch: str, num_classes: int, state_dict: dict | None = None) -> nn.Module:

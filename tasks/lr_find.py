@@ -22,6 +22,7 @@ from tasks.train import (
     _autocast,
     _batches,
     _inputs,
+    _set_frozen,
     device_for_training,
     memory_format,
     seeded_model,
@@ -57,7 +58,11 @@ def lr_find(
     device = device_for_training()
     model = seeded_model(config, len(data.classes)).to(device, memory_format=memory_format(device))
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=start_lr, weight_decay=1e-2, fused=True)
+    # Fine-tuning starts with the backbone frozen, and its first phase trains at the suggested
+    # rate: the range test measures that phase (as fast.ai's lr_find on a new vision_learner).
+    _set_frozen(model, config.pretrained)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=start_lr, weight_decay=1e-2, fused=True)
     criterion = nn.CrossEntropyLoss()
     generator = torch.Generator().manual_seed(config.seed)
     ratio = (end_lr / start_lr) ** (1 / (num_iter - 1))

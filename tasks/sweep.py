@@ -248,6 +248,7 @@ trial_task = task(
 )(run_trial)
 finish_sweep_task = task(name="finish-sweep", **NETWORK)(finish_sweep)
 diagnose_task = task(name="diagnose-in-sweep", **NETWORK)(diagnose_in_sweep)
+# No retries, though it may download: offline, the flow must stop within seconds.
 resolve_weights_task = task(name="resolve-weights", **CPU)(resolve_weights)
 log_model_task = task(name="log-best-model", **CPU)(log_best_model)  # a retry = a 2nd model
 

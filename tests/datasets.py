@@ -11,6 +11,28 @@ from tasks.manifest import Dataset, ImageRow, write_dataset
 from ursa.embedded import write_embedded_images
 
 
+def stored_row(
+    data_dir: Path, image: Image.Image, name: str, ext: str, label: str, url: str, split: str
+) -> ImageRow:
+    """Save ``image`` as ``images/<name>.<ext>`` and describe it as ingest would."""
+    target = data_dir / "images" / f"{name}.{ext}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    image.save(target)
+    stored = Image.open(target).convert("RGB")  # what was kept, after any lossy encoding
+    return ImageRow(
+        sha256=name,
+        image_path=f"images/{name}.{ext}",
+        label=label,
+        url=url,
+        width=stored.width,
+        height=stored.height,
+        pixel_hash=pixel_hash(stored),
+        phash=f"{phash(stored):016x}",
+        group=name,
+        split=split,
+    )
+
+
 def digits_dataset(data_dir: Path, per_class: int = 20, classes: int = 10) -> Dataset:
     """The first ``per_class`` digits of each of ``classes`` classes, every 4th one in valid."""
     root = write_embedded_images(data_dir / "embedded")
@@ -18,24 +40,9 @@ def digits_dataset(data_dir: Path, per_class: int = 20, classes: int = 10) -> Da
     for label in sorted(p.name for p in root.iterdir() if p.is_dir())[:classes]:
         for i, path in enumerate(sorted((root / label).glob("*.png"))[:per_class]):
             image = Image.open(path).convert("RGB")
+            split = "valid" if i % 4 == 0 else "train"
             name = f"{label}-{path.stem}"
-            target = data_dir / "images" / f"{name}.png"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            image.save(target)
-            rows.append(
-                ImageRow(
-                    sha256=name,
-                    image_path=f"images/{name}.png",
-                    label=label,
-                    url=f"file:{path}",
-                    width=image.width,
-                    height=image.height,
-                    pixel_hash=pixel_hash(image),
-                    phash=f"{phash(image):016x}",
-                    group=name,
-                    split="valid" if i % 4 == 0 else "train",
-                )
-            )
+            rows.append(stored_row(data_dir, image, name, "png", label, f"file:{path}", split))
     return write_dataset(data_dir, rows)
 
 
@@ -57,24 +64,9 @@ def photos_dataset(data_dir: Path, per_class: int = 6, classes: int = 2) -> Data
             yy, xx = np.mgrid[:height, :width]
             cx, cy, r = width * (0.25 + 0.1 * (i % 3)), height * 0.5, min(width, height) / 3
             pixels[(xx - cx) ** 2 + (yy - cy) ** 2 < r**2] = colours[k]
-            image = Image.fromarray(pixels)
-            name = f"{label}-{i}"
-            target = data_dir / "images" / f"{name}.jpg"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            image.save(target, quality=90)
-            image = Image.open(target).convert("RGB")
+            name, split = f"{label}-{i}", "valid" if i % 3 == 0 else "train"
+            url = f"http://photos.test/{name}.jpg"
             rows.append(
-                ImageRow(
-                    sha256=name,
-                    image_path=f"images/{name}.jpg",
-                    label=label,
-                    url=f"http://photos.test/{name}.jpg",
-                    width=width,
-                    height=height,
-                    pixel_hash=pixel_hash(image),
-                    phash=f"{phash(image):016x}",
-                    group=name,
-                    split="valid" if i % 3 == 0 else "train",
-                )
+                stored_row(data_dir, Image.fromarray(pixels), name, "jpg", label, url, split)
             )
     return write_dataset(data_dir, rows)
