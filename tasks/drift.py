@@ -8,8 +8,8 @@ Plain functions over arrays and counts (no Prefect, no MLflow), with SciPy's tes
   it is more than sampling noise;
 - confidence, brightness, contrast, aspect ratio: the two-sample Kolmogorov-Smirnov test
   (its statistic is the size, its p-value the evidence);
-- the share of low-confidence answers, and the share of feedback that disagrees with the
-  model.
+- the share of low-confidence answers (Fisher's exact test for a rise), and the share of
+  feedback that disagrees with the model.
 
 A change counts only when it is both unlikely to be noise (p-value) and large (effect), so
 a big window of a harmless difference does not page anybody, nor a small noisy one.
@@ -100,7 +100,7 @@ def drift(
     numbers: dict[str, float] = {}
     signals: list[tuple[str, str]] = []  # (level, reason)
 
-    def judge(name: str, effect: float, p: float, limits: tuple[float, float], text: str) -> None:
+    def judge(effect: float, p: float, limits: tuple[float, float], text: str) -> None:
         if p < t.p_drifted and effect >= limits[1]:
             signals.append((DRIFTED, text))
         elif p < t.p_watch and effect >= limits[0]:
@@ -109,7 +109,6 @@ def drift(
     numbers["psi_classes"] = psi(counts, ref_counts)
     numbers["p_classes"] = class_test(counts, ref_counts)
     judge(
-        "classes",
         numbers["psi_classes"],
         numbers["p_classes"],
         t.psi,
@@ -125,7 +124,6 @@ def drift(
         numbers[f"mean_{name}"] = float(np.mean(a))
         numbers[f"reference_mean_{name}"] = float(np.mean(b))
         judge(
-            name,
             result.statistic,
             result.pvalue,
             t.ks,
@@ -135,11 +133,16 @@ def drift(
     low = float(np.mean(window.confidences < t.low_confidence))
     low_ref = float(np.mean(reference.confidences < t.low_confidence))
     numbers["low_confidence_share"], numbers["reference_low_confidence_share"] = low, low_ref
-    rise = low - low_ref
-    if rise >= t.low_share_rise[1]:
-        signals.append((DRIFTED, f"low-confidence answers {low:.0%} against {low_ref:.0%}"))
-    elif rise >= t.low_share_rise[0]:
-        signals.append((WATCH, f"low-confidence answers {low:.0%} against {low_ref:.0%}"))
+    n_low, n_low_ref = int(round(low * n)), int(round(low_ref * n_ref))
+    table = [[n_low, n - n_low], [n_low_ref, n_ref - n_low_ref]]
+    numbers["p_low_confidence"] = float(stats.fisher_exact(table, alternative="greater").pvalue)
+    judge(
+        low - low_ref,
+        numbers["p_low_confidence"],
+        t.low_share_rise,
+        f"low-confidence answers {low:.0%} against {low_ref:.0%} "
+        f"(Fisher p {numbers['p_low_confidence']:.1e})",
+    )
     numbers["feedback_items"] = len(feedback)
     if feedback:
         disagree = float(np.mean([person != model for person, model in feedback]))
