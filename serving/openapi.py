@@ -234,6 +234,24 @@ def api_schema(max_body_bytes: int, admin: bool) -> dict:
     }
 
 
+def image_route(summary: str, missing: str, refused: dict) -> dict:
+    """A review route that answers an image by its sha256, for reviewers only."""
+    return {
+        "get": {
+            "summary": summary,
+            "security": [{"bearer": []}],
+            "parameters": [
+                {"name": "sha256", "in": "path", "required": True, "schema": {"type": "string"}}
+            ],
+            "responses": {
+                "200": {"description": "The image.", "content": {"image/*": {}}},
+                "401": refused,
+                "404": error_reply(missing),
+            },
+        }
+    }
+
+
 def review_paths() -> dict:
     """The review routes for ``/openapi.json`` (they exist only with an admin token)."""
     bearer = [{"bearer": []}]
@@ -288,20 +306,9 @@ def review_paths() -> dict:
                 },
             }
         },
-        "/review/api/images/{sha256}": {
-            "get": {
-                "summary": "A ranked image, from the data folder.",
-                "security": bearer,
-                "parameters": [
-                    {"name": "sha256", "in": "path", "required": True, "schema": {"type": "string"}}
-                ],
-                "responses": {
-                    "200": {"description": "The image.", "content": {"image/*": {}}},
-                    "401": refused,
-                    "404": error_reply("Not an image of the ranking."),
-                },
-            }
-        },
+        "/review/api/images/{sha256}": image_route(
+            "A ranked image, from the data folder.", "Not an image of the ranking.", refused
+        ),
         "/review/api/decisions": {
             "post": {
                 "summary": "Append a decision about an image to the cleaning ledger.",
@@ -342,20 +349,9 @@ def review_paths() -> dict:
                 "responses": {"200": json_reply("The feedback items.", {"type": "object"})},
             }
         },
-        "/review/api/feedback/images/{sha256}": {
-            "get": {
-                "summary": "An image the prediction log kept.",
-                "security": bearer,
-                "parameters": [
-                    {"name": "sha256", "in": "path", "required": True, "schema": {"type": "string"}}
-                ],
-                "responses": {
-                    "200": {"description": "The image.", "content": {"image/*": {}}},
-                    "401": refused,
-                    "404": error_reply("Not a kept image."),
-                },
-            }
-        },
+        "/review/api/feedback/images/{sha256}": image_route(
+            "An image the prediction log kept.", "Not a kept image.", refused
+        ),
         "/review/api/feedback/decisions": {
             "post": {
                 "summary": "Accept (into the cleaning ledger, as a new labelled image) or "

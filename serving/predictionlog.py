@@ -166,6 +166,14 @@ class PredictionLog:
         self.count("records", "written", len(items))
 
     def _append(self, data: bytes) -> None:
+        try:
+            self._append_to(self._current_file(), data)
+        except FileNotFoundError:  # the folder was removed under us (by hand, a cleanup)
+            self._file = None
+            self._append_to(self._current_file(), data)
+
+    def _current_file(self) -> Path:
+        """The file to append to: a new one every hour or once the current one is full."""
         now = datetime.now(UTC)
         hour = f"{now:%Y%m%dT%H}"
         if self._file is None or hour != self._hour or self._too_big(self._file):
@@ -175,7 +183,11 @@ class PredictionLog:
                 self._hour, self._n = hour, len(list(folder.glob(f"predictions-{hour}-*.jsonl")))
             self._file = folder / log_file_name(now, self._n)
             self._n += 1
-        with open(self._file, "ab") as fh:
+        return self._file
+
+    @staticmethod
+    def _append_to(path: Path, data: bytes) -> None:
+        with open(path, "ab") as fh:
             fh.write(data)
             fh.flush()
 

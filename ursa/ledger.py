@@ -144,29 +144,24 @@ def record(
 ) -> Entry:
     """Append one decision (keep | relabel:<class> | remove) about an image; return it."""
     action, label = parse_decision(decision, classes)
-    entry = Entry(
-        id=uuid.uuid4().hex,
-        at=_now(),
-        who=check_who(who),
-        sha256=check_sha256(sha256),
-        action=action,
-        label=label,
-        note=str(note)[:200],
-    )
-    return _append(Path(path), entry)
+    return _record(path, who, sha256, action, label, note)
 
 
 def record_addition(
     path: Path, who: str, sha256: str, label: str, classes: Iterable[str], note: str = ""
 ) -> Entry:
     """Append a new labelled image (accepted feedback): the next ingest adds it."""
-    _, label = parse_decision(f"{RELABEL}:{label}", classes)
+    _, label = parse_decision(f"{RELABEL}:{label}", classes)  # the same rules for the class
+    return _record(path, who, sha256, ADD, label, note)
+
+
+def _record(path: Path, who: str, sha256: str, action: str, label: str, note: str) -> Entry:
     entry = Entry(
         id=uuid.uuid4().hex,
         at=_now(),
         who=check_who(who),
         sha256=check_sha256(sha256),
-        action=ADD,
+        action=action,
         label=label,
         note=str(note)[:200],
     )
