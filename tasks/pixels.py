@@ -42,6 +42,8 @@ def decode_chunk(chunk: DecodeChunk) -> int:
     out = np.load(chunk.target, mmap_mode="r+")
     for i, path in enumerate(chunk.paths):
         out[chunk.start + i] = image_array(path, chunk.size).transpose(2, 0, 1)
-    out.flush()
+    # No flush here: the pages are in the page cache, which every process sees, and an msync
+    # per chunk would also write out the other workers' pages of the same file and wait for
+    # the disk. The builder syncs each file once, at the end.
     del out
     return len(chunk.paths)

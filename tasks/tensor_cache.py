@@ -80,6 +80,9 @@ def tensor_cache(dataset: Dataset, image_size: int, workers: int | None = None) 
                 piece = tuple(paths[split][start : start + CHUNK_IMAGES])
                 chunks.append(DecodeChunk(str(target), start, piece, image_size))
         map_chunks(decode_chunk, chunks, workers)
+        for split in SPLITS:  # on disk before the folder says it is complete
+            with open(tmp / f"x_{split}.npy", "rb+") as fh:
+                os.fsync(fh.fileno())
         # Written last: its presence says the cache is complete.
         (tmp / "classes.json").write_text(json.dumps(list(dataset.classes)))
         try:
