@@ -52,6 +52,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 BATCH = 64
+WORKER_SETTLE_S = 1.0
 CLASSES = 10
 
 
@@ -90,6 +91,7 @@ class Peaks:
     def __init__(self, interval_s: float = 0.02) -> None:
         self.main = [0, 0]
         self.worker = [0, 0]
+        self._seen: dict[int, float] = {}  # worker pid -> when first seen
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(interval_s,), daemon=True)
 
@@ -101,7 +103,12 @@ class Peaks:
     def _sample(self, me: int) -> None:
         rss, anon = _status(me)
         self.main = [max(self.main[0], rss), max(self.main[1], anon)]
+        now = time.monotonic()
         for child in _children(me):
+            # A spawned worker is forked before it execs, and for that instant its VmRSS
+            # counts the pages it shares with this process: only a settled worker counts.
+            if now - self._seen.setdefault(child, now) < WORKER_SETTLE_S:
+                continue
             rss, anon = _status(child)
             self.worker = [max(self.worker[0], rss), max(self.worker[1], anon)]
 

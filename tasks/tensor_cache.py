@@ -4,9 +4,9 @@ memory map.
 ``<data>/cache/<digest>-<size>/`` holds ``x_train.npy`` and ``x_valid.npy`` (uint8, N x 3 x
 size x size, NumPy's format: ``numpy.load(..., mmap_mode="r")`` reads them too), the labels
 and ``classes.json``. The image files are allocated at their full size first, then filled in
-chunks by one process per core (:mod:`tasks.pixels`), each writing its rows through a memory
-map: no process ever holds more than a chunk of images, so building takes the same memory
-for a thousand images as for a million. Training maps the files instead of loading them:
+chunks by one process per core (:mod:`tasks.pixels`), each writing its rows in place: no
+process ever holds more than one image, so building takes the same memory for a thousand
+images as for a million. Training maps the files instead of loading them:
 the pixels live in the page cache, shared by every trial, and the kernel pages them in and
 out as batches touch them.
 """
@@ -78,12 +78,15 @@ def tensor_cache(
             target = tmp / f"x_{split}.npy"
             shape = (len(paths[split]), 3, image_size, image_size)
             # Allocated at full size (a sparse file: nothing written yet), filled by workers.
-            np.lib.format.open_memmap(target, mode="w+", dtype=np.uint8, shape=shape).flush()
+            offset = np.lib.format.open_memmap(target, "w+", np.uint8, shape).offset
             np.save(tmp / f"y_{split}.npy", np.asarray(labels[split], dtype=np.int64))
             for start in range(0, len(paths[split]), CHUNK_IMAGES):
                 piece = tuple(paths[split][start : start + CHUNK_IMAGES])
-                chunks.append(DecodeChunk(str(target), start, piece, image_size, resize))
+                chunks.append(DecodeChunk(str(target), offset, start, piece, image_size, resize))
         map_chunks(decode_chunk, chunks, workers)
+        for split in SPLITS:  # on disk before the folder says it is complete
+            with open(tmp / f"x_{split}.npy", "rb+") as fh:
+                os.fsync(fh.fileno())
         # Written last: its presence says the cache is complete.
         (tmp / "classes.json").write_text(json.dumps(list(dataset.classes)))
         try:
