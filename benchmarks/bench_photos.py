@@ -19,9 +19,9 @@ is its own:
 5. decode for training: ``tasks.train.tensor_cache`` at 224 px, once per dataset, against
    what a torchvision ImageFolder pipeline pays every epoch (PIL decode, random resized
    crop, flip, to tensor, normalise);
-6. training: resnet34 at 224 px, all layers training (fine-tuning's second phase, the long
-   one), ``tasks.train.train_one_epoch`` timed over ``--batches`` mini-batches after one
-   untimed batch;
+6. training: the photos recipe (resnet34 at 224 px, batches of 64, photo augmentation), all
+   layers training (fine-tuning's second phase, the long one), ``tasks.train.train_one_epoch``
+   timed over ``--batches`` mini-batches after one untimed batch;
 7. serving at 224 px: Ursa's server against the lesson's naive per-request server
    (bench_serve.py's), each in its own process, uploads of a real photo from the set.
 
@@ -47,10 +47,11 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 
-CLASSES = {"grizzly": "grizzly bear", "black": "black bear", "teddy": "teddy bear"}
-IMAGE_SIZE = 224
-ARCH = "resnet34"
-BATCH_SIZE = 32
+from tasks.recipes import RECIPES  # noqa: E402
+from ursa.photos import QUERIES as CLASSES  # noqa: E402
+
+RECIPE = RECIPES["photos"]  # resnet34 at 224 px, cropped to the square, photo augmentation
+IMAGE_SIZE, ARCH, BATCH_SIZE = RECIPE.image_size, RECIPE.arch, RECIPE.batch_size
 
 
 def _peak_mib(who: int = resource.RUSAGE_SELF) -> float:
@@ -139,13 +140,13 @@ def stage_decode(work: Path, data_dir: Path) -> dict:
     dataset = load_dataset((work / "dataset.txt").read_text())
     kept = [r for r in read_rows(Path(dataset.manifest_path), ImageRow) if r.status == "kept"]
     started = time.perf_counter()
-    cache = tensor_cache(dataset, IMAGE_SIZE)
+    cache = tensor_cache(dataset, IMAGE_SIZE, RECIPE.resize)
     seconds = time.perf_counter() - started
     (work / "cache.txt").write_text(str(cache))
     # What an ImageFolder + DataLoader pipeline does for every image, every epoch.
     naive = transforms.Compose(
         [
-            transforms.RandomResizedCrop(IMAGE_SIZE, scale=(0.35, 1)),
+            transforms.RandomResizedCrop(IMAGE_SIZE, scale=(0.5, 1)),  # the lesson's min_scale
             transforms.RandomHorizontalFlip(),
             transforms.ToTensor(),
             transforms.Normalize(MEAN, STD),
@@ -180,7 +181,14 @@ def stage_train(work: Path, data_dir: Path, batches: int) -> dict:
     n = BATCH_SIZE * batches
     repeat = math.ceil((n + BATCH_SIZE) / len(data.y_train))
     x, y = data.x_train.repeat(repeat, 1, 1, 1), data.y_train.repeat(repeat)
-    config = TrainConfig(arch=ARCH, image_size=IMAGE_SIZE, batch_size=BATCH_SIZE, flip=True)
+    config = TrainConfig(
+        arch=ARCH,
+        image_size=IMAGE_SIZE,
+        batch_size=BATCH_SIZE,
+        augmentation=RECIPE.augmentation,
+        flip=RECIPE.flip,
+        resize=RECIPE.resize,
+    )
     device = device_for_training()
     model = build_model(config, len(data.classes)).to(device, memory_format=memory_format(device))
     generator = torch.Generator().manual_seed(0)
@@ -273,7 +281,9 @@ def serve(work: Path, seconds: float, clients: int) -> dict:
     body = jpegs[len(jpegs) // 2].read_bytes()
     data_dir = work / "serve"
     data_dir.mkdir()
-    settings = register_model(data_dir, "photos", IMAGE_SIZE, arch=ARCH, classes=list(CLASSES))
+    settings = register_model(
+        data_dir, "photos", IMAGE_SIZE, arch=ARCH, classes=list(CLASSES), resize=RECIPE.resize
+    )
 
     def peak_of_server() -> float:
         me = psutil.Process()
@@ -299,7 +309,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--per-class", type=int, default=500, help="photos per class (3 classes)")
     parser.add_argument("--latency", type=float, default=0.05, help="image host latency, s")
-    parser.add_argument("--batches", type=int, default=3, help="timed training mini-batches")
+    parser.add_argument(
+        "--batches", type=int, default=2, help=f"timed training mini-batches of {BATCH_SIZE}"
+    )
     parser.add_argument("--serve-seconds", type=float, default=10.0)
     parser.add_argument("--clients", type=int, default=16)
     args = parser.parse_args()

@@ -70,7 +70,12 @@ class Load:
 
 
 def register_model(
-    data_dir: Path, name: str, image_size: int, arch: str = "resnet18", classes: list | None = None
+    data_dir: Path,
+    name: str,
+    image_size: int,
+    arch: str = "resnet18",
+    classes: list | None = None,
+    resize: str = "squash",
 ) -> Settings:
     """An untrained ``arch`` at ``image_size``, logged as an Ursa package and crowned."""
     import mlflow
@@ -94,6 +99,7 @@ def register_model(
             "arch": arch,
             "classes": classes,
             "image_size": image_size,
+            "resize": resize,
             "mean": [0.485, 0.456, 0.406],
             "std": [0.229, 0.224, 0.225],
         }

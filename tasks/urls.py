@@ -144,7 +144,7 @@ class Collection:
     out: Path
     records: list[UrlRecord] = field(default_factory=list)
     cursors: dict[str, dict[str, list[int]]] = field(default_factory=dict)  # label -> variant
-    # -> [next page (0: no more), results seen]
+    # -> [next page to read (0: no more), results on the pages before it]
     excluded: dict[str, str] = field(default_factory=dict)  # url -> why
 
     def count(self, label: str) -> int:
@@ -295,12 +295,18 @@ def collect_class(
         while 0 < cursor[0] <= rules.max_pages and c.count(label) < target:
             page = pacer.page(search, variant, cursor[0])
             report.queries += 1
-            for hit in page.hits:
-                cursor[1] += 1
-                if c.count(label) >= target:
+            owners, have = c.owners(), c.count(label)
+            read_all = True
+            for i, hit in enumerate(page.hits, start=cursor[1] + 1):
+                if have >= target:
+                    read_all = False  # a top-up reads this page again, from its first hit
                     break
-                _consider(c, report, hit, variant, cursor[1], search.name, rules, tick)
-            cursor[0] = cursor[0] + 1 if page.more and page.hits else 0
+                if _kept(c, owners, report, hit, variant, i, search.name, rules):
+                    have += 1
+                    tick(hit.url)
+            if read_all:
+                cursor[1] += len(page.hits)
+                cursor[0] = cursor[0] + 1 if page.more and page.hits else 0
             save_collection(c)
         if c.count(label) >= target:
             break
@@ -309,28 +315,30 @@ def collect_class(
     return report
 
 
-def _consider(c, report, hit, query, rank, provider, rules, tick) -> None:  # noqa: ANN001
+def _kept(c, owners, report, hit, query, rank, provider, rules) -> bool:  # noqa: ANN001
+    """Whether ``hit`` joins ``report.label``'s list (``c`` and ``owners`` updated)."""
     url = hit.url
     if urlsplit(url).scheme not in ("http", "https") or url in c.excluded:
-        return
-    owners = c.owners().get(url, set())
-    if report.label in owners:
+        return False
+    found_under = owners.get(url, set())
+    if report.label in found_under:
         report.duplicates += 1
-        return
+        return False
     if blocked_by(url, rules.blocklist) or blocked_by(hit.source_page, rules.blocklist):
         report.blocked += 1
-        return
+        return False
     known = hit.width and hit.height
     if known and (hit.width < rules.min_width or hit.height < rules.min_height):
         report.too_small += 1
-        return
-    if owners and not rules.keep_conflicts:
+        return False
+    if found_under and not rules.keep_conflicts:
         # Found under two classes: which one it shows is anyone's guess, so neither keeps it.
-        c.excluded[url] = f"found under {', '.join(sorted(owners | {report.label}))}"
+        c.excluded[url] = f"found under {', '.join(sorted(found_under | {report.label}))}"
         c.records = [r for r in c.records if r.url != url]
+        del owners[url]
         report.conflicts.append(url)
         print(f"urls: {url} {c.excluded[url]}: left out of both")
-        return
+        return False
     c.records.append(
         UrlRecord(
             label=report.label,
@@ -345,8 +353,9 @@ def _consider(c, report, hit, query, rank, provider, rules, tick) -> None:  # no
             time=datetime.now(UTC).isoformat(timespec="seconds"),
         )
     )
+    owners.setdefault(url, set()).add(report.label)
     report.new += 1
-    tick(url)
+    return True
 
 
 def short_classes(out: Path, classes: dict[str, str], target: int, rules: Rules) -> list[str]:
