@@ -47,8 +47,8 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 
+from standins.photos import QUERIES as CLASSES  # noqa: E402
 from tasks.recipes import RECIPES  # noqa: E402
-from ursa.photos import QUERIES as CLASSES  # noqa: E402
 
 RECIPE = RECIPES["photos"]  # resnet34 at 224 px, cropped to the square, photo augmentation
 IMAGE_SIZE, ARCH, BATCH_SIZE = RECIPE.image_size, RECIPE.arch, RECIPE.batch_size

@@ -312,6 +312,7 @@ class Burst:
     probe_failures: int  # probes without an answer within PROBE_TIMEOUT_S
     rss_before: int  # bytes, the server's resident memory before the burst
     rss_peak: int  # bytes, the most sampled during it
+    loop_lag: float  # seconds: the server's slowest event-loop wake (its histogram's bucket)
 
     @property
     def shed_share(self) -> float:
@@ -453,6 +454,7 @@ def run_burst(settings: Settings, body: bytes, total: int, in_flight: int, root:
                     generate_burst(url, body, total, in_flight)
                 )
             time.sleep(0.5)
+            metrics = httpx.get(f"{url}/metrics", timeout=60).text
         finally:
             prober.terminate()
             prober.wait(timeout=30)
@@ -467,7 +469,19 @@ def run_burst(settings: Settings, body: bytes, total: int, in_flight: int, root:
         probe_failures=sum(1 for ok, _, _ in during if not ok),
         rss_before=max(rss for _, _, rss in before),
         rss_peak=max(rss for _, _, rss in lines),
+        loop_lag=slowest_bucket(metrics, "ursa_event_loop_lag_seconds"),
     )
+
+
+def slowest_bucket(metrics: str, histogram: str) -> float:
+    """The smallest bucket bound that holds every observation of ``histogram``."""
+    buckets = []
+    for line in metrics.splitlines():
+        if line.startswith(f"{histogram}_bucket{{"):
+            bound = line.split('le="')[1].split('"')[0]
+            buckets.append((float(bound), float(line.split()[-1])))
+    total = max(count for _, count in buckets)
+    return min(bound for bound, count in buckets if count == total)
 
 
 def probe_lines(out: Path) -> list[tuple[bool, float, int]]:
@@ -517,9 +531,9 @@ def report_burst(results: list[dict[str, Burst]], total: int, in_flight: int) ->
     print(
         "| round | server | seconds | 200 | 503 | dropped | shed | p50 answered ms "
         "| p99 answered ms | slowest answered ms | slowest probe ms | probes failed "
-        "| RSS growth MB |"
+        "| RSS growth MB | event-loop lag ms |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for number, burst in enumerate(results, 1):
         for name, b in burst.items():
             print(
@@ -528,7 +542,7 @@ def report_burst(results: list[dict[str, Burst]], total: int, in_flight: int) ->
                 f"| {1000 * percentile(b.answered, 50):.0f} | {1000 * b.p99_answered:.0f} "
                 f"| {1000 * max(b.answered, default=float('nan')):.0f} "
                 f"| {1000 * b.slowest_probe:.0f} | {b.probe_failures} "
-                f"| {(b.rss_peak - b.rss_before) / 2**20:.0f} |"
+                f"| {(b.rss_peak - b.rss_before) / 2**20:.0f} | ≤ {1000 * b.loop_lag:.0f} |"
             )
     print()
     names = list(results[0])

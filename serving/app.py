@@ -33,7 +33,7 @@ from starlette.staticfiles import StaticFiles
 from serving.auth import bearer_matches, unauthorized
 from serving.batching import Batcher, NotLoaded
 from serving.feedback import RateLimiter, feedback_routes
-from serving.metrics import Metrics, MetricsMiddleware, metrics_endpoint
+from serving.metrics import Metrics, MetricsMiddleware, metrics_endpoint, watch_event_loop
 from serving.models import ModelHolder, NoChampion, Reload
 from serving.openapi import openapi_endpoint
 from serving.page import upload_page
@@ -251,7 +251,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
         poller = None
         if settings.poll_interval_s > 0:
             poller = asyncio.create_task(poll_champion(app, settings.poll_interval_s))
+        loop_watch = asyncio.create_task(watch_event_loop(metrics))
         yield
+        loop_watch.cancel()
         if poller is not None:
             poller.cancel()
             await asyncio.gather(poller, return_exceptions=True)

@@ -6,6 +6,7 @@ or clash over counters.
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -61,6 +62,13 @@ class Metrics:
         )
         for reason in ("queue_full", "deadline"):  # both series exist from the start, at 0
             self.shed.labels(reason)
+        self.loop_lag = Histogram(
+            "ursa_event_loop_lag_seconds",
+            "How late the event loop wakes a 0.1 s sleep: what a new request or a health probe "
+            "waits before the server even looks at it.",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
 
         self.prediction_log = Counter(
             "ursa_prediction_log_records",
@@ -124,6 +132,15 @@ class MetricsMiddleware:
             label = getattr(route, "path", None) or "(unmatched)"
             self.metrics.requests.labels(label, scope["method"], str(status)).inc()
             self.metrics.latency.labels(label).observe(time.perf_counter() - started)
+
+
+async def watch_event_loop(metrics: Metrics, interval_s: float = 0.1) -> None:
+    """Observe the event loop's lag until cancelled (run it as a task in the lifespan)."""
+    loop = asyncio.get_running_loop()
+    while True:
+        started = loop.time()
+        await asyncio.sleep(interval_s)
+        metrics.loop_lag.observe(max(0.0, loop.time() - started - interval_s))
 
 
 async def metrics_endpoint(request: Request) -> Response:

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from app.cli import main
 from serving.app import create_app
+from standins.photos import QUERIES, write_photos
+from standins.searchhost import photo_search
+from standins.weightshost import WeightsHost
 from tests.live import LiveServer
-from ursa.cli import main
-from ursa.photos import QUERIES, write_photos
-from ursa.searchhost import photo_search
 from ursa.settings import Settings
-from ursa.weightshost import WeightsHost
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 TOKEN = "journey-token"

@@ -635,6 +635,7 @@ def test_metrics_count_routes_statuses_batches_and_the_version(served: LiveServe
     assert value("ursa_batch_size_count") >= 3
     assert value("ursa_batch_size_sum") >= 3
     assert value(f'ursa_model_version_info{{model="{NAME}",version="1"}}') == 1.0
+    assert value("ursa_event_loop_lag_seconds_count") >= 1  # watched since the start
 
 
 def test_openapi_describes_every_route_and_nothing_else(registry: Registry) -> None:
