@@ -441,7 +441,9 @@ async def _attempt(
 ) -> UrlRow | _Retry:
     """One GET of ``url`` (``row.url`` parsed): a finished row, or a :class:`_Retry`."""
     try:
-        async with session.get(url, max_redirects=options.max_redirects) as response:
+        # aiohttp raises on the max_redirects-th redirect (it follows one fewer): +1 follows
+        # exactly max_redirects.
+        async with session.get(url, max_redirects=options.max_redirects + 1) as response:
             status = response.status
             if status >= 400:
                 reason = f"HTTP {status} {response.reason or ''}".rstrip()

@@ -114,6 +114,23 @@ def test_sigkill_half_way_then_rerun(slow_host: ImageHost, data_dir: Path, tmp_p
     assert all(slow_host.requests_for(r.url) >= 2 for r in rows)
 
 
+def test_a_row_is_shown_done_only_once_its_journal_line_is_written(
+    slow_host: ImageHost, data_dir: Path
+) -> None:
+    rows = [_row(f"{slow_host.base_url}/img/0/{i:04d}.png") for i in range(0, 100, 10)]
+    rows.append(_row(f"{slow_host.base_url}/img/0/gone.png"))  # a final answer too: a 404
+    shown, unwritten = [], []
+
+    def progress(row: UrlRow) -> None:  # reads the file, as a run after a kill would
+        shown.append(row.url)
+        if row.url not in journal_urls(data_dir):
+            unwritten.append(row.url)
+
+    download_urls(rows, data_dir, DownloadOptions(concurrency=4), progress=progress)
+    assert sorted(shown) == sorted(r.url for r in rows)
+    assert unwritten == []
+
+
 def test_transient_failures_are_tried_again_on_resume(slow_host: ImageHost, data_dir: Path) -> None:
     url = f"{slow_host.base_url}/flaky/1/0001.png?status=503&times=1"
     options = DownloadOptions(retries=0)
