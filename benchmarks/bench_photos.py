@@ -135,7 +135,8 @@ def stage_decode(work: Path, data_dir: Path) -> dict:
     from torchvision import transforms
 
     from tasks.manifest import ImageRow, load_dataset, read_rows
-    from tasks.train import MEAN, STD, tensor_cache
+    from tasks.tensor_cache import tensor_cache
+    from tasks.train import MEAN, STD
 
     dataset = load_dataset((work / "dataset.txt").read_text())
     kept = [r for r in read_rows(Path(dataset.manifest_path), ImageRow) if r.status == "kept"]
@@ -166,13 +167,12 @@ def stage_train(work: Path, data_dir: Path, batches: int) -> dict:
 
     import torch
 
+    from tasks.tensor_cache import Tensors, load_tensors
     from tasks.train import (
-        Tensors,
         TrainConfig,
         _optimizer,
         build_model,
         device_for_training,
-        load_tensors,
         memory_format,
         train_one_epoch,
     )

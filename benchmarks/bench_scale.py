@@ -237,9 +237,9 @@ def child_epoch(cache: Path) -> dict:
 
 
 def _decoded_batch(paths: list[str], size: int) -> np.ndarray:
-    from tasks.pixels import image_array
+    from ursa.images import input_pixels
 
-    return np.stack([image_array(p, size) for p in paths])
+    return np.stack([input_pixels(p, size, "squash") for p in paths])
 
 
 def child_photos(n: int, photos: Path, work: Path, size: int) -> dict:

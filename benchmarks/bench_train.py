@@ -55,6 +55,7 @@ from tasks.sweep import (  # noqa: E402
     torch_threads_kept,
     trial_grid,
 )
+from tasks.tensor_cache import load_tensors, tensor_cache  # noqa: E402
 from tasks.train import (  # noqa: E402
     MEAN,
     STD,
@@ -64,9 +65,7 @@ from tasks.train import (  # noqa: E402
     _optimizer,
     build_model,
     device_for_training,
-    load_tensors,
     memory_format,
-    tensor_cache,
     training_phases,
 )
 

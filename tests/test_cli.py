@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from app import cli
 from tests.datasets import digits_dataset
-from ursa import cli
 from ursa.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -188,9 +188,9 @@ def version_server() -> Iterator[str]:
 
 
 def test_status_of_a_trained_data_folder(data_dir: Path, version_server: str) -> None:
+    from tasks.leaderboard import best_trial
     from tasks.registry import release_model
     from tasks.sweep import (
-        best_trial,
         diagnose_in_sweep,
         finish_sweep,
         log_best_model,

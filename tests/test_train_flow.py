@@ -4,7 +4,6 @@ missing pretrained weights from the command line."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from app.cli import main
 from flows.train import train
 from tasks.sweep import auto_workers
 from tests.datasets import digits_dataset
-from tests.test_flows import _artifact_keys
+from tests.runs import artifacts
 from ursa.settings import Settings
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -96,9 +95,13 @@ def test_a_one_class_dataset_is_refused_before_training_naming_its_classes(
 ) -> None:
     one_class = digits_dataset(data_dir, per_class=12, classes=1).manifest_path
     assert main(["train", "--dataset", one_class, "--epochs", "1", "--image-size", "16"]) == 2
-    out = " ".join(capsys.readouterr().out.split())
-    assert "at least 2 classes" in out and "0: 9 train / 3 valid" in out, out
-    assert asyncio.run(_artifact_keys(["dataset-check"])) == {"dataset-check"}
+    err = " ".join(capsys.readouterr().err.split())
+    assert err.startswith("ursa: error:"), err
+    assert "at least 2 classes" in err and "0: 9 train / 3 valid" in err, err
+    # The flow refuses it too (a run started from the UI), and says so in an artifact.
+    state = train(dataset_manifest=one_class, epochs=[1], image_size=16, return_state=True)
+    assert state.is_failed()
+    assert "dataset-check" in artifacts(state.state_details.flow_run_id)
     client = MlflowClient(Settings.from_env().tracking_uri)
     assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
 
