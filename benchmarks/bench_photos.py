@@ -170,10 +170,10 @@ def stage_train(work: Path, data_dir: Path, batches: int) -> dict:
     from tasks.tensor_cache import Tensors, load_tensors
     from tasks.train import (
         TrainConfig,
-        _optimizer,
         build_model,
         device_for_training,
         memory_format,
+        phase_optimizer,
         train_one_epoch,
     )
 
@@ -196,7 +196,7 @@ def stage_train(work: Path, data_dir: Path, batches: int) -> dict:
 
     def epoch(images: int) -> float:
         subset = Tensors(data.classes, x[:images], y[:images], data.x_valid, data.y_valid)
-        optimizer, rates = _optimizer(model, "unfrozen", 1e-3)
+        optimizer, rates = phase_optimizer(model, "unfrozen", 1e-3)
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
             optimizer, max_lr=rates, total_steps=batches + 1
         )

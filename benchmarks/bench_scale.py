@@ -213,7 +213,7 @@ def child_epoch(cache: Path) -> dict:
     from torch import nn
 
     from tasks.tensor_cache import load_tensors
-    from tasks.train import _inputs
+    from tasks.train import model_inputs
 
     device = torch.device("cpu")
     model = nn.Sequential(
@@ -227,7 +227,7 @@ def child_epoch(cache: Path) -> dict:
         order = torch.randperm(len(data.y_train), generator=generator)
         for start in range(0, len(order), BATCH):
             idx = order[start : start + BATCH]
-            x = _inputs(data.x_train[idx], device)  # loading: no augmentation
+            x = model_inputs(data.x_train[idx], device)  # loading: no augmentation
             loss = nn.functional.cross_entropy(model(x), data.y_train[idx])
             optimizer.zero_grad()
             loss.backward()

@@ -61,11 +61,11 @@ from tasks.train import (  # noqa: E402
     STD,
     TrainConfig,
     Trial,
-    _inputs,
-    _optimizer,
     build_model,
     device_for_training,
     memory_format,
+    model_inputs,
+    phase_optimizer,
     training_phases,
 )
 
@@ -129,7 +129,7 @@ def _train_loop(model, trial, config, steps, batches_for_epoch, valid_batches) -
     criterion = nn.CrossEntropyLoss()
     accuracy = math.nan
     for phase, epochs in training_phases(trial, config):
-        optimizer, rates = _optimizer(model, phase, trial.lr)
+        optimizer, rates = phase_optimizer(model, phase, trial.lr)
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
             optimizer, max_lr=rates, total_steps=max(steps * epochs, 1)
         )
@@ -158,7 +158,7 @@ def floor(dataset: Dataset, config: TrainConfig, workers: int = 1) -> tuple[Cloc
     data = load_tensors(tensor_cache(dataset, config.image_size))
 
     device = device_for_training()
-    x_train, x_valid = _inputs(data.x_train, device), _inputs(data.x_valid, device)
+    x_train, x_valid = model_inputs(data.x_train, device), model_inputs(data.x_valid, device)
     threads = threads_per_trial("threads", workers)
 
     def one(trial: Trial) -> float:
@@ -196,8 +196,8 @@ def warm_up(dataset: Dataset, config: TrainConfig) -> None:
     first-use costs (oneDNN kernels, allocator) for the others."""
     data = load_tensors(tensor_cache(dataset, config.image_size))
     model = build_model(config, len(data.classes)).to(memory_format=LAYOUT)
-    optimizer, _ = _optimizer(model, "scratch", 1e-3)
-    x = _inputs(data.x_train[:64], device_for_training())
+    optimizer, _ = phase_optimizer(model, "scratch", 1e-3)
+    x = model_inputs(data.x_train[:64], device_for_training())
     for _ in range(5):
         loss = nn.functional.cross_entropy(model(x), data.y_train[:64])
         optimizer.zero_grad()

@@ -42,9 +42,9 @@ from tasks.tensor_cache import Tensors, load_tensors, tensor_cache
 from tasks.train import (
     TrainConfig,
     Trial,
-    _inputs,
     device_for_training,
     fit,
+    model_inputs,
 )
 from ursa.images import input_pixels
 from ursa.layout import Layout
@@ -77,7 +77,7 @@ def probabilities(
     model.eval()
     out = []
     for start in range(0, len(x), batch_size):
-        logits = model(_inputs(x[start : start + batch_size], device))
+        logits = model(model_inputs(x[start : start + batch_size], device))
         out.append(logits.float().softmax(1).cpu())
     n_classes = num_classes(model)
     return torch.cat(out).numpy() if out else np.zeros((0, n_classes), np.float32)

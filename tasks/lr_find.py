@@ -19,13 +19,13 @@ from tasks.tensor_cache import Tensors, load_tensors
 from tasks.train import (
     MIN_TRAINING_BATCH,
     TrainConfig,
-    _autocast,
-    _batches,
-    _inputs,
-    _set_frozen,
+    autocast_for,
     device_for_training,
+    index_batches,
     memory_format,
+    model_inputs,
     seeded_model,
+    set_frozen,
 )
 
 
@@ -60,7 +60,7 @@ def lr_find(
     model.train()
     # Fine-tuning starts with the backbone frozen, and its first phase trains at the suggested
     # rate: the range test measures that phase (as fast.ai's lr_find on a new vision_learner).
-    _set_frozen(model, config.pretrained)
+    set_frozen(model, config.pretrained)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=start_lr, weight_decay=1e-2, fused=True)
     criterion = nn.CrossEntropyLoss()
@@ -70,15 +70,15 @@ def lr_find(
     average, best = 0.0, math.inf
     step = 0
     while step < num_iter:
-        for idx in _batches(
+        for idx in index_batches(
             len(data.y_train), config.batch_size, generator, min_size=MIN_TRAINING_BATCH
         ):
             lr = start_lr * ratio**step
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            x = _inputs(data.x_train[idx], device)
+            x = model_inputs(data.x_train[idx], device)
             y = data.y_train[idx].to(device)
-            with _autocast(device):
+            with autocast_for(device):
                 loss = criterion(model(x).float(), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

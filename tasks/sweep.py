@@ -33,8 +33,8 @@ from tasks.train import (
     device_for_training,
     diagnose_fit,
     evaluate,
-    run_trial,
 )
+from tasks.trial import run_trial
 from tasks.trial_report import diagnosis_tags
 from tasks.weights import resolve_weights
 from ursa.package import log_package

@@ -1,6 +1,7 @@
 """Training: the whole loop visible top to bottom, in the style of torchvision's reference
-``train.py`` — ``load_tensors``, ``build_model``, ``augment``, ``train_one_epoch``,
-``evaluate``, ``fit``, ``run_trial``. The sweep (:mod:`tasks.sweep`) is a thin layer above it.
+``train.py`` — ``build_model``, ``augment``, ``train_one_epoch``, ``evaluate``, ``fit``.
+One trial as an MLflow run is :mod:`tasks.trial`; the sweep (:mod:`tasks.sweep`) is a thin
+layer above that.
 
 Each image is decoded once per dataset into a memory-mapped uint8 cache at training
 resolution (:mod:`tasks.tensor_cache`); every trial reads it instead of decoding images each
@@ -18,11 +19,9 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-import os
-import socket
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -32,10 +31,9 @@ from torch.optim.swa_utils import update_bn
 from tasks.architectures import check_arch, head, is_norm, layer_groups, new_model
 from tasks.diagnosis import Diagnosis, diagnose
 from tasks.recipes import AUGMENTATIONS
-from tasks.tensor_cache import Tensors, load_tensors
+from tasks.tensor_cache import Tensors
 from tasks.weights import WeightsUnavailable, local_weights_file
 from ursa.images import RESIZE_POLICIES
-from ursa.layout import Layout
 
 # ImageNet statistics: right for pretrained backbones, harmless for models trained from scratch.
 MEAN = (0.485, 0.456, 0.406)
@@ -43,7 +41,6 @@ STD = (0.229, 0.224, 0.225)
 # Training images re-scored without augmentation for the diagnosis: about as many as there
 # are validation images, within these bounds, so that both losses are estimated about as well.
 CLEAN_TRAIN_SAMPLE = (256, 1024)
-SYSTEM_METRICS_INTERVAL = 1  # seconds between samples of a trial's CPU, memory, GPU
 IF_NO_WEIGHTS = ("fail", "scratch")
 # Discriminative rates after unfreezing (fast.ai's fine_tune): the base rate is halved, and
 # the stem + first blocks learn 100x slower than the head, the middle blocks 10x slower.
@@ -195,7 +192,7 @@ def seeded_model(config: TrainConfig, num_classes: int) -> nn.Module:
         return build_model(config, num_classes)
 
 
-def _set_frozen(model: nn.Module, frozen: bool) -> None:
+def set_frozen(model: nn.Module, frozen: bool) -> None:
     """Freeze everything but the head and the batch-norm layers (see
     :func:`tasks.architectures.is_norm`)."""
     new_head = head(model)
@@ -214,7 +211,7 @@ def training_phases(trial: Trial, config: TrainConfig) -> list[tuple[str, int]]:
     return [(name, n) for name, n in (("frozen", frozen), ("unfrozen", trial.epochs - frozen)) if n]
 
 
-def _optimizer(model: nn.Module, phase: str, lr: float) -> tuple[torch.optim.Optimizer, list]:
+def phase_optimizer(model: nn.Module, phase: str, lr: float) -> tuple[torch.optim.Optimizer, list]:
     if phase == "unfrozen":
         base = lr * UNFROZEN_BASE
         rates = [base / d for d in LAYER_GROUP_DIVISORS]
@@ -239,7 +236,7 @@ def batch_bounds(n: int, batch_size: int, min_size: int = 1) -> list[tuple[int, 
     return bounds
 
 
-def _batches(
+def index_batches(
     n: int,
     batch_size: int,
     generator: torch.Generator | None,
@@ -319,7 +316,7 @@ def _normalisation(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     return (1.0 / (255.0 * std)).to(device), (-mean / std).to(device)
 
 
-def _inputs(
+def model_inputs(
     x: torch.Tensor,
     device: torch.device,
     generator: torch.Generator | None = None,
@@ -338,7 +335,7 @@ def _inputs(
     return torch.addcmul(shift, batch, scale, out=out)
 
 
-def _autocast(device: torch.device):
+def autocast_for(device: torch.device):
     # bf16 autocast on CUDA; on these CPUs (no bf16 units) plain float32 is faster.
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
@@ -382,10 +379,12 @@ def train_one_epoch(
     losses, correct, seen = [], torch.zeros((), device=device), 0
     aug = aug_generator if config.augment else None
     n = len(data.y_train)
-    for idx in _batches(n, config.batch_size, generator, data.x_train.device, MIN_TRAINING_BATCH):
-        x = _inputs(data.x_train[idx], device, aug, config.flip, config.augmentation)
+    for idx in index_batches(
+        n, config.batch_size, generator, data.x_train.device, MIN_TRAINING_BATCH
+    ):
+        x = model_inputs(data.x_train[idx], device, aug, config.flip, config.augmentation)
         y = data.y_train[idx].to(device, non_blocking=True)
-        with _autocast(device):
+        with autocast_for(device):
             logits = model(x)
             loss = criterion(logits.float(), y)
         optimizer.zero_grad(set_to_none=True)
@@ -430,9 +429,9 @@ def predict_examples(
     """Per example: (loss, predicted class, probability of the prediction), all on the CPU."""
     model.eval()
     losses, preds, probs = [], [], []
-    for idx in _batches(len(y), batch_size, None, x.device):
-        with _autocast(device):
-            logits = model(_inputs(x[idx], device)).float()
+    for idx in index_batches(len(y), batch_size, None, x.device):
+        with autocast_for(device):
+            logits = model(model_inputs(x[idx], device)).float()
         target = y[idx].to(device)
         losses.append(F.cross_entropy(logits, target, reduction="none"))
         p, c = logits.softmax(1).max(1)
@@ -453,13 +452,13 @@ def recompute_batch_norm(
     shuffling is the same with or without it."""
     order = torch.Generator().manual_seed(seed)
     batches = itertools.islice(
-        _batches(
+        index_batches(
             len(data.y_train), config.batch_size, order, data.x_train.device, MIN_TRAINING_BATCH
         ),
         BN_RECOMPUTE_BATCHES,
     )
-    with _autocast(device):
-        update_bn((_inputs(data.x_train[idx], device) for idx in batches), model)
+    with autocast_for(device):
+        update_bn((model_inputs(data.x_train[idx], device) for idx in batches), model)
 
 
 def fit(trial: Trial, config: TrainConfig, data: Tensors, on_epoch=None) -> FitResult:
@@ -476,8 +475,8 @@ def fit(trial: Trial, config: TrainConfig, data: Tensors, on_epoch=None) -> FitR
     step_losses: list[float] = []
     examples = None
     for phase, epochs in training_phases(trial, config):
-        _set_frozen(model, phase == "frozen")
-        optimizer, rates = _optimizer(model, phase, trial.lr)
+        set_frozen(model, phase == "frozen")
+        optimizer, rates = phase_optimizer(model, phase, trial.lr)
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
             optimizer, max_lr=rates, total_steps=max(steps * epochs, 1)
         )
@@ -508,10 +507,10 @@ def fit(trial: Trial, config: TrainConfig, data: Tensors, on_epoch=None) -> FitR
             if on_epoch is not None:
                 on_epoch(record)
             if not math.isfinite(train_loss):
-                _set_frozen(model, False)
+                set_frozen(model, False)
                 # Diverged: more epochs only burn time.
                 return FitResult(model, history, step_losses, examples)
-    _set_frozen(model, False)
+    set_frozen(model, False)
     if history:
         # The epoch's training loss is a running mean over augmented batches while the model
         # was still learning, so it sits above the validation loss even when the model fits
@@ -540,94 +539,3 @@ def diagnose_fit(
         clean_train_loss=history[-1].get("train_eval_loss") if history else None,
         steps=history[-1].get("steps") if history else None,
     )
-
-
-def batch_norm_note(history: list[dict]) -> str:
-    """Which validation passes ran on recomputed batch-norm statistics, for the trial's tag."""
-    epochs = [str(h["epoch"] + 1) for h in history if h.get("bn_recomputed")]
-    if not epochs:
-        return "no"
-    return (
-        f"before the validation of epoch {', '.join(epochs)} of {len(history)} "
-        f"(under {BN_RECOMPUTE_STEPS} steps taken)"
-    )
-
-
-def run_trial(
-    trial: Trial,
-    config: TrainConfig,
-    cache_path: str,
-    experiment_id: str,
-    parent_run_id: str,
-    dataset_digest: str,
-    tracking_uri: str = "",
-    torch_threads: int = 0,
-) -> TrialResult:
-    """Train one trial as an MLflow child run of the sweep; save its weights for later logging.
-
-    ``tracking_uri`` and ``torch_threads`` matter when the trial runs in another process (a
-    Dask worker): MLflow's URI is per process, and workers sharing a machine share its cores.
-    """
-    import mlflow
-
-    from tasks.trial_report import log_trial_report
-
-    if tracking_uri:
-        mlflow.set_tracking_uri(tracking_uri)
-    if torch_threads > 0:
-        torch.set_num_threads(torch_threads)
-    data = load_tensors(cache_path)
-    start = time.perf_counter()
-    # System metrics every second: trials on small data last seconds, not minutes.
-    mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL)
-    # Linked to the parent explicitly: the active run is thread-local and trials may run in threads.
-    with mlflow.start_run(
-        experiment_id=experiment_id,
-        run_name=trial.name,
-        parent_run_id=parent_run_id,
-        log_system_metrics=True,
-    ) as run:
-        mlflow.log_params({**asdict(config), **asdict(trial), "dataset_digest": dataset_digest})
-        # Which process trained it: on a Dask cluster, the worker's host and pid.
-        mlflow.set_tags(
-            {"ursa.role": "trial", "ursa.worker": f"{socket.gethostname()}:{os.getpid()}"}
-        )
-
-        def log_epoch(record: dict) -> None:
-            metrics = {k: v for k, v in record.items() if k != "epoch" and math.isfinite(v)}
-            mlflow.log_metrics(metrics, step=record["epoch"])
-
-        fitted = fit(trial, config, data, on_epoch=log_epoch)
-        clean = fitted.history[-1].get("train_eval_loss") if fitted.history else None
-        if clean is not None and math.isfinite(clean):
-            mlflow.log_metric("train_eval_loss", clean, step=fitted.history[-1]["epoch"])
-        initial = fitted.step_losses[0] if fitted.step_losses else math.nan
-        mlflow.set_tag("ursa.bn_recomputed", batch_norm_note(fitted.history))
-        diagnosis = diagnose_fit(fitted.history, initial)
-        log_trial_report(
-            run.info.run_id, trial.name, fitted, data, diagnosis, mlflow.get_tracking_uri()
-        )
-        checkpoint = Layout.around(cache_path).checkpoints / f"{run.info.run_id}.pt"
-        checkpoint.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(fitted.model.state_dict(), checkpoint)
-        # MLflow's monitor logs a sample only once a whole interval has passed and drops it if
-        # the run ends first: a trial quicker than that (tiny data, an early divergence) is
-        # kept open until its first sample is in, so that every trial has system metrics.
-        short = SYSTEM_METRICS_INTERVAL + 0.5 - (time.perf_counter() - start)
-        if short > 0:
-            time.sleep(short)
-        last = fitted.history[-1]
-        return TrialResult(
-            lr=trial.lr,
-            epochs=trial.epochs,
-            run_id=run.info.run_id,
-            val_accuracy=last["val_accuracy"],
-            val_loss=last["val_loss"],
-            train_loss=last["train_loss"],
-            checkpoint=str(checkpoint),
-            seconds=time.perf_counter() - start,
-            history=fitted.history,
-            initial_loss=initial,
-            diagnosis=diagnosis.label,
-            evidence=diagnosis.evidence,
-        )

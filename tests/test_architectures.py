@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tasks.architectures import check_arch, head, layer_groups, new_model, num_classes
-from tasks.train import TrainConfig, _set_frozen
+from tasks.train import TrainConfig, set_frozen
 
 FAMILIES = ["resnet18", "convnext_tiny", "efficientnet_b0", "mobilenet_v3_large", "regnet_y_400mf"]
 
@@ -33,7 +33,7 @@ def test_every_family_gets_a_new_head_and_three_layer_groups(arch: str) -> None:
     assert sorted(id(p) for g in (early, late, last) for p in g) == sorted(everything)
     # Early layers come first in the network, later ones after them.
     assert everything.index(id(early[-1])) < everything.index(id(late[0]))
-    _set_frozen(model, True)
+    set_frozen(model, True)
     trainable = {id(p) for p in model.parameters() if p.requires_grad}
     assert {id(p) for p in last} <= trainable and id(early[0]) not in trainable
 

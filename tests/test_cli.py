@@ -199,7 +199,8 @@ def test_status_of_a_trained_data_folder(data_dir: Path, version_server: str) ->
     )
     from tasks.tensor_cache import tensor_cache
     from tasks.tracking import experiment_id
-    from tasks.train import TrainConfig, run_trial
+    from tasks.train import TrainConfig
+    from tasks.trial import run_trial
 
     dataset = digits_dataset(data_dir, per_class=8, classes=3)
     settings = Settings.from_env()

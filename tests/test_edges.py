@@ -30,9 +30,9 @@ from tasks.train import (
     Tensors,
     TrainConfig,
     Trial,
-    _batches,
     batch_bounds,
     fit,
+    index_batches,
 )
 
 # Pure functions, each example in microseconds: many examples, no deadline (a shared machine).
@@ -107,7 +107,9 @@ def test_folds_keep_groups_whole_and_are_seeded(groups, folds, seed) -> None:
 def test_batches_cover_every_index_once_and_training_never_sees_a_batch_of_one(
     n, batch_size, min_size
 ) -> None:
-    batches = list(_batches(n, batch_size, torch.Generator().manual_seed(n), min_size=min_size))
+    batches = list(
+        index_batches(n, batch_size, torch.Generator().manual_seed(n), min_size=min_size)
+    )
     sizes = [len(b) for b in batches]
     if n >= min_size:
         assert sorted(torch.cat(batches).tolist() if batches else []) == list(range(n))

@@ -13,7 +13,7 @@ from torch import nn
 
 from tasks.manifest import ImageRow, read_rows
 from tasks.tensor_cache import load_tensors, tensor_cache
-from tasks.train import MEAN, STD, _inputs
+from tasks.train import MEAN, STD, model_inputs
 from tests.datasets import photos_dataset
 from ursa.images import RESIZE_POLICIES, input_pixels, open_image
 from ursa.package import ModelPackage, preprocess
@@ -44,7 +44,7 @@ def test_served_input_equals_training_input_for_raw_photos(data_dir, policy: str
     # Serving decodes the uploaded bytes (ingest's decoder), then preprocesses.
     uploads = [open_image((data_dir / r.image_path).read_bytes()) for r in rows]
     served = preprocess(uploads, 32, MEAN, STD, policy)
-    trained = _inputs(data.x_valid, torch.device("cpu"))  # no augmentation: validation
+    trained = model_inputs(data.x_valid, torch.device("cpu"))  # no augmentation: validation
     torch.testing.assert_close(served, trained, atol=1e-5, rtol=0)
     other = "squash" if policy != "squash" else "crop"
     assert not torch.allclose(preprocess(uploads, 32, MEAN, STD, other), trained, atol=1e-2)
@@ -65,5 +65,5 @@ def test_a_package_serves_with_the_policy_it_was_trained_with(data_dir) -> None:
     meta = {"classes": ["a", "b"], "image_size": 32, "mean": MEAN, "std": STD, "resize": "crop"}
     package = ModelPackage(module=_Recorder(), meta=meta, uri="test")
     package.probabilities([open_image((data_dir / r.image_path).read_bytes()) for r in rows])
-    expected = _inputs(data.x_valid, torch.device("cpu"))
+    expected = model_inputs(data.x_valid, torch.device("cpu"))
     torch.testing.assert_close(package.module.seen, expected, atol=1e-5, rtol=0)

@@ -35,18 +35,17 @@ from tasks.train import (
     TrainConfig,
     Trial,
     TrialResult,
-    _inputs,
-    _optimizer,
-    _set_frozen,
     augment,
-    batch_norm_note,
     build_model,
     diagnose_fit,
     fit,
-    run_trial,
+    model_inputs,
+    phase_optimizer,
     seeded_model,
+    set_frozen,
     training_phases,
 )
+from tasks.trial import batch_norm_note, run_trial
 from tasks.weights import WeightsUnavailable, resolve_weights
 from tests.datasets import digits_dataset
 from ursa.package import load_package, log_package, preprocess
@@ -76,7 +75,7 @@ def test_serving_gives_the_model_what_training_gave_it(dataset: Dataset) -> None
     data = load_tensors(tensor_cache(dataset, 16))
     images = [Image.fromarray(x.permute(1, 2, 0).numpy()) for x in data.x_valid]
     served = preprocess(images, 16, MEAN, STD)
-    trained = _inputs(data.x_valid, torch.device("cpu"))  # no augmentation: validation
+    trained = model_inputs(data.x_valid, torch.device("cpu"))  # no augmentation: validation
     torch.testing.assert_close(served, trained, atol=1e-5, rtol=0)
     # NCHW in memory, not the permuted (channels_last) view: the exported model's
     # convolutions ran up to 30% slower on that.
@@ -157,11 +156,11 @@ def test_fine_tuning_freezes_then_unfreezes_with_discriminative_rates(
     assert training_phases(Trial(1e-3, 3), SMALL) == [("scratch", 3)]
 
     model = build_model(config, 4)
-    _set_frozen(model, True)
+    set_frozen(model, True)
     assert not model.conv1.weight.requires_grad and not model.layer4[0].conv1.weight.requires_grad
     assert model.bn1.weight.requires_grad and model.fc.weight.requires_grad
-    _set_frozen(model, False)
-    optimizer, rates = _optimizer(model, "unfrozen", 1e-3)
+    set_frozen(model, False)
+    optimizer, rates = phase_optimizer(model, "unfrozen", 1e-3)
     assert rates == pytest.approx([5e-6, 5e-5, 5e-4])
     assert [g["lr"] for g in optimizer.param_groups] == pytest.approx(rates)
     grouped = sum(len(g["params"]) for g in optimizer.param_groups)
