@@ -58,6 +58,8 @@ def flow_annotations(module: str, flow: str) -> dict[str, Any]:
         names = {n.id for n in ast.walk(arg.annotation) if isinstance(n, ast.Name)} - set(known)
         for name in names:
             value = _value(ast.Name(name), module)
+            if value is None:  # a type alias the module defines (Lrs = Annotated[...])
+                value = _alias(name, module, known)
             namespace[name] = tuple(value) if isinstance(value, list) else value
         if any(namespace[name] is None for name in names):
             continue
@@ -137,6 +139,24 @@ def _value(node: ast.expr | None, module: str, depth: int = 0) -> Any:
         if isinstance(statement, ast.ImportFrom) and statement.module:
             if any((a.asname or a.name) == node.id for a in statement.names):
                 return _value(node, statement.module, depth + 1)
+    return None
+
+
+def _alias(name: str, module: str, known: dict[str, Any], depth: int = 0) -> Any:
+    """The type alias ``name`` that ``module`` (or a module it imports it from) defines from
+    ``known`` names only, evaluated; else None."""
+    tree = _module_tree(module)
+    for statement in tree.body if tree and depth < 2 else []:
+        if isinstance(statement, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == name for t in statement.targets
+        ):
+            used = {n.id for n in ast.walk(statement.value) if isinstance(n, ast.Name)}
+            if not used <= set(known):
+                return None
+            return eval(compile(ast.Expression(statement.value), module, "eval"), {}, dict(known))
+        if isinstance(statement, ast.ImportFrom) and statement.module:
+            if any((a.asname or a.name) == name for a in statement.names):
+                return _alias(name, statement.module, known, depth + 1)
     return None
 
 
