@@ -12,7 +12,7 @@ from pathlib import Path
 _CHILD = """
 import sys, time
 from pathlib import Path
-from ursa.imagehost import ImageHost
+from standins.imagehost import ImageHost
 with ImageHost(Path(sys.argv[1]), latency_s=float(sys.argv[2])) as host:
     print(host.base_url, flush=True)
     sys.stdin.read()  # until the parent closes our stdin (or dies)

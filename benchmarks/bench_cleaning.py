@@ -41,7 +41,8 @@ from tasks.cleaning import rank_dataset  # noqa: E402
 from tasks.dedup import build_dataset  # noqa: E402
 from tasks.manifest import Dataset, ImageRow, read_rows  # noqa: E402
 from tasks.sources import local_image_rows  # noqa: E402
-from tasks.train import Tensors, TrainConfig, Trial, fit, load_tensors, tensor_cache  # noqa: E402
+from tasks.tensor_cache import Tensors, load_tensors, tensor_cache  # noqa: E402
+from tasks.train import TrainConfig, Trial, fit  # noqa: E402
 from tasks.verify import verify_rows  # noqa: E402
 from ursa.embedded import write_embedded_images  # noqa: E402
 

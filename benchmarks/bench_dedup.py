@@ -20,15 +20,21 @@ from __future__ import annotations
 
 import argparse
 import io
+import sys
 import time
 import tracemalloc
 from collections import defaultdict
+from pathlib import Path
 
-import numpy as np
-from PIL import Image, ImageEnhance
-from sklearn.datasets import load_digits
+# Runs as `python benchmarks/X.py` and as `python -m benchmarks.X`: the repository root first.
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
-from tasks.dedup import _all_pairs, hamming_pairs, phash, same_picture
+import numpy as np  # noqa: E402
+from PIL import Image, ImageEnhance  # noqa: E402
+from sklearn.datasets import load_digits  # noqa: E402
+
+from tasks.dedup import _all_pairs, hamming_pairs, phash, same_picture  # noqa: E402
 
 TRANSFORMS = {
     "resize": lambda im: im.resize((48, 48), Image.Resampling.BICUBIC),

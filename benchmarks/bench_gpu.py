@@ -43,12 +43,11 @@ from PIL import Image  # noqa: E402
 from torch import nn  # noqa: E402
 
 from tasks.manifest import ImageRow, write_dataset  # noqa: E402
+from tasks.tensor_cache import load_tensors, tensor_cache  # noqa: E402
 from tasks.train import (  # noqa: E402
     TrainConfig,
     Trial,
     fit,
-    load_tensors,
-    tensor_cache,
 )
 
 SIZE = 224

@@ -36,20 +36,25 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import sys
 import tempfile
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
+# Runs as `python benchmarks/X.py` and as `python -m benchmarks.X`: the repository root first.
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
-from tasks.manifest import UrlRow
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from tasks.manifest import UrlRow  # noqa: E402
 
 # tasks.download and tasks.verify (Prefect, aiohttp) are imported where they are used: the
 # worker processes that verification spawns import this main module first, and `ursa ingest`,
-# whose main module (ursa.cli) imports them lazily too, does not make its workers pay for them.
+# whose main module (app.cli) imports them lazily too, does not make its workers pay for them.
 
 FASTAI_WORKERS = 8  # fastai.vision.utils.download_images(n_workers=8)
 FASTAI_TIMEOUT_S = 4  # download_images(timeout=4)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import itertools
 import os
 import statistics
 import subprocess
@@ -32,7 +33,7 @@ import tempfile
 import time
 import urllib.parse
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,7 +44,7 @@ os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 
 import httpx  # noqa: E402
 
-from ursa.demo import free_port, server_process  # noqa: E402
+from app.demo import free_port, server_process  # noqa: E402
 from ursa.settings import Settings  # noqa: E402
 
 CLASSES = [f"class{i}" for i in range(10)]
@@ -68,8 +69,15 @@ class Load:
 # -- the model --------------------------------------------------------------------------
 
 
-def register_model(data_dir: Path, name: str, image_size: int) -> Settings:
-    """An untrained resnet18 at ``image_size``, logged as an Ursa package and crowned."""
+def register_model(
+    data_dir: Path,
+    name: str,
+    image_size: int,
+    arch: str = "resnet18",
+    classes: list | None = None,
+    resize: str = "squash",
+) -> Settings:
+    """An untrained ``arch`` at ``image_size``, logged as an Ursa package and crowned."""
     import mlflow
     import torchvision
     from mlflow import MlflowClient
@@ -85,11 +93,13 @@ def register_model(data_dir: Path, name: str, image_size: int) -> Settings:
     mlflow.set_tracking_uri(settings.tracking_uri)
     experiment = mlflow.create_experiment(name, artifact_location=settings.artifact_location)
     with mlflow.start_run(experiment_id=experiment):
-        model = torchvision.models.resnet18(num_classes=len(CLASSES))
+        classes = classes or CLASSES
+        model = torchvision.models.get_model(arch, num_classes=len(classes))
         meta = {
-            "arch": "resnet18",
-            "classes": CLASSES,
+            "arch": arch,
+            "classes": classes,
             "image_size": image_size,
+            "resize": resize,
             "mean": [0.485, 0.456, 0.406],
             "std": [0.229, 0.224, 0.225],
         }
@@ -289,6 +299,281 @@ def run_load(url: str, body: bytes, clients: int, seconds: float) -> Load:
         return runner.run(generate_load(url, body, clients, seconds, warmup=3.0))
 
 
+# -- an open burst: overload ------------------------------------------------------------
+
+
+@dataclass
+class Burst:
+    statuses: dict[int, int]  # answers per HTTP status
+    answered: list[float]  # latencies of the 200s
+    dropped: int  # requests whose connection failed or timed out without an answer
+    seconds: float
+    probes: list[float]  # /healthz and /readyz latencies during the burst
+    probe_failures: int  # probes without an answer within PROBE_TIMEOUT_S
+    rss_before: int  # bytes, the server's resident memory before the burst
+    rss_peak: int  # bytes, the most sampled during it
+    loop_lag: float  # seconds: the server's slowest event-loop wake (its histogram's bucket)
+
+    @property
+    def shed_share(self) -> float:
+        return self.statuses.get(503, 0) / max(1, sum(self.statuses.values()) + self.dropped)
+
+    @property
+    def p99_answered(self) -> float:
+        return percentile(self.answered, 99)
+
+    @property
+    def slowest_probe(self) -> float:
+        return max(self.probes, default=float("inf"))
+
+
+PROBE_TIMEOUT_S = 30.0
+PROBE_EVERY_S = 0.02
+
+
+def percentile(values: list[float], q: int) -> float:
+    if len(values) < 2:
+        return values[0] if values else float("nan")
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
+
+
+async def generate_burst(url: str, body: bytes, total: int, in_flight: int) -> tuple:
+    """``total`` requests, at most ``in_flight`` at a time, each slot on a keep-alive connection.
+
+    All slots open and send at once: the server sees ``in_flight`` requests arrive together
+    and, as each is answered or refused, the next one from the same slot.
+    """
+    parsed = urllib.parse.urlsplit(url)
+    request = (
+        f"POST /predict HTTP/1.1\r\nHost: {parsed.netloc}\r\nContent-Type: image/png\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    statuses: dict[int, int] = {}
+    answered: list[float] = []
+    left = total
+    dropped = 0
+
+    async def slot() -> None:
+        nonlocal left, dropped
+        reader = writer = None
+        while left > 0:
+            left -= 1
+            sent = time.perf_counter()
+            try:
+                if writer is None:
+                    reader, writer = await asyncio.open_connection(parsed.hostname, parsed.port)
+                writer.write(request)
+                status, keep_alive = await asyncio.wait_for(read_reply(reader), 60)
+            except (OSError, TimeoutError, asyncio.IncompleteReadError):
+                dropped += 1
+                if writer is not None:
+                    writer.close()
+                reader = writer = None
+                continue
+            statuses[status] = statuses.get(status, 0) + 1
+            if status == 200:
+                answered.append(time.perf_counter() - sent)
+            if not keep_alive:
+                writer.close()
+                reader = writer = None
+        if writer is not None:
+            writer.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(slot() for _ in range(in_flight)))
+    return statuses, answered, dropped, time.perf_counter() - started
+
+
+def probe(url: str, pid: int, out: str) -> None:
+    """Until killed: GET /healthz and /readyz in turn on fresh connections, like an
+    orchestrator's probes, and sample the server's RSS; one line per probe into ``out``.
+
+    Runs in its own process, so that the load generator's event loop delays no probe.
+    """
+    import http.client
+
+    parsed = urllib.parse.urlsplit(url)
+    status = Path(f"/proc/{pid}/status")
+    with open(out, "w", buffering=1) as log:
+        for n in itertools.count():
+            path = "/healthz" if n % 2 == 0 else "/readyz"
+            started = time.perf_counter()
+            try:
+                conn = http.client.HTTPConnection(
+                    parsed.hostname, parsed.port, timeout=PROBE_TIMEOUT_S
+                )
+                conn.request("GET", path)
+                ok = conn.getresponse().status == 200
+                conn.close()
+            except OSError:
+                ok = False
+            took = time.perf_counter() - started
+            rss = next(
+                int(line.split()[1]) * 1024
+                for line in status.read_text().splitlines()
+                if line.startswith("VmRSS:")
+            )
+            log.write(f"{path} {int(ok)} {took:.6f} {rss}\n")
+            time.sleep(PROBE_EVERY_S)
+
+
+def server_pid(port: int) -> int:
+    """The pid of this process's child that listens on ``port`` (``ursa serve``)."""
+    import psutil
+
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if any(c.laddr.port == port for c in child.net_connections("tcp")):
+                return child.pid
+        except psutil.Error:
+            continue
+    raise LookupError(f"No child process listens on port {port}")
+
+
+def run_burst(settings: Settings, body: bytes, total: int, in_flight: int, root: Path) -> Burst:
+    import uvloop
+
+    with server_process(settings, startup_s=600) as url:  # slow to start on a busy machine
+        pid = server_pid(settings.serve_port)
+        # A few answers first: the first batches are slow, and the rate is then measured.
+        for _ in range(5):
+            httpx.post(f"{url}/predict", content=body, headers={"content-type": "image/png"})
+        out = root / f"probes-{settings.serve_port}.txt"
+        prober = subprocess.Popen(
+            [sys.executable, __file__, "--probe", url, str(pid), str(out)],
+        )
+        try:
+            # The prober's first lines: the server's state before the burst.
+            while len(probe_lines(out)) < 20:
+                if prober.poll() is not None:
+                    raise RuntimeError("The health prober exited")
+                time.sleep(0.2)
+            before = probe_lines(out)
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                statuses, answered, dropped, seconds = runner.run(
+                    generate_burst(url, body, total, in_flight)
+                )
+            time.sleep(0.5)
+            metrics = httpx.get(f"{url}/metrics", timeout=60).text
+        finally:
+            prober.terminate()
+            prober.wait(timeout=30)
+    lines = probe_lines(out)
+    during = lines[len(before) :]
+    return Burst(
+        statuses=statuses,
+        answered=answered,
+        dropped=dropped,
+        seconds=seconds,
+        probes=[took for ok, took, _ in during if ok],
+        probe_failures=sum(1 for ok, _, _ in during if not ok),
+        rss_before=max(rss for _, _, rss in before),
+        rss_peak=max(rss for _, _, rss in lines),
+        loop_lag=slowest_bucket(metrics, "ursa_event_loop_lag_seconds"),
+    )
+
+
+def slowest_bucket(metrics: str, histogram: str) -> float:
+    """The smallest bucket bound that holds every observation of ``histogram``."""
+    buckets = []
+    for line in metrics.splitlines():
+        if line.startswith(f"{histogram}_bucket{{"):
+            bound = line.split('le="')[1].split('"')[0]
+            buckets.append((float(bound), float(line.split()[-1])))
+    total = max(count for _, count in buckets)
+    return min(bound for bound, count in buckets if count == total)
+
+
+def probe_lines(out: Path) -> list[tuple[bool, float, int]]:
+    rows = []
+    text = out.read_text() if out.exists() else ""
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 4:
+            rows.append((parts[1] == "1", float(parts[2]), int(parts[3])))
+    return rows
+
+
+def measure_burst(total: int, in_flight: int, rounds: int, root: Path) -> list[dict[str, Burst]]:
+    """Per round: the unbounded server (no queue bound, no deadline), then the default one."""
+    data_dir = root / "burst-32"
+    data_dir.mkdir()
+    settings = register_model(data_dir, "burst32", 32)
+    body = upload(32)
+    configurations = {
+        "unbounded (URSA_MAX_QUEUE=0, URSA_REQUEST_TIMEOUT_S=0)": {
+            "max_queue": 0,
+            "request_timeout_s": 0.0,
+        },
+        "ursa defaults (queue sized from the rate, 5 s deadline)": {},
+    }
+    results = []
+    for _ in range(rounds):
+        results.append(
+            {
+                name: run_burst(
+                    replace(settings, serve_port=free_port(), **changes),
+                    body,
+                    total,
+                    in_flight,
+                    data_dir,
+                )
+                for name, changes in configurations.items()
+            }
+        )
+    return results
+
+
+def report_burst(results: list[dict[str, Burst]], total: int, in_flight: int) -> None:
+    print()
+    print(f"Open burst: {total} requests, {in_flight} in flight, resnet18 32px")
+    print()
+    print(
+        "| round | server | seconds | 200 | 503 | dropped | shed | p50 answered ms "
+        "| p99 answered ms | slowest answered ms | slowest probe ms | probes failed "
+        "| RSS growth MB | event-loop lag ms |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for number, burst in enumerate(results, 1):
+        for name, b in burst.items():
+            print(
+                f"| {number} | {name} | {b.seconds:.1f} | {b.statuses.get(200, 0)} "
+                f"| {b.statuses.get(503, 0)} | {b.dropped} | {100 * b.shed_share:.0f}% "
+                f"| {1000 * percentile(b.answered, 50):.0f} | {1000 * b.p99_answered:.0f} "
+                f"| {1000 * max(b.answered, default=float('nan')):.0f} "
+                f"| {1000 * b.slowest_probe:.0f} | {b.probe_failures} "
+                f"| {(b.rss_peak - b.rss_before) / 2**20:.0f} | ≤ {1000 * b.loop_lag:.0f} |"
+            )
+    print()
+    names = list(results[0])
+    base, ours = names[0], names[1]
+
+    def median(name: str, figure) -> float:
+        return statistics.median(figure(burst[name]) for burst in results)
+
+    n = len(results)
+    probe_base = median(base, lambda b: b.slowest_probe)
+    probe_ours = median(ours, lambda b: b.slowest_probe)
+    p99_base = median(base, lambda b: b.p99_answered)
+    p99_ours = median(ours, lambda b: b.p99_answered)
+    print(
+        f"burst slowest health probe, median of {n}: {1000 * probe_ours:.0f} ms "
+        f"(unbounded {1000 * probe_base:.0f} ms, {probe_base / probe_ours:.1f}x) (goal 100 ms)"
+    )
+    print(
+        f"burst p99 of answered requests, median of {n}: {1000 * p99_ours:.0f} ms "
+        f"(unbounded {1000 * p99_base:.0f} ms, {p99_base / p99_ours:.1f}x) (goal 2000 ms)"
+    )
+    growth = median(ours, lambda b: (b.rss_peak - b.rss_before) / 2**20)
+    growth_base = median(base, lambda b: (b.rss_peak - b.rss_before) / 2**20)
+    print(
+        f"burst peak RSS growth, median of {n}: {growth:.0f} MB "
+        f"(unbounded {growth_base:.0f} MB) (goal 300 MB)"
+    )
+    shed = median(ours, lambda b: b.shed_share)
+    print(f"burst share shed, median of {n}: {100 * shed:.0f}% (unbounded 0%) (no goal)")
+
+
 # -- the report -------------------------------------------------------------------------
 
 
@@ -360,13 +645,27 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--naive-server":
         serve_naive(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
         return
+    if len(sys.argv) > 1 and sys.argv[1] == "--probe":
+        probe(sys.argv[2], int(sys.argv[3]), sys.argv[4])
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=15.0, help="measured seconds per server")
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument(
         "--rounds", type=int, default=3, help="rounds per model; figures are their medians"
     )
+    parser.add_argument(
+        "--part", choices=("throughput", "burst", "all"), default="all", help="what to measure"
+    )
+    parser.add_argument("--burst", type=int, default=3000, help="requests in the open burst")
+    parser.add_argument("--in-flight", type=int, default=1000, help="burst requests at a time")
     args = parser.parse_args()
+    if args.part in ("burst", "all"):
+        with tempfile.TemporaryDirectory(prefix="ursa-bench-burst-") as tmp:
+            bursts = measure_burst(args.burst, args.in_flight, args.rounds, Path(tmp))
+        report_burst(bursts, args.burst, args.in_flight)
+    if args.part == "burst":
+        return
 
     import torch
 

@@ -55,18 +55,17 @@ from tasks.sweep import (  # noqa: E402
     torch_threads_kept,
     trial_grid,
 )
+from tasks.tensor_cache import load_tensors, tensor_cache  # noqa: E402
 from tasks.train import (  # noqa: E402
     MEAN,
     STD,
     TrainConfig,
     Trial,
-    _inputs,
-    _optimizer,
     build_model,
     device_for_training,
-    load_tensors,
     memory_format,
-    tensor_cache,
+    model_inputs,
+    phase_optimizer,
     training_phases,
 )
 
@@ -120,6 +119,7 @@ def ursa_sweep(dataset: Dataset, lrs: list[float], epochs: list[int], **kw) -> t
         "best_trial": result.best.name,
         "budget": result.budget,
         "trials": {t.name: (t.val_accuracy, t.diagnosis) for t in result.trials},
+        "results": result.trials,
     }
 
 
@@ -129,7 +129,7 @@ def _train_loop(model, trial, config, steps, batches_for_epoch, valid_batches) -
     criterion = nn.CrossEntropyLoss()
     accuracy = math.nan
     for phase, epochs in training_phases(trial, config):
-        optimizer, rates = _optimizer(model, phase, trial.lr)
+        optimizer, rates = phase_optimizer(model, phase, trial.lr)
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
             optimizer, max_lr=rates, total_steps=max(steps * epochs, 1)
         )
@@ -158,7 +158,7 @@ def floor(dataset: Dataset, config: TrainConfig, workers: int = 1) -> tuple[Cloc
     data = load_tensors(tensor_cache(dataset, config.image_size))
 
     device = device_for_training()
-    x_train, x_valid = _inputs(data.x_train, device), _inputs(data.x_valid, device)
+    x_train, x_valid = model_inputs(data.x_train, device), model_inputs(data.x_valid, device)
     threads = threads_per_trial("threads", workers)
 
     def one(trial: Trial) -> float:
@@ -196,8 +196,8 @@ def warm_up(dataset: Dataset, config: TrainConfig) -> None:
     first-use costs (oneDNN kernels, allocator) for the others."""
     data = load_tensors(tensor_cache(dataset, config.image_size))
     model = build_model(config, len(data.classes)).to(memory_format=LAYOUT)
-    optimizer, _ = _optimizer(model, "scratch", 1e-3)
-    x = _inputs(data.x_train[:64], device_for_training())
+    optimizer, _ = phase_optimizer(model, "scratch", 1e-3)
+    x = model_inputs(data.x_train[:64], device_for_training())
     for _ in range(5):
         loss = nn.functional.cross_entropy(model(x), data.y_train[:64])
         optimizer.zero_grad()
@@ -309,6 +309,48 @@ def speed(root: Path, naive_workers: int, rounds: int) -> list[str]:
     ]
 
 
+def halving_diagnostics(grid: list, halving: list, epochs: list[int], n_valid: int) -> list[str]:
+    """Why halving lands where it does: every grid trial by rung, the first rung's spread
+    against its noise, where the grid's best rate ranked there, and whether the trials that
+    both ran (same config, same seed) gave the same result."""
+    from tasks.halving import noise
+    from tasks.leaderboard import leaderboard
+
+    lines = ["grid trials (val accuracy / val loss, diagnosis):"]
+    for r in sorted(grid, key=lambda r: (r.lr, r.epochs)):
+        lines.append(
+            f"  lr={r.lr:<7g} epochs={r.epochs}: {r.val_accuracy:.4f} / {r.val_loss:.4f} "
+            f"({r.diagnosis})"
+        )
+    first = [r for r in grid if r.epochs == min(epochs)]
+    accs = [r.val_accuracy for r in first]
+    best = leaderboard(grid)[0]
+    order = [r.lr for r in leaderboard(first)]
+    lines.append(
+        f"first rung ({min(epochs)} epoch): accuracy {min(accs):.4f}..{max(accs):.4f} "
+        f"(spread {100 * (max(accs) - min(accs)):.2f} points; noise of a difference at the "
+        f"top {100 * noise(max(accs), n_valid):.2f} points on {n_valid} images); the grid's "
+        f"best rate {best.lr:g} ranks {order.index(best.lr) + 1} of {len(order)} there"
+    )
+    by_name = {r.name: r for r in grid}
+    same = [
+        r.name
+        for r in halving
+        if (r.val_accuracy, r.val_loss) == (by_name[r.name].val_accuracy, by_name[r.name].val_loss)
+    ]
+    lines.append(
+        f"same seed, same result: {len(same)} of {len(halving)} halving trials match the "
+        f"grid's to the last digit"
+    )
+    lines.append(
+        "halving trials: "
+        + ", ".join(
+            f"{r.name} {r.val_accuracy:.4f}" for r in sorted(halving, key=lambda r: r.epochs)
+        )
+    )
+    return lines
+
+
 def efficiency(root: Path) -> list[str]:
     from prefect.testing.utilities import prefect_test_harness
 
@@ -329,6 +371,8 @@ def efficiency(root: Path) -> list[str]:
             f"({halv['best_trial']}), {halv['budget']}",
             flush=True,
         )
+    for line in halving_diagnostics(grid["results"], halv["results"], epochs, dataset.n_valid):
+        print(line, flush=True)
     grid_s, halv_s = grid_clock.wall, halv_clock.wall
     used = int(halv["budget"].split()[0])
     total = int(halv["budget"].split()[2])

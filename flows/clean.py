@@ -10,11 +10,14 @@ from dataclasses import dataclass
 
 from prefect import flow
 
+from tasks.architectures import Arch
 from tasks.cleaning import Ranking, log_ranking_task, publish_review_task, rank_task, review_url
+from tasks.data_checks import check_dataset_task
 from tasks.manifest import load_dataset
 from tasks.policies import HOUR
 from tasks.tracking import experiment_id, use_tracking_uri
 from tasks.train import TrainConfig
+from ursa.images import ResizePolicy
 from ursa.settings import Settings
 
 
@@ -31,8 +34,9 @@ def clean(
     folds: int = 4,
     epochs: int = 3,
     lr: float = 3e-3,
-    arch: str = "resnet18",
+    arch: Arch = "resnet18",
     image_size: int = 32,
+    resize: ResizePolicy = "squash",
     batch_size: int = 64,
     seed: int = 0,
     review: str = "",
@@ -41,8 +45,11 @@ def clean(
     probabilities; see tasks/cleaning.py), log the ranking to MLflow and publish the link to
     the review page (``review``, default: the configured server's /review)."""
     settings = Settings.from_env()
-    dataset = load_dataset(dataset_manifest or settings.data_dir / "datasets" / "dataset.csv")
-    config = TrainConfig(arch=arch, image_size=image_size, batch_size=batch_size, seed=seed)
+    dataset = load_dataset(dataset_manifest or settings.layout.dataset_manifest())
+    check_dataset_task(dataset, need_valid=False)  # folds cut train and valid alike
+    config = TrainConfig(
+        arch=arch, image_size=image_size, resize=resize, batch_size=batch_size, seed=seed
+    )
     ranking = rank_task(dataset, folds, lr, epochs, config)
     use_tracking_uri(settings.tracking_uri)  # the ranking's run is opened through it
     run_id = log_ranking_task(ranking, experiment_id(settings), settings.data_dir)

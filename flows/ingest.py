@@ -2,23 +2,32 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
 from prefect import flow
+from prefect.exceptions import ObjectNotFound
 from pydantic import Field
 
+from standins.imagehost import embedded_url_lists
 from tasks.dedup import dedup_task
-from tasks.download import DownloadOptions, download_task
+from tasks.download import DownloadOptions, download_task, read_url_lists
+from tasks.feedback import feedback_rows
 from tasks.ledger import load_ledger
 from tasks.manifest import Dataset, UrlRow, write_rows
 from tasks.policies import HOUR
 from tasks.reports import dataset_status_counts, outcome_counts, publish_ingest
-from tasks.sources import EMBEDDED, url_rows
+from tasks.shards import Shard, merged_rows, record_worker, wait_for_runs, write_shards
+from tasks.sources import EMBEDDED, read_csv_urls, read_source
 from tasks.verify import verify_task
+from ursa.layout import Layout
 from ursa.ledger import ledger_path
 from ursa.settings import Settings
+
+SHARD_DEPLOYMENT = "ingest-shard/ingest-shard"  # prefect.yaml
+SHARD_POLL_S = 2.0
 
 
 @dataclass
@@ -40,6 +49,8 @@ def ingest(
     timeout_s: Annotated[float, Field(gt=0, le=3600)] = 10.0,
     fresh: bool = False,
     ledger: str = "",
+    feedback_to_valid: bool = False,
+    shards: Annotated[int, Field(ge=1, le=1024)] = 1,
 ) -> IngestResult:
     """Build a dataset: download, verify and dedup, then split into train and valid.
 
@@ -57,16 +68,40 @@ def ingest(
         timeout_s: Deadline per URL in seconds, retries included.
         fresh: Ignore the download journal and fetch every URL again.
         ledger: Cleaning ledger to apply (empty: <data>/cleaning/ledger.jsonl).
+        feedback_to_valid: Split images added from accepted feedback like the others (off:
+            they all go to training, so the gate compares on the same validation data).
+        shards: Split the URLs into this many shards, each downloaded and verified by a flow
+            run of the ingest-shard deployment on any worker of its pool (they must all
+            reach the data folder); one dataset is built from every shard's manifest part.
     """
     settings = Settings.from_env()
     data_dir = settings.data_dir
     options = DownloadOptions(concurrency=concurrency, per_host=per_host, timeout_s=timeout_s)
-    with url_rows(source, data_dir, max_per_class) as rows:
-        rows = download_task(rows, data_dir, options, resume=not fresh)
-    rows = verify_task(rows, data_dir, max_pixels=settings.max_image_pixels, workers=None)
-    url_manifest = write_rows(data_dir / "manifests" / "urls.csv", rows, UrlRow)
-    decisions = load_ledger(Path(ledger) if ledger else ledger_path(data_dir))
-    dataset = dedup_task(rows, data_dir, valid_pct=valid_pct, seed=seed, ledger=decisions)
+    # The embedded default is served by a local image host for as long as downloads run.
+    served = embedded_url_lists(data_dir, max_per_class) if source == EMBEDDED else nullcontext()
+    with served as lists:
+        rows = read_url_lists(lists) if lists else read_source(source, data_dir, max_per_class)
+        if shards == 1:
+            rows = download_task(rows, data_dir, options, resume=not fresh)
+        else:  # the URL source (a local host for "embedded") stays up while the shards run
+            parts = write_shards(rows, data_dir, shards)
+            _run_shards(parts, concurrency, per_host, timeout_s, fresh)
+            rows = list(merged_rows(data_dir, parts))  # verified by their shards
+    ledger_file = Path(ledger) if ledger else ledger_path(data_dir)
+    added = feedback_rows(data_dir, ledger_file)  # accepted feedback: source=feedback
+    unverified = rows + added if shards == 1 else added
+    verified = verify_task(unverified, data_dir, max_pixels=settings.max_image_pixels, workers=None)
+    rows = verified if shards == 1 else rows + verified
+    url_manifest = write_rows(Layout(data_dir).url_manifest, rows, UrlRow)
+    decisions = load_ledger(ledger_file)
+    dataset = dedup_task(
+        rows,
+        data_dir,
+        valid_pct=valid_pct,
+        seed=seed,
+        ledger=decisions,
+        feedback_to_valid=feedback_to_valid,
+    )
     publish_ingest(rows, dataset, url_manifest)
     result = IngestResult(
         dataset=dataset,
@@ -75,9 +110,79 @@ def ingest(
         statuses=dataset_status_counts(dataset),
     )
     print(f"ingest: {len(rows)} URLs -> {result.statuses.get('kept', 0)} images; {result.outcomes}")
+    if added:
+        print(f"ingest: {len(added)} images from accepted feedback (source=feedback)")
     if decisions.digest:
         print(
             f"ingest: applied {len(decisions.decisions)} review decisions from {decisions.path} "
             f"(digest {decisions.digest[:12]}); {result.statuses.get('removed', 0)} removed"
         )
     return result
+
+
+@flow(name="ingest-shard", log_prints=True, timeout_seconds=6 * HOUR)
+def ingest_shard(
+    folder: str,
+    urls_csv: str,
+    concurrency: Annotated[int, Field(ge=1, le=1024)] = 32,
+    per_host: Annotated[int, Field(ge=1, le=1024)] = 16,
+    timeout_s: Annotated[float, Field(gt=0, le=3600)] = 10.0,
+    fresh: bool = False,
+) -> str:
+    """Download and verify one shard of an ingest into its own folder; returns the path of
+    its manifest part. Started by ``ingest`` with shards > 1.
+
+    Args:
+        folder: The shard's data folder (absolute; on storage every worker reaches).
+        urls_csv: The shard's URL list, a CSV with url and label columns.
+        concurrency: Downloads in flight at once.
+        per_host: Downloads in flight at once to any one host (politeness).
+        timeout_s: Deadline per URL in seconds, retries included.
+        fresh: Ignore the shard's download journal and fetch every URL again.
+    """
+    settings = Settings.from_env()
+    data_dir = Path(folder)
+    record_worker(data_dir)
+    options = DownloadOptions(concurrency=concurrency, per_host=per_host, timeout_s=timeout_s)
+    rows = download_task(read_csv_urls(Path(urls_csv)), data_dir, options, resume=not fresh)
+    rows = verify_task(rows, data_dir, max_pixels=settings.max_image_pixels, workers=None)
+    part = write_rows(Layout(data_dir).url_manifest, rows, UrlRow)
+    print(f"ingest-shard: {len(rows)} URLs -> {part}")
+    return str(part)
+
+
+def _run_shards(
+    shards: list[Shard], concurrency: int, per_host: int, timeout_s: float, fresh: bool
+) -> None:
+    """One flow run per shard on the shard deployment's workers, all at once; returns when
+    all have finished. Without that deployment (no Prefect server with Ursa's deployments),
+    the shards run here, one after another, as subflows."""
+    from prefect.deployments import run_deployment
+
+    def parameters(shard: Shard) -> dict:
+        return {
+            "folder": shard.folder,
+            "urls_csv": shard.urls_csv,
+            "concurrency": concurrency,
+            "per_host": per_host,
+            "timeout_s": timeout_s,
+            "fresh": fresh,
+        }
+
+    try:
+        runs = [
+            run_deployment(
+                SHARD_DEPLOYMENT,
+                parameters=parameters(s),
+                flow_run_name=f"ingest-shard-{s.index + 1}-of-{s.count}",
+                timeout=0,  # started, not awaited: the shards run side by side
+            )
+            for s in shards
+        ]
+    except ObjectNotFound:
+        print(f"ingest: no deployment {SHARD_DEPLOYMENT}; running {len(shards)} shards here")
+        for shard in shards:
+            ingest_shard(**parameters(shard))
+        return
+    print(f"ingest: {len(runs)} shard flow runs started on deployment {SHARD_DEPLOYMENT}")
+    wait_for_runs([run.id for run in runs], SHARD_POLL_S)

@@ -8,10 +8,10 @@ from typing import Annotated
 from prefect import flow
 from pydantic import Field
 
-from tasks.deploy import DeployError, DeployResult, redeploy_task
+from tasks.deploy import Aliases, DeployError, DeployResult, redeploy_task
 from tasks.manifest import load_dataset
 from tasks.policies import HOUR
-from tasks.registry import ReleaseResult, release_task, set_aliases_task
+from tasks.registry import ReleaseResult, release_task
 from tasks.reports import publish_release, release_note
 from ursa.settings import Settings
 
@@ -45,23 +45,33 @@ def release(
     settings = Settings.from_env()
     dataset = load_dataset(dataset_manifest)
     margin = settings.release_margin if margin is None else margin
-    result = release_task(model_uri, dataset, settings.model_name, settings.tracking_uri, margin)
+    result = release_task(
+        model_uri,
+        dataset,
+        settings.model_name,
+        settings.tracking_uri,
+        margin,
+        settings.release_min_valid,
+    )
     target = serve_url or settings.serve_url
     deployed = None
     if target:
+        put_back = (
+            Aliases(result.previous_version, result.prior_previous_version)
+            if result.promoted
+            else None
+        )
         try:
-            deployed = redeploy_task(target, settings.admin_token, result.champion_version)
+            deployed = redeploy_task(
+                target,
+                settings.admin_token,
+                result.champion_version,
+                settings.model_name,
+                settings.tracking_uri,
+                put_back,
+            )
         except DeployError as exc:
-            failure = str(exc)
-            if exc.refused and result.promoted:
-                set_aliases_task(
-                    settings.model_name,
-                    settings.tracking_uri,
-                    champion=result.previous_version,
-                    previous=result.prior_previous_version,
-                )
-                failure += f" The champion alias is back on '{result.previous_version}'."
-            publish_release(release_note(result, None, failure=failure))
+            publish_release(release_note(result, None, failure=str(exc)))
             raise
     note = release_note(result, deployed)
     publish_release(note)

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 from prefect import flow
 
-from tasks.deploy import DeployError, DeployResult, redeploy_task
+from tasks.deploy import Aliases, DeployResult, redeploy_task
 from tasks.policies import HOUR
-from tasks.registry import RollbackResult, rollback_task, set_aliases_task
+from tasks.registry import RollbackResult, rollback_task
 from tasks.reports import publish_release
 from ursa.settings import Settings
 
@@ -34,17 +34,14 @@ def rollback(serve_url: str = "") -> RollbackOutcome:
     target = serve_url or settings.serve_url
     deployed = None
     if target:
-        try:
-            deployed = redeploy_task(target, settings.admin_token, result.champion_version)
-        except DeployError as exc:
-            if exc.refused:
-                set_aliases_task(
-                    settings.model_name,
-                    settings.tracking_uri,
-                    champion=result.replaced_version,
-                    previous=result.champion_version,
-                )
-            raise
+        deployed = redeploy_task(
+            target,
+            settings.admin_token,
+            result.champion_version,
+            settings.model_name,
+            settings.tracking_uri,
+            Aliases(champion=result.replaced_version, previous=result.champion_version),
+        )
     served = f"\n- served: version {deployed.served_version} at {target}\n" if deployed else ""
     note = result.summary() + served
     publish_release(note, key="rollback-note")

@@ -12,7 +12,6 @@ itself is atomic.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import os
 import re
@@ -28,15 +27,21 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 
+from serving.auth import bearer_matches, unauthorized
 from serving.batching import Batcher, NotLoaded
-from serving.metrics import Metrics, MetricsMiddleware, metrics_endpoint
+from serving.feedback import RateLimiter, feedback_routes
+from serving.metrics import Metrics, MetricsMiddleware, metrics_endpoint, watch_event_loop
 from serving.models import ModelHolder, NoChampion, Reload
 from serving.openapi import openapi_endpoint
 from serving.page import upload_page
+from serving.predictionlog import LogOptions, PredictionLog, prediction_record
+from serving.responses import STATIC_DIR, error
 from serving.review import review_routes
-from serving.uploads import UploadError, read_image
+from serving.shedding import Admission, LoadShedding, overloaded
+from serving.uploads import UploadError, read_upload
 from ursa.package import PackageError
 from ursa.settings import Settings
 
@@ -51,10 +56,6 @@ def redact_paths(message: str) -> str:
     return _PATH.sub("<path>", message)
 
 
-def error(status_code: int, message: str, **extra: object) -> JSONResponse:
-    return JSONResponse({"error": message, **extra}, status_code=status_code)
-
-
 def no_model() -> JSONResponse:
     return error(503, "No model is loaded yet.")
 
@@ -65,16 +66,30 @@ async def predict(request: Request) -> JSONResponse:
         return no_model()
     k = top_k(request.query_params.get("k"), len(loaded.classes))
     settings: Settings = request.app.state.settings
-    image = await read_image(
-        request, settings.max_body_bytes, settings.max_image_pixels, request.app.state.decoding
-    )
+    log: PredictionLog = request.app.state.prediction_log
+    logged = log.sampled()
+    # The queue place was taken before the body is read (serving/shedding.py); the deadline
+    # counts from here: reading, decoding, waiting for a batch and inference.
     try:
-        scored = await request.app.state.batcher.score(image)
+        async with asyncio.timeout(settings.request_timeout_s or None):
+            upload = await read_upload(
+                request,
+                settings.max_body_bytes,
+                settings.max_image_pixels,
+                request.app.state.decoding,
+                describe=logged,
+            )
+            scored = await request.app.state.batcher.score(upload.image)
     except NotLoaded:
         return no_model()
+    except TimeoutError:
+        admission: Admission = request.app.state.admission
+        return overloaded(request.app.state.metrics, "deadline", admission.retry_after_s())
     # The batch ran on the model current when it started: name that one, not ``loaded``.
     model, row = scored.model, scored.probabilities
     best = row.argsort()[::-1][: min(k, len(model.classes))]
+    if logged:  # queued for the log's writer thread; never waits, never fails the request
+        log.offer(prediction_record(model, row, upload), upload.data)
     return JSONResponse(
         {
             "model": model.name,
@@ -82,6 +97,7 @@ async def predict(request: Request) -> JSONResponse:
             "predictions": [
                 {"label": str(model.classes[i]), "probability": float(row[i])} for i in best
             ],
+            "sha256": upload.sha256,  # what feedback about this image names
         }
     )
 
@@ -113,12 +129,8 @@ async def version(request: Request) -> JSONResponse:
 
 
 async def reload(request: Request) -> JSONResponse:
-    if not authorized(request, request.app.state.settings.admin_token):
-        return JSONResponse(
-            {"error": "A valid admin bearer token is required."},
-            status_code=401,
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+    if not bearer_matches(request, request.app.state.settings.admin_token):
+        return unauthorized()
     holder: ModelHolder = request.app.state.holder
     try:
         result = await reload_model(request.app, "admin")
@@ -175,21 +187,13 @@ async def poll_champion(app: Starlette, interval_s: float) -> None:
                 last_problem = str(exc)
 
 
-def authorized(request: Request, token: str) -> bool:
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer":
-        return False
-    # Header values arrive latin-1 decoded; compare the bytes, in constant time.
-    return hmac.compare_digest(given.strip().encode("latin-1"), token.encode("utf-8"))
-
-
 def current_version(holder: ModelHolder) -> str | None:
     return holder.current.version if holder.current else None
 
 
 async def http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
-    return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+    return error(exc.status_code, exc.detail, headers=exc.headers)
 
 
 async def upload_error(request: Request, exc: Exception) -> JSONResponse:
@@ -207,6 +211,17 @@ def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings.from_env()
     holder = ModelHolder(settings.model_name, settings.tracking_uri)
     metrics = Metrics()
+    prediction_log = PredictionLog(
+        settings.data_dir,
+        LogOptions(
+            sample=settings.log_sample,
+            queue_size=settings.log_queue_size,
+            rotate_bytes=settings.log_rotate_bytes,
+            images_max_bytes=settings.log_images_max_bytes,
+            retention_days=settings.log_retention_days,
+        ),
+        count=metrics.count_log,
+    )
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -226,6 +241,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         )
         batcher.start()
         app.state.batcher = batcher
+        prediction_log.start()
         try:
             await reload_model(app, "start")
         except (NoChampion, PackageError) as exc:
@@ -235,27 +251,35 @@ def create_app(settings: Settings | None = None) -> Starlette:
         poller = None
         if settings.poll_interval_s > 0:
             poller = asyncio.create_task(poll_champion(app, settings.poll_interval_s))
+        loop_watch = asyncio.create_task(watch_event_loop(metrics))
         yield
+        loop_watch.cancel()
         if poller is not None:
             poller.cancel()
             await asyncio.gather(poller, return_exceptions=True)
         await batcher.stop()
+        await run_in_threadpool(prediction_log.stop)
         inference.shutdown(wait=False, cancel_futures=True)
         decoding.shutdown(wait=False, cancel_futures=True)
 
+    predict_route = Route("/predict", predict, methods=["POST"])
     routes = [
         Route("/", upload_page, methods=["GET"]),
-        Route("/predict", predict, methods=["POST"]),
+        predict_route,
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/version", version, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/openapi.json", openapi_endpoint, methods=["GET"]),
+        # The pages' scripts and styles, so the pages' policy can say script-src 'self'.
+        Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
     ]
     if settings.admin_token:  # no token configured: the admin endpoints do not exist
         routes.append(Route("/admin/reload", reload, methods=["POST"]))
     routes += review_routes(settings)  # /review: also only with an admin token
+    routes += feedback_routes(settings)
 
+    admission = Admission(settings.max_queue, settings.batch_max_size, settings.request_timeout_s)
     middleware = [Middleware(MetricsMiddleware, metrics=metrics)]
     if settings.cors_origins:  # off unless configured; never for the admin token header
         middleware.append(
@@ -267,6 +291,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 max_age=600,
             )
         )
+    # Innermost, so that refusals are counted and carry CORS headers like any answer.
+    middleware.append(
+        Middleware(LoadShedding, admission=admission, metrics=metrics, route=predict_route)
+    )
 
     app = Starlette(
         routes=routes,
@@ -281,4 +309,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.state.settings = settings
     app.state.holder = holder
     app.state.metrics = metrics
+    app.state.admission = admission
+    app.state.prediction_log = prediction_log
+    app.state.feedback_limiter = RateLimiter(settings.feedback_per_minute)
     return app

@@ -6,6 +6,7 @@ or clash over counters.
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -53,6 +54,47 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.shed = Counter(
+            "ursa_shed_requests",
+            "Predictions refused with 503 under overload, by reason (queue_full or deadline).",
+            ["reason"],
+            registry=self.registry,
+        )
+        for reason in ("queue_full", "deadline"):  # both series exist from the start, at 0
+            self.shed.labels(reason)
+        self.loop_lag = Histogram(
+            "ursa_event_loop_lag_seconds",
+            "How late the event loop wakes a 0.1 s sleep: what a new request or a health probe "
+            "waits before the server even looks at it.",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+
+        self.prediction_log = Counter(
+            "ursa_prediction_log_records",
+            "Prediction log records: written, dropped_queue_full (the writer fell behind), "
+            "dropped_write_error (the disk refused).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.kept_images = Counter(
+            "ursa_prediction_log_images",
+            "Uploaded images the log was to keep: kept, over_cap, write_error.",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.feedback = Counter(
+            "ursa_feedback",
+            "Feedback answers from the upload page, by outcome (stored, refused, rate_limited).",
+            ["outcome"],
+            registry=self.registry,
+        )
+
+    def count_log(self, kind: str, outcome: str, n: int = 1) -> None:
+        """Count prediction-log ``records`` or ``images`` by outcome (from the writer thread)."""
+        counter = self.prediction_log if kind == "records" else self.kept_images
+        counter.labels(outcome).inc(n)
+
     def serving(self, model: str, version: str) -> None:
         """Record that ``model`` ``version`` is now the one served."""
         self.model_version.clear()
@@ -90,6 +132,15 @@ class MetricsMiddleware:
             label = getattr(route, "path", None) or "(unmatched)"
             self.metrics.requests.labels(label, scope["method"], str(status)).inc()
             self.metrics.latency.labels(label).observe(time.perf_counter() - started)
+
+
+async def watch_event_loop(metrics: Metrics, interval_s: float = 0.1) -> None:
+    """Observe the event loop's lag until cancelled (run it as a task in the lifespan)."""
+    loop = asyncio.get_running_loop()
+    while True:
+        started = loop.time()
+        await asyncio.sleep(interval_s)
+        metrics.loop_lag.observe(max(0.0, loop.time() - started - interval_s))
 
 
 async def metrics_endpoint(request: Request) -> Response:

@@ -15,12 +15,8 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from PIL import Image
 
-from ursa.package import ModelPackage, PackageError, load_package
-
-ALIAS = "champion"
-
-# What MLflow answers for a registered model or an alias that does not exist.
-_NOT_FOUND = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"}
+from ursa.package import ModelPackage, PackageError, load_package, resize_policy
+from ursa.registry import CHAMPION, NOT_FOUND
 
 
 class NoChampion(LookupError):
@@ -46,6 +42,7 @@ class LoadedModel:
             "run_id": self.run_id,
             "classes": self.classes,
             "image_size": self.package.meta["image_size"],
+            "resize": resize_policy(self.package.meta),
             "loaded_at": self.loaded_at.isoformat(),
         }
 
@@ -112,10 +109,10 @@ class ModelHolder:
     def _champion(self) -> tuple[str, str | None]:
         client = MlflowClient(self.tracking_uri, registry_uri=self.tracking_uri)
         try:
-            version = client.get_model_version_by_alias(self.name, ALIAS)
+            version = client.get_model_version_by_alias(self.name, CHAMPION)
         except MlflowException as exc:
-            if exc.error_code in _NOT_FOUND:
-                raise NoChampion(f"No '{self.name}@{ALIAS}' in the model registry.") from exc
+            if exc.error_code in NOT_FOUND:
+                raise NoChampion(f"No '{self.name}@{CHAMPION}' in the model registry.") from exc
             raise
         return str(version.version), version.run_id
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from serving.review import openapi_paths as review_openapi_paths
-
 ERROR = {
     "type": "object",
     "required": ["error"],
@@ -120,6 +118,47 @@ def api_schema(max_body_bytes: int, admin: bool) -> dict:
                 "responses": {"200": {"description": "Metrics", "content": {"text/plain": {}}}},
             }
         },
+        "/feedback": {
+            "post": {
+                "summary": "Say which class an answered image really is (unconfirmed until a "
+                "reviewer accepts it).",
+                "requestBody": {
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["sha256", "label"],
+                                "properties": {
+                                    "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                                    "label": {"type": "string"},
+                                },
+                            }
+                        }
+                    }
+                },
+                "responses": {
+                    "201": json_reply("Stored, pending review.", {"type": "object"}),
+                    "400": error_reply("Not JSON, a bad sha256, or not one of the classes."),
+                    "404": error_reply(
+                        "Not an image the server kept (image keeping is off, or it expired)."
+                    ),
+                    "429": error_reply("Too much feedback from this address (Retry-After)."),
+                    "503": error_reply("No model is loaded yet."),
+                },
+            }
+        },
+        "/static/{path}": {
+            "get": {
+                "summary": "The pages' scripts and styles.",
+                "parameters": [
+                    {"name": "path", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
+                "responses": {
+                    "200": {"description": "A script or style sheet."},
+                    "404": {"description": "No such file."},
+                },
+            }
+        },
         "/openapi.json": {
             "get": {
                 "summary": "This document.",
@@ -150,7 +189,7 @@ def api_schema(max_body_bytes: int, admin: bool) -> dict:
                 },
             }
         }
-        paths.update(review_openapi_paths())  # /review: also only with an admin token
+        paths.update(review_paths())  # /review: also only with an admin token
     return {
         "openapi": "3.1.0",
         "info": {"title": "Ursa image classifier", "version": "1"},
@@ -164,6 +203,7 @@ def api_schema(max_body_bytes: int, admin: bool) -> dict:
                     "properties": {
                         "model": {"type": "string"},
                         "version": {"type": "string"},
+                        "sha256": {"type": "string", "description": "Of the uploaded bytes."},
                         "predictions": {
                             "type": "array",
                             "items": {
@@ -184,11 +224,173 @@ def api_schema(max_body_bytes: int, admin: bool) -> dict:
                         "run_id": {"type": "string"},
                         "classes": {"type": "array", "items": {"type": "string"}},
                         "image_size": {"type": "integer"},
+                        "resize": {"type": "string", "enum": ["squash", "crop", "pad"]},
                         "loaded_at": {"type": "string", "format": "date-time"},
                     },
                 },
             },
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    }
+
+
+def image_route(summary: str, missing: str, refused: dict) -> dict:
+    """A review route that answers an image by its sha256, for reviewers only."""
+    return {
+        "get": {
+            "summary": summary,
+            "security": [{"bearer": []}],
+            "parameters": [
+                {"name": "sha256", "in": "path", "required": True, "schema": {"type": "string"}}
+            ],
+            "responses": {
+                "200": {"description": "The image.", "content": {"image/*": {}}},
+                "401": refused,
+                "404": error_reply(missing),
+            },
+        }
+    }
+
+
+def review_paths() -> dict:
+    """The review routes for ``/openapi.json`` (they exist only with an admin token)."""
+    bearer = [{"bearer": []}]
+    refused = error_reply("No admin bearer token and no review login.")
+    decision = {
+        "type": "object",
+        "required": ["sha256", "decision"],
+        "properties": {
+            "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+            "decision": {"type": "string", "description": "keep, remove or relabel:<class>"},
+        },
+    }
+    html = {"description": "An HTML page.", "content": {"text/html": {}}}
+    see_other = {"description": "Back to /review."}
+    return {
+        "/review": {
+            "get": {
+                "summary": "The review page (a login form until logged in).",
+                "responses": {"200": html},
+            }
+        },
+        "/review/login": {
+            "post": {
+                "summary": "Log in with a name and the admin token; sets an HttpOnly cookie.",
+                "requestBody": {
+                    "content": {"application/x-www-form-urlencoded": {"schema": {"type": "object"}}}
+                },
+                "responses": {"303": see_other, "400": html, "401": html, "413": html},
+            }
+        },
+        "/review/logout": {
+            "post": {"summary": "Forget the review login.", "responses": {"303": see_other}}
+        },
+        "/review/api/suspects": {
+            "get": {
+                "summary": "A page of the ranking, most suspect first, with the decisions.",
+                "security": bearer,
+                "parameters": [
+                    {"name": n, "in": "query", "schema": {"type": t}}
+                    for n, t in (
+                        ("page", "integer"),
+                        ("per_page", "integer"),
+                        ("order", "string"),
+                        ("flag", "string"),
+                    )
+                ],
+                "responses": {
+                    "200": json_reply("The page of suspects.", {"type": "object"}),
+                    "400": error_reply("A bad query parameter."),
+                    "401": refused,
+                    "404": error_reply("No ranking yet."),
+                },
+            }
+        },
+        "/review/api/images/{sha256}": image_route(
+            "A ranked image, from the data folder.", "Not an image of the ranking.", refused
+        ),
+        "/review/api/decisions": {
+            "post": {
+                "summary": "Append a decision about an image to the cleaning ledger.",
+                "security": bearer,
+                "requestBody": {"content": {"application/json": {"schema": decision}}},
+                "responses": {
+                    "201": json_reply("The ledger entry.", {"type": "object"}),
+                    "400": error_reply("A bad decision; nothing was written."),
+                    "401": refused,
+                    "403": error_reply("A cross-origin request."),
+                },
+            }
+        },
+        "/review/api/undo": {
+            "post": {
+                "summary": "Append the reversal of a ledger entry.",
+                "security": bearer,
+                "requestBody": {"content": {"application/json": {"schema": {"type": "object"}}}},
+                "responses": {
+                    "201": json_reply("The undo entry.", {"type": "object"}),
+                    "400": error_reply("No such entry, or already undone."),
+                    "401": refused,
+                    "403": error_reply("A cross-origin request."),
+                },
+            }
+        },
+        "/review/api/feedback": {
+            "get": {
+                "summary": "Feedback from people, with the model's answer beside it.",
+                "security": bearer,
+                "parameters": [
+                    {
+                        "name": "state",
+                        "in": "query",
+                        "schema": {"enum": ["pending", "accept", "reject", "all"]},
+                    }
+                ],
+                "responses": {"200": json_reply("The feedback items.", {"type": "object"})},
+            }
+        },
+        "/review/api/feedback/images/{sha256}": image_route(
+            "An image the prediction log kept.", "Not a kept image.", refused
+        ),
+        "/review/api/feedback/decisions": {
+            "post": {
+                "summary": "Accept (into the cleaning ledger, as a new labelled image) or "
+                "reject one feedback item.",
+                "security": bearer,
+                "requestBody": {
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["id", "decision"],
+                                "properties": {
+                                    "id": {"type": "string"},
+                                    "decision": {
+                                        "type": "string",
+                                        "description": "accept, accept:<class> or reject",
+                                    },
+                                },
+                            }
+                        }
+                    }
+                },
+                "responses": {
+                    "201": json_reply("The verdict.", {"type": "object"}),
+                    "400": error_reply("No such pending feedback, or a bad decision."),
+                    "401": refused,
+                    "403": error_reply("A cross-origin request."),
+                },
+            }
+        },
+        "/review/api/ledger.csv": {
+            "get": {
+                "summary": "The cleaning ledger as CSV, one row per entry.",
+                "security": bearer,
+                "responses": {
+                    "200": {"description": "CSV.", "content": {"text/csv": {}}},
+                    "401": refused,
+                },
+            }
         },
     }
 

@@ -26,17 +26,18 @@ import base64
 import hmac
 import json
 import math
-import secrets
 import urllib.parse
 from dataclasses import asdict
 from hashlib import sha256
-from pathlib import Path
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from serving.auth import bearer_matches, unauthorized
+from serving.responses import error, html_page
+from ursa.layout import Layout
 from ursa.ledger import (
     LedgerError,
     check_sha256,
@@ -48,7 +49,7 @@ from ursa.ledger import (
     record,
     undo,
 )
-from ursa.ranking import ORDERS, RankedImage, ordered, read_ranking
+from ursa.ranking import ORDERS, RankedImage, RankingCache, ordered
 from ursa.settings import Settings
 
 COOKIE = "ursa_review"
@@ -61,10 +62,6 @@ PER_PAGE_MAX = 200
 
 def _settings(request: Request) -> Settings:
     return request.app.state.settings
-
-
-def _error(status: int, message: str, **headers: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status, headers=headers or None)
 
 
 # --- who is asking ------------------------------------------------------------------------
@@ -97,25 +94,19 @@ def reviewer(request: Request) -> str | None:
     token = _settings(request).admin_token
     if not token:
         return None
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer":
-        # Header values arrive latin-1 decoded; compare the bytes, in constant time.
-        if hmac.compare_digest(given.strip().encode("latin-1"), token.encode()):
-            try:
-                return check_who(request.headers.get("x-ursa-reviewer", "api"))
-            except LedgerError:
-                return None
-        return None
+    if request.headers.get("authorization", "").partition(" ")[0].lower() == "bearer":
+        if not bearer_matches(request, token):
+            return None
+        try:
+            return check_who(request.headers.get("x-ursa-reviewer", "api"))
+        except LedgerError:
+            return None
     cookie = request.cookies.get(COOKIE)
     return _cookie_reviewer(cookie, token) if cookie else None
 
 
-def _unauthorized() -> JSONResponse:
-    return _error(
-        401,
-        "A valid admin bearer token (or a review login) is required.",
-        **{"WWW-Authenticate": "Bearer"},
-    )
+def refused_reviewer() -> JSONResponse:
+    return unauthorized("A valid admin bearer token (or a review login) is required.")
 
 
 def _same_origin(request: Request) -> bool:
@@ -125,7 +116,7 @@ def _same_origin(request: Request) -> bool:
     return origin == f"{request.url.scheme}://{request.url.netloc}"
 
 
-async def _json_body(request: Request) -> dict:
+async def json_body(request: Request) -> dict:
     if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
         raise LedgerError("Send the decision as application/json.")
     body = b""
@@ -143,24 +134,6 @@ async def _json_body(request: Request) -> dict:
 
 
 # --- the ranking -----------------------------------------------------------------------------
-
-
-class RankingCache:
-    """The ranking file, read again only when it changes (``ursa clean`` replaces it)."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self.data_dir = Path(data_dir)
-        self._key: tuple[int, int] | None = None
-        self._value: tuple[list[RankedImage], dict] = ([], {})
-
-    def get(self) -> tuple[list[RankedImage], dict]:
-        path = self.data_dir / "cleaning" / "ranking.csv"
-        stat = path.stat()  # FileNotFoundError: no ranking yet
-        key = (stat.st_mtime_ns, stat.st_size)
-        if key != self._key:
-            self._value = read_ranking(self.data_dir)
-            self._key = key
-        return self._value
 
 
 def _ranking(request: Request) -> tuple[list[RankedImage], dict]:
@@ -223,49 +196,49 @@ def _suspects_page(request: Request) -> dict:
 
 async def suspects(request: Request) -> JSONResponse:
     if reviewer(request) is None:
-        return _unauthorized()
+        return refused_reviewer()
     try:
         return JSONResponse(await run_in_threadpool(_suspects_page, request))
     except FileNotFoundError:
-        return _error(404, "No ranking yet: run 'ursa clean' (or the clean flow) first.")
+        return error(404, "No ranking yet: run 'ursa clean' (or the clean flow) first.")
     except LedgerError as exc:
-        return _error(400, str(exc))
+        return error(400, str(exc))
 
 
 async def image(request: Request) -> Response:
     if reviewer(request) is None:
-        return _unauthorized()
+        return refused_reviewer()
     sha = request.path_params["sha256"]
     try:
         check_sha256(sha)
         rows, _ = await run_in_threadpool(_ranking, request)
     except (LedgerError, FileNotFoundError):
-        return _error(404, "No such image in the ranking.")
+        return error(404, "No such image in the ranking.")
     found = next((r for r in rows if r.sha256 == sha), None)
     data_dir = _settings(request).data_dir.resolve()
     path = (data_dir / found.image_path).resolve() if found else None
     # Only images of the data folder's images/, whatever the ranking file says.
-    if path is None or path.parent != data_dir / "images" or not path.is_file():
-        return _error(404, "No such image in the ranking.")
+    if path is None or path.parent != Layout(data_dir).images or not path.is_file():
+        return error(404, "No such image in the ranking.")
     return FileResponse(path, headers={"Cache-Control": "private, max-age=3600"})
 
 
-def _write_refusal(request: Request, who: str | None) -> JSONResponse | None:
+def write_refusal(request: Request, who: str | None) -> JSONResponse | None:
     """Why a request may not write to the ledger, or None when it may."""
     if who is None:
-        return _unauthorized()
+        return refused_reviewer()
     if not _same_origin(request):
-        return _error(403, "Cross-origin requests may not record decisions.")
+        return error(403, "Cross-origin requests may not record decisions.")
     return None
 
 
 async def decide(request: Request) -> JSONResponse:
     who = reviewer(request)
-    refusal = _write_refusal(request, who)
+    refusal = write_refusal(request, who)
     if refusal is not None:
         return refusal
     try:
-        body = await _json_body(request)
+        body = await json_body(request)
         sha = check_sha256(str(body.get("sha256", "")))
         rows, meta = await run_in_threadpool(_ranking, request)
         shown = [r for r in rows if r.sha256 == sha]
@@ -283,19 +256,19 @@ async def decide(request: Request) -> JSONResponse:
             note,
         )
     except FileNotFoundError:
-        return _error(404, "No ranking yet: run 'ursa clean' (or the clean flow) first.")
+        return error(404, "No ranking yet: run 'ursa clean' (or the clean flow) first.")
     except LedgerError as exc:
-        return _error(400, str(exc))
+        return error(400, str(exc))
     return JSONResponse({**asdict(entry), "decision": entry.decision}, status_code=201)
 
 
 async def undo_decision(request: Request) -> JSONResponse:
     who = reviewer(request)
-    refusal = _write_refusal(request, who)
+    refusal = write_refusal(request, who)
     if refusal is not None:
         return refusal
     try:
-        body = await _json_body(request)
+        body = await json_body(request)
         entry_id = str(body.get("id", ""))
         if not (len(entry_id) == 32 and all(c in "0123456789abcdef" for c in entry_id)):
             raise LedgerError(f"Entry id '{entry_id[:40]}' is not a ledger entry id.")
@@ -303,17 +276,17 @@ async def undo_decision(request: Request) -> JSONResponse:
             undo, ledger_path(_settings(request).data_dir), who, entry_id
         )
     except LedgerError as exc:
-        return _error(400, str(exc))
+        return error(400, str(exc))
     return JSONResponse(asdict(entry), status_code=201)
 
 
 async def ledger_csv(request: Request) -> Response:
     if reviewer(request) is None:
-        return _unauthorized()
+        return refused_reviewer()
     try:
         entries = await run_in_threadpool(read_entries, ledger_path(_settings(request).data_dir))
     except LedgerError as exc:
-        return _error(500, f"The ledger cannot be read: {exc}")
+        return error(500, f"The ledger cannot be read: {exc}")
     return Response(
         entries_csv(entries),
         media_type="text/csv; charset=utf-8",
@@ -326,7 +299,7 @@ async def login(request: Request) -> Response:
     async for chunk in request.stream():
         body += chunk
         if len(body) > MAX_FORM_BYTES:
-            return _page(LOGIN, 413, error="The form is too large.")
+            return _page(request, "review_login.html", 413, error="The form is too large.")
     form = urllib.parse.parse_qs(body.decode("utf-8", "replace"))
     who = (form.get("name") or [""])[0].strip()
     given = (form.get("token") or [""])[0]
@@ -334,9 +307,9 @@ async def login(request: Request) -> Response:
     try:
         check_who(who)
     except LedgerError as exc:
-        return _page(LOGIN, 400, error=str(exc))
+        return _page(request, "review_login.html", 400, error=str(exc))
     if not hmac.compare_digest(given.encode(), token.encode()):
-        return _page(LOGIN, 401, error="That is not the admin token.")
+        return _page(request, "review_login.html", 401, error="That is not the admin token.")
     response = RedirectResponse("/review", status_code=303)
     response.set_cookie(
         COOKIE,
@@ -359,38 +332,12 @@ async def logout(request: Request) -> Response:
 async def review_page(request: Request) -> Response:
     who = reviewer(request)
     if who is None:
-        return _page(LOGIN, 200)
-    return _page(REVIEW, 200, who=who)
+        return _page(request, "review_login.html", 200)
+    return _page(request, "review.html", 200, who=who)
 
 
-def _page(template: str, status: int, error: str = "", who: str = "") -> HTMLResponse:
-    nonce = secrets.token_urlsafe(16)
-    policy = (
-        f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; "
-        "img-src 'self'; connect-src 'self'; base-uri 'none'; form-action 'self'; "
-        "frame-ancestors 'none'"
-    )
-    html = (
-        template.replace("__NONCE__", nonce)
-        .replace("__ERROR__", _escape(error))
-        .replace("__WHO__", _escape(who))
-    )
-    return HTMLResponse(
-        html,
-        status_code=status,
-        headers={
-            "Content-Security-Policy": policy,
-            "X-Frame-Options": "DENY",
-            "Cache-Control": "no-store",
-            "Referrer-Policy": "no-referrer",
-        },
-    )
-
-
-def _escape(text: str) -> str:
-    return (
-        text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
-    )
+def _page(request: Request, template: str, status: int, error: str = "", who: str = "") -> Response:
+    return html_page(request, template, {"error": error, "who": who}, status, form_action="'self'")
 
 
 def review_routes(settings: Settings) -> list[Route]:
@@ -407,380 +354,3 @@ def review_routes(settings: Settings) -> list[Route]:
         Route("/review/api/undo", undo_decision, methods=["POST"]),
         Route("/review/api/ledger.csv", ledger_csv, methods=["GET"]),
     ]
-
-
-def _reply(description: str, ref: str = "Error") -> dict:
-    schema = {"$ref": f"#/components/schemas/{ref}"} if ref else {"type": "object"}
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
-
-
-def openapi_paths() -> dict:
-    """The review routes for ``/openapi.json`` (they exist only with an admin token)."""
-    bearer = [{"bearer": []}]
-    unauthorized = _reply("No admin bearer token and no review login.")
-    decision = {
-        "type": "object",
-        "required": ["sha256", "decision"],
-        "properties": {
-            "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
-            "decision": {"type": "string", "description": "keep, remove or relabel:<class>"},
-        },
-    }
-    html = {"description": "An HTML page.", "content": {"text/html": {}}}
-    see_other = {"description": "Back to /review."}
-    return {
-        "/review": {
-            "get": {
-                "summary": "The review page (a login form until logged in).",
-                "responses": {"200": html},
-            }
-        },
-        "/review/login": {
-            "post": {
-                "summary": "Log in with a name and the admin token; sets an HttpOnly cookie.",
-                "requestBody": {
-                    "content": {"application/x-www-form-urlencoded": {"schema": {"type": "object"}}}
-                },
-                "responses": {"303": see_other, "400": html, "401": html, "413": html},
-            }
-        },
-        "/review/logout": {
-            "post": {"summary": "Forget the review login.", "responses": {"303": see_other}}
-        },
-        "/review/api/suspects": {
-            "get": {
-                "summary": "A page of the ranking, most suspect first, with the decisions.",
-                "security": bearer,
-                "parameters": [
-                    {"name": n, "in": "query", "schema": {"type": t}}
-                    for n, t in (
-                        ("page", "integer"),
-                        ("per_page", "integer"),
-                        ("order", "string"),
-                        ("flag", "string"),
-                    )
-                ],
-                "responses": {
-                    "200": _reply("The page of suspects.", ""),
-                    "400": _reply("A bad query parameter."),
-                    "401": unauthorized,
-                    "404": _reply("No ranking yet."),
-                },
-            }
-        },
-        "/review/api/images/{sha256}": {
-            "get": {
-                "summary": "A ranked image, from the data folder.",
-                "security": bearer,
-                "parameters": [
-                    {"name": "sha256", "in": "path", "required": True, "schema": {"type": "string"}}
-                ],
-                "responses": {
-                    "200": {"description": "The image.", "content": {"image/*": {}}},
-                    "401": unauthorized,
-                    "404": _reply("Not an image of the ranking."),
-                },
-            }
-        },
-        "/review/api/decisions": {
-            "post": {
-                "summary": "Append a decision about an image to the cleaning ledger.",
-                "security": bearer,
-                "requestBody": {"content": {"application/json": {"schema": decision}}},
-                "responses": {
-                    "201": _reply("The ledger entry.", ""),
-                    "400": _reply("A bad decision; nothing was written."),
-                    "401": unauthorized,
-                    "403": _reply("A cross-origin request."),
-                },
-            }
-        },
-        "/review/api/undo": {
-            "post": {
-                "summary": "Append the reversal of a ledger entry.",
-                "security": bearer,
-                "requestBody": {"content": {"application/json": {"schema": {"type": "object"}}}},
-                "responses": {
-                    "201": _reply("The undo entry.", ""),
-                    "400": _reply("No such entry, or already undone."),
-                    "401": unauthorized,
-                    "403": _reply("A cross-origin request."),
-                },
-            }
-        },
-        "/review/api/ledger.csv": {
-            "get": {
-                "summary": "The cleaning ledger as CSV, one row per entry.",
-                "security": bearer,
-                "responses": {
-                    "200": {"description": "CSV.", "content": {"text/csv": {}}},
-                    "401": unauthorized,
-                },
-            }
-        },
-    }
-
-
-_STYLE = """
-  body { font: 15px/1.45 system-ui, sans-serif; margin: 1.5rem auto; max-width: 72rem;
-         padding: 0 1rem; color: #222; }
-  h1 { font-size: 1.5rem; margin: 0 0 .3rem; }
-  .muted { color: #666; }
-  #error, .error { color: #b00; }
-  form.login { display: grid; gap: .6rem; max-width: 22rem; }
-  #bar { display: flex; flex-wrap: wrap; gap: .8rem; align-items: center; margin: .6rem 0; }
-  #grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(13rem, 1fr));
-          gap: .8rem; }
-  .card { border: 2px solid #ddd; border-radius: 8px; padding: .5rem; }
-  .card.selected { border-color: #26a; box-shadow: 0 0 0 3px #cde; }
-  .card img { width: 100%; image-rendering: pixelated; background: #eee; aspect-ratio: 1; }
-  .card .labels { font-size: .9rem; }
-  .card .decision { font-weight: bold; min-height: 1.3em; }
-  .card.keep { border-color: #2a6; } .card.remove { border-color: #b00; opacity: .6; }
-  .card.relabel { border-color: #d80; }
-  .flag { font-size: .75rem; background: #fe8; border-radius: 4px; padding: 0 .3rem;
-          margin-right: .2rem; }
-  .actions { display: flex; flex-wrap: wrap; gap: .3rem; margin-top: .3rem; }
-  kbd { border: 1px solid #aaa; border-radius: 3px; padding: 0 .25rem; font-size: .8rem; }
-"""
-
-LOGIN = (
-    """<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Ursa review: log in</title>
-<style nonce="__NONCE__">"""
-    + _STYLE
-    + """</style></head>
-<body>
-<h1>Review suspect images</h1>
-<p class="muted">Log in with your name (it goes into the cleaning ledger) and the admin token.</p>
-<form class="login" method="post" action="/review/login">
-  <label>Your name <input id="name" name="name" required maxlength="64"
-    autocomplete="username"></label>
-  <label>Admin token <input id="token" name="token" type="password" required
-    autocomplete="current-password"></label>
-  <button id="login" type="submit">Log in</button>
-  <p class="error" role="alert">__ERROR__</p>
-</form>
-</body></html>
-"""
-)
-
-REVIEW = (
-    """<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Ursa review</title>
-<style nonce="__NONCE__">"""
-    + _STYLE
-    + """</style></head>
-<body>
-<h1>Review suspect images</h1>
-<p class="muted">Most likely mislabelled first (out-of-sample probabilities). Reviewing as
-<b id="who">__WHO__</b>. <span id="summary"></span></p>
-<div id="bar">
-  <label>Order <select id="order">
-    <option value="self_confidence">self-confidence (cleanlab)</option>
-    <option value="margin">normalised margin</option>
-    <option value="loss">loss (top losses)</option>
-  </select></label>
-  <label>Show <select id="flag">
-    <option value="">all</option>
-    <option value="confident_issue">confident issues</option>
-    <option value="label_conflict">label conflicts</option>
-    <option value="near_duplicates">with near-duplicates</option>
-  </select></label>
-  <button id="prev" type="button">&larr; previous</button>
-  <span id="pageinfo"></span>
-  <button id="next" type="button">next &rarr;</button>
-  <a id="csv" href="/review/api/ledger.csv">ledger as CSV</a>
-  <form method="post" action="/review/logout"><button type="submit">log out</button></form>
-</div>
-<p class="muted">Keys: <kbd>&larr;</kbd><kbd>&rarr;</kbd> select, <kbd>k</kbd> keep,
-<kbd>x</kbd> remove, <kbd>r</kbd> relabel (pick the class, <kbd>Enter</kbd>),
-<kbd>u</kbd> undo, <kbd>n</kbd>/<kbd>p</kbd> next/previous page.</p>
-<p id="error" role="alert"></p>
-<p id="status" role="status"></p>
-<div id="grid"></div>
-<script nonce="__NONCE__">
-const $ = (id) => document.getElementById(id);
-const BASE = "/review/";  // the page may be opened as /review or /review/
-const state = {page: 1, pages: 1, selected: 0, items: [], classes: []};
-
-async function api(path, body) {
-  const options = body === undefined ? {} : {
-    method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body),
-  };
-  const reply = await fetch(BASE + path, options);
-  const data = await reply.json();
-  if (!reply.ok) throw new Error(data.error || `HTTP ${reply.status}`);
-  return data;
-}
-
-function text(tag, cls, content) {
-  const el = document.createElement(tag);
-  if (cls) el.className = cls;
-  el.textContent = content;
-  return el;
-}
-
-function describe(card, item) {
-  card.classList.remove("keep", "remove", "relabel");
-  const d = item.decision;
-  if (d) card.classList.add(d.split(":")[0]);
-  card.querySelector(".decision").textContent = d
-    ? `decided: ${d.replace(":", " to ")} (${item.decided_by})` : "";
-  card.querySelector(".undo").disabled = !item.decision_id;
-}
-
-function render() {
-  const grid = $("grid");
-  grid.replaceChildren();
-  state.items.forEach((item, i) => {
-    const card = document.createElement("div");
-    card.className = "card";
-    card.dataset.sha256 = item.sha256;
-    card.dataset.given = item.given;
-    card.dataset.index = i;
-    const img = document.createElement("img");
-    img.src = BASE + item.image_url;
-    img.alt = `image ${item.sha256.slice(0, 12)}`;
-    card.append(img);
-    const labels = document.createElement("div");
-    labels.className = "labels";
-    labels.append(
-      text("div", "rank", `#${item.rank}`),
-      text("div", "given", `given: ${item.given}`),
-      text("div", "predicted",
-           `predicted: ${item.predicted} (${(100 * item.confidence).toFixed(1)}%)`),
-      text("div", "selfconf", `p(given): ${(100 * item.self_confidence).toFixed(1)}%`),
-    );
-    const flags = document.createElement("div");
-    for (const f of item.flags.split(";").filter(Boolean)) flags.append(text("span", "flag", f));
-    labels.append(flags);
-    card.append(labels, text("div", "decision", ""));
-    const actions = document.createElement("div");
-    actions.className = "actions";
-    const keep = text("button", "keep", "keep");
-    keep.type = "button";
-    keep.addEventListener("click", () => decide(i, "keep"));
-    const remove = text("button", "remove", "remove");
-    remove.type = "button";
-    remove.addEventListener("click", () => decide(i, "remove"));
-    const choose = document.createElement("select");
-    choose.className = "relabel-to";
-    choose.setAttribute("aria-label", "relabel to");
-    for (const c of state.classes) {
-      const option = text("option", "", c);
-      option.value = c;
-      choose.append(option);
-    }
-    choose.value = item.predicted;
-    choose.addEventListener("keydown", (e) => {
-      if (e.key === "Enter") { e.preventDefault(); decide(i, `relabel:${choose.value}`); }
-      e.stopPropagation();
-    });
-    const relabel = text("button", "relabel", "relabel");
-    relabel.type = "button";
-    relabel.addEventListener("click", () => decide(i, `relabel:${choose.value}`));
-    const undoButton = text("button", "undo", "undo");
-    undoButton.type = "button";
-    undoButton.addEventListener("click", () => undoDecision(i));
-    actions.append(keep, remove, choose, relabel, undoButton);
-    card.append(actions);
-    card.addEventListener("click", (e) => {
-      if (e.target === card || e.target === img) select(i);
-    });
-    grid.append(card);
-    describe(card, item);
-  });
-  select(Math.min(state.selected, state.items.length - 1));
-}
-
-function cards() { return $("grid").querySelectorAll(".card"); }
-
-function select(i) {
-  const all = cards();
-  if (!all.length) return;
-  state.selected = Math.max(0, Math.min(i, all.length - 1));
-  all.forEach((c, k) => c.classList.toggle("selected", k === state.selected));
-  all[state.selected].scrollIntoView({block: "nearest"});
-}
-
-async function load(page) {
-  $("error").textContent = "";
-  const query = new URLSearchParams({
-    page: String(page), order: $("order").value, flag: $("flag").value,
-  });
-  try {
-    const data = await api(`api/suspects?${query}`);
-    Object.assign(state, {page: data.page, pages: data.pages, items: data.items,
-                          classes: data.classes});
-    $("pageinfo").textContent = `page ${data.page} of ${data.pages}`;
-    $("summary").textContent =
-      `${data.total} images, ${data.decided} decided; dataset ${data.dataset_digest.slice(0, 12)}.`;
-    $("prev").disabled = data.page <= 1;
-    $("next").disabled = data.page >= data.pages;
-    render();
-  } catch (err) {
-    $("error").textContent = err.message;
-  }
-}
-
-async function decide(i, decision) {
-  const item = state.items[i];
-  if (!item) return;
-  $("error").textContent = "";
-  try {
-    const entry = await api("api/decisions", {sha256: item.sha256, decision});
-    for (const [k, other] of state.items.entries()) {  // a label conflict shows twice
-      if (other.sha256 !== item.sha256) continue;
-      Object.assign(other, {decision: entry.decision, decision_id: entry.id,
-                            decided_by: entry.who});
-      describe(cards()[k], other);
-    }
-    $("status").textContent = `#${item.rank}: ${entry.decision}`;
-    select(i + 1);
-  } catch (err) {
-    $("error").textContent = err.message;
-  }
-}
-
-async function undoDecision(i) {
-  const item = state.items[i];
-  if (!item || !item.decision_id) return;
-  try {
-    await api("api/undo", {id: item.decision_id});
-    await load(state.page);  // an earlier decision about the image may stand again
-    select(i);
-    $("status").textContent = `#${item.rank}: undone`;
-  } catch (err) {
-    $("error").textContent = err.message;
-  }
-}
-
-document.addEventListener("keydown", (e) => {
-  if (e.target.tagName === "SELECT" || e.target.tagName === "INPUT") return;
-  if (e.ctrlKey || e.metaKey || e.altKey) return;
-  const i = state.selected;
-  const actions = {
-    ArrowRight: () => select(i + 1), ArrowLeft: () => select(i - 1),
-    l: () => select(i + 1), h: () => select(i - 1),
-    k: () => decide(i, "keep"), x: () => decide(i, "remove"), Delete: () => decide(i, "remove"),
-    r: () => cards()[i] && cards()[i].querySelector(".relabel-to").focus(),
-    u: () => undoDecision(i),
-    n: () => state.page < state.pages && load(state.page + 1),
-    p: () => state.page > 1 && load(state.page - 1),
-  };
-  if (actions[e.key]) { e.preventDefault(); actions[e.key](); }
-});
-$("prev").addEventListener("click", () => load(state.page - 1));
-$("next").addEventListener("click", () => load(state.page + 1));
-$("order").addEventListener("change", () => load(1));
-$("flag").addEventListener("change", () => load(1));
-load(1);
-</script>
-</body></html>
-"""
-)

@@ -7,8 +7,10 @@ Accepted bodies: the raw image bytes (``Content-Type: image/*`` or
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
 from concurrent.futures import Executor
+from dataclasses import dataclass
 
 from PIL import Image
 from starlette.datastructures import UploadFile
@@ -18,6 +20,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.types import Message
 
 from ursa.images import ImageError, open_image
+from ursa.predictions import input_stats
 
 MULTIPART = "multipart/form-data"
 MAX_FORM_FIELDS = 8  # plain text fields beside the one file; more is not a client of ours
@@ -34,10 +37,33 @@ class UploadError(Exception):
         self.reason = reason
 
 
+@dataclass(frozen=True)
+class Upload:
+    """An uploaded image: its pixels, its bytes and their sha256, and (when asked for) the
+    input statistics the prediction log records."""
+
+    image: Image.Image
+    data: bytes
+    sha256: str
+    stats: dict[str, float] | None = None
+
+
 async def read_image(
     request: Request, max_body_bytes: int, max_image_pixels: int, decoding: Executor
 ) -> Image.Image:
     """The request's image, decoded to RGB on ``decoding``, or :class:`UploadError`."""
+    return (await read_upload(request, max_body_bytes, max_image_pixels, decoding)).image
+
+
+async def read_upload(
+    request: Request,
+    max_body_bytes: int,
+    max_image_pixels: int,
+    decoding: Executor,
+    describe: bool = False,
+) -> Upload:
+    """The request's image with its bytes and sha256 (and its input statistics when
+    ``describe``), all computed on ``decoding``, or :class:`UploadError`."""
     media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
     if not (media_type == MULTIPART or is_raw_image_type(media_type)):
         raise UploadError(
@@ -47,7 +73,7 @@ async def read_image(
         )
     body = await read_body(request, max_body_bytes)
     data = await file_from_form(request, body) if media_type == MULTIPART else body
-    return await decode(data, max_image_pixels, decoding)
+    return await decode(data, max_image_pixels, decoding, describe)
 
 
 def is_raw_image_type(media_type: str) -> bool:
@@ -107,12 +133,20 @@ def replay(body: bytes):
     return receive
 
 
-async def decode(data: bytes, max_image_pixels: int, decoding: Executor) -> Image.Image:
+async def decode(
+    data: bytes, max_image_pixels: int, decoding: Executor, describe: bool = False
+) -> Upload:
     """``open_image`` off the event loop; an empty upload is a 400, an unusable image a 422."""
     loop = asyncio.get_running_loop()
     try:
-        return await loop.run_in_executor(decoding, open_image, data, max_image_pixels)
+        return await loop.run_in_executor(decoding, _upload, data, max_image_pixels, describe)
     except ImageError as exc:
         status_code = 400 if exc.reason == "empty" else 422
         message = _BUFFER.sub("the upload", str(exc))  # Pillow names its buffer's address
         raise UploadError(status_code, message, reason=exc.reason) from exc
+
+
+def _upload(data: bytes, max_image_pixels: int, describe: bool) -> Upload:
+    image = open_image(data, max_image_pixels)
+    digest = hashlib.sha256(data).hexdigest()  # hashlib lets go of the GIL for large inputs
+    return Upload(image, data, digest, input_stats(image) if describe else None)

@@ -22,7 +22,6 @@ page shows) and to MLflow: the table and a grid of the top suspects.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -34,19 +33,21 @@ from PIL import Image
 from prefect import task
 from prefect.cache_policies import NONE
 
+from tasks.architectures import num_classes
 from tasks.grids import image_grid
 from tasks.manifest import Dataset, ImageRow, read_rows
 from tasks.progress import progress
+from tasks.splits import fold_of
+from tasks.tensor_cache import Tensors, load_tensors, tensor_cache
 from tasks.train import (
-    Tensors,
     TrainConfig,
     Trial,
-    _inputs,
     device_for_training,
     fit,
-    load_tensors,
-    tensor_cache,
+    model_inputs,
 )
+from ursa.images import input_pixels
+from ursa.layout import Layout
 from ursa.ranking import RankedImage, ranking_paths, read_ranking, write_ranking
 from ursa.settings import Settings
 
@@ -68,24 +69,6 @@ class Ranking:
     fold_accuracy: float  # held-out accuracy of the fold models, against the given labels
 
 
-def fold_of(rows: list[ImageRow], folds: int, seed: int = 0) -> np.ndarray:
-    """Fold number per row: stratified by label, deterministic (a seeded hash of the group
-    orders each class), and a whole duplicate group always in one fold."""
-    if folds < 2:
-        raise ValueError(f"folds is {folds}; k-fold needs at least 2.")
-    by_label: dict[str, list[str]] = {}
-    for r in rows:
-        groups = by_label.setdefault(r.label, [])
-        if r.group not in groups:
-            groups.append(r.group)
-    fold_of_group: dict[tuple[str, str], int] = {}
-    for label, groups in by_label.items():
-        ordered = sorted(groups, key=lambda g: hashlib.sha256(f"{seed}:{g}".encode()).hexdigest())
-        for k, g in enumerate(ordered):
-            fold_of_group[(label, g)] = k % folds
-    return np.array([fold_of_group[(r.label, r.group)] for r in rows], dtype=np.int64)
-
-
 @torch.inference_mode()
 def probabilities(
     model: torch.nn.Module, x: torch.Tensor, device: torch.device, batch_size: int = 256
@@ -94,23 +77,20 @@ def probabilities(
     model.eval()
     out = []
     for start in range(0, len(x), batch_size):
-        logits = model(_inputs(x[start : start + batch_size], device))
+        logits = model(model_inputs(x[start : start + batch_size], device))
         out.append(logits.float().softmax(1).cpu())
-    n_classes = model.fc.out_features
+    n_classes = num_classes(model)
     return torch.cat(out).numpy() if out else np.zeros((0, n_classes), np.float32)
 
 
-def _decode(rows: list[ImageRow], data_dir: Path, size: int) -> torch.Tensor:
-    """uint8 (N, 3, size, size), resized as :func:`tasks.train.tensor_cache` does."""
-    if not rows:
-        return torch.zeros((0, 3, size, size), dtype=torch.uint8)
-    images = [
-        np.asarray(
-            Image.open(data_dir / r.image_path).convert("RGB").resize((size, size), Image.BILINEAR)
-        )
-        for r in rows
-    ]
-    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+def _decode(rows: list[ImageRow], data_dir: Path, size: int, resize: str) -> torch.Tensor:
+    """uint8 (N, 3, size, size), by the same :func:`ursa.images.input_pixels` as training,
+    straight into one tensor: no list of arrays beside it."""
+    out = torch.empty((len(rows), 3, size, size), dtype=torch.uint8)
+    for i, r in enumerate(rows):
+        pixels = input_pixels(data_dir / r.image_path, size, resize)
+        out[i] = torch.from_numpy(pixels).permute(2, 0, 1)
+    return out
 
 
 def out_of_sample(
@@ -122,12 +102,12 @@ def out_of_sample(
     kept = [r for r in rows if r.status == KEPT]
     # The training tensor cache holds the kept images, train then valid, in manifest order.
     kept = [r for r in kept if r.split == "train"] + [r for r in kept if r.split == "valid"]
-    cached = load_tensors(tensor_cache(dataset, config.image_size))
+    cached = load_tensors(tensor_cache(dataset, config.image_size, config.resize))
     x = torch.cat([cached.x_train, cached.x_valid])
     y = torch.cat([cached.y_train, cached.y_valid])
     classes = list(cached.classes)
     conflicts = [r for r in rows if r.status == CONFLICT and r.label in classes]
-    x_conflicts = _decode(conflicts, dataset.data_dir, config.image_size)
+    x_conflicts = _decode(conflicts, dataset.data_dir, config.image_size, config.resize)
 
     assignment = fold_of(kept, folds, config.seed)
     probs = np.zeros((len(kept), len(classes)), dtype=np.float32)
@@ -330,7 +310,7 @@ def publish_review(ranking: Ranking, url: str, run_id: str, top: int = 10) -> st
     """The review link as a Prefect link artifact, and a note with the top suspects."""
     from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
-    ranked, _ = read_ranking(Path(ranking.csv_path).parent.parent)
+    ranked, _ = read_ranking(Layout.around(ranking.csv_path).root)
     create_link_artifact(
         link=url,
         link_text="Review the suspect images",

@@ -9,7 +9,6 @@ alone would delete real data.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import logging
 import math
@@ -27,6 +26,8 @@ from prefect.cache_policies import NONE
 from tasks.checks import phash, pixel_hash
 from tasks.ledger import REMOVED, Ledger, apply_ledger
 from tasks.manifest import OK, Dataset, ImageRow, UrlRow, write_dataset
+from tasks.splits import assign_split
+from ursa.feedback import FEEDBACK, URL_SCHEME
 
 log = logging.getLogger(__name__)
 
@@ -327,10 +328,15 @@ def build_dataset(
     seed: int = 0,
     radius: int = 10,
     ledger: Ledger | None = None,
+    feedback_to_valid: bool = False,
 ) -> Dataset:
     """Group duplicates, keep one image per group, apply the reviewers' decisions of
     ``ledger`` (removals and relabels, per duplicate group), split the kept ones; write the
-    manifest, which records the ledger's path and digest."""
+    manifest, which records the ledger's path and digest.
+
+    Images from feedback (``source=feedback``) go to the training split, and the split of
+    the others is what it would be without them, so the gate's validation data stays
+    comparable; ``feedback_to_valid`` splits them like any other image instead."""
     if not 0.0 <= valid_pct < 1.0:
         raise ValueError(f"valid_pct must be in [0, 1), got {valid_pct}.")
     data_dir = Path(data_dir)
@@ -358,7 +364,14 @@ def build_dataset(
                 regrouped[r.group].append(r)
         for group in regrouped.values():
             _mark(group)  # a relabel may have settled a label conflict
-    _split([r for r in image_rows if r.status == "kept"], valid_pct=valid_pct, seed=seed)
+    kept = [r for r in image_rows if r.status == "kept"]
+    if feedback_to_valid:
+        assign_split(kept, valid_pct=valid_pct, seed=seed)
+    else:
+        assign_split([r for r in kept if r.source != FEEDBACK], valid_pct=valid_pct, seed=seed)
+        for r in kept:
+            if r.source == FEEDBACK:
+                r.split = "train"
 
     image_rows = sorted(image_rows, key=lambda r: (r.sha256, r.label))
     conflicts = label_conflicts(image_rows)
@@ -432,6 +445,7 @@ def _load_images(rows: list[UrlRow], data_dir: Path) -> list[_Image]:
             pixel_hash=pix,
             phash=f"{ph:016x}",
             group="",
+            source=FEEDBACK if row.url.startswith(URL_SCHEME) else "",
         )
         images.append(_Image(row=image_row, phash=ph, base=base))
     return images
@@ -439,7 +453,8 @@ def _load_images(rows: list[UrlRow], data_dir: Path) -> list[_Image]:
 
 def _mark(group: list[ImageRow]) -> None:
     """Set status, group and duplicate_of for the members of one duplicate group."""
-    best = min(group, key=lambda r: (-r.width * r.height, r.sha256))
+    # A listed image before a feedback copy of it: the validation split keeps its members.
+    best = min(group, key=lambda r: (r.source == FEEDBACK, -r.width * r.height, r.sha256))
     conflict = len({r.label for r in group}) > 1
     for r in group:
         r.group = best.sha256
@@ -452,23 +467,6 @@ def _mark(group: list[ImageRow]) -> None:
         else:
             r.status = "duplicate" if r.pixel_hash == best.pixel_hash else "near_duplicate"
             r.duplicate_of = best.sha256
-
-
-def _split(kept: list[ImageRow], valid_pct: float, seed: int) -> None:
-    """Stratified, deterministic: per label, groups in seeded-hash order, the first to valid."""
-    by_label: dict[str, set[str]] = defaultdict(set)
-    for r in kept:
-        by_label[r.label].add(r.group)
-    split_of: dict[str, str] = {}
-    for label_groups in by_label.values():
-        groups = sorted(
-            label_groups, key=lambda g: hashlib.sha256(f"{seed}:{g}".encode()).hexdigest()
-        )
-        n_valid = round(valid_pct * len(groups))
-        for k, g in enumerate(groups):
-            split_of[g] = "valid" if k < n_valid else "train"
-    for r in kept:
-        r.split = split_of[r.group]
 
 
 def status_counts(rows: Iterable[ImageRow]) -> dict[str, int]:

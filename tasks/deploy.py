@@ -8,6 +8,8 @@ import httpx
 from prefect import task
 from prefect.cache_policies import NONE
 
+from tasks.registry import set_aliases
+
 
 class DeployError(RuntimeError):
     """The server did not end up serving the expected version.
@@ -62,6 +64,40 @@ def redeploy(
     )
 
 
+@dataclass(frozen=True)
+class Aliases:
+    """Where ``champion`` and ``previous`` pointed before a release or rollback moved them."""
+
+    champion: str
+    previous: str  # "" when there was no ``previous``
+
+
+def redeploy_or_put_back(
+    serve_url: str,
+    admin_token: str,
+    expected_version: str,
+    model_name: str,
+    tracking_uri: str,
+    put_back: Aliases | None,
+    timeout_s: float = 60.0,
+) -> DeployResult:
+    """Redeploy; when the server refuses ``expected_version`` as broken, put the aliases back.
+
+    A server that refuses a version keeps serving its old model, so the registry goes back to
+    naming that model too: otherwise the next poll or restart would try the broken version
+    again. ``put_back`` is None when the aliases did not move (nothing to undo).
+    """
+    try:
+        return redeploy(serve_url, admin_token, expected_version, timeout_s)
+    except DeployError as exc:
+        if not (exc.refused and put_back is not None):
+            raise
+        set_aliases(model_name, tracking_uri, put_back.champion, put_back.previous)
+        raise DeployError(
+            f"{exc} The champion alias is back on '{put_back.champion}'.", refused=True
+        ) from exc
+
+
 def retry_unless_refused(task, task_run, state) -> bool:
     """Prefect retry condition: a server that is down may come back; a refusal will not change."""
     try:
@@ -79,4 +115,4 @@ redeploy_task = task(
     retry_delay_seconds=2,
     retry_condition_fn=retry_unless_refused,
     cache_policy=NONE,
-)(redeploy)
+)(redeploy_or_put_back)

@@ -2,9 +2,14 @@
 
 One label per run, with the evidence that chose it, in this order of precedence:
 
-- ``diverged``: the learning rate is too high — a loss became NaN/inf, or training ended
-  worse than it started (the validation loss exploded past the untrained model's loss);
+- ``diverged``: the learning rate is too high — a loss became NaN/inf, training ended
+  far worse than it started, or the validation loss exploded past the untrained model's loss
+  and stayed there for the last ``EXPLODED_EPOCHS`` epochs (one epoch's validation loss is not
+  enough: after a handful of steps a network trained from scratch predicts badly in eval mode
+  whatever its rate, its batch-norm statistics still far from the data's);
 - ``too_slow``: the learning rate is too low — the training loss barely moved;
+- ``too_few_steps``: under ``MIN_STEPS`` optimizer steps, too few for the curves to say
+  whether the rate is right: more images, more epochs or pretrained weights, not another rate;
 - ``overfitting``: over the last epochs the training loss kept falling while the validation
   loss rose;
 - ``underfitting``: the training loss sits above the validation loss, or the run ended far
@@ -20,14 +25,20 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-DIVERGED, TOO_SLOW, OVERFITTING, UNDERFITTING, GOOD = (
+# The MLflow tags a diagnosed run carries (trials, lesson2-sgd runs); `ursa status` reads them.
+DIAGNOSIS_TAG = "ursa.diagnosis"
+EVIDENCE_TAG = "ursa.diagnosis_evidence"
+
+DIVERGED, TOO_SLOW, TOO_FEW_STEPS, OVERFITTING, UNDERFITTING, GOOD = (
     "diverged",
     "too_slow",
+    "too_few_steps",
     "overfitting",
     "underfitting",
     "good",
 )
-LABELS = (DIVERGED, TOO_SLOW, OVERFITTING, UNDERFITTING, GOOD)
+# What to do about too few steps (the sweep summary says it too): a lower rate would not help.
+TOO_FEW_STEPS_ADVICE = "add images, train more epochs, or start from pretrained weights"
 
 # Why these thresholds: a healthy run cuts its training loss by far more than 10%, even in
 # one epoch; a loss that ends 50% above where it started has lost what it knew; a train loss
@@ -41,6 +52,11 @@ UNDERFIT_MARGIN = 0.10
 UNDERFIT_MIN_GAP = 0.02
 FAR_FROM_BEST = 0.05
 OVERFIT_EPOCHS = 3
+# Fewer optimizer steps than this say nothing about the rate: a one-cycle schedule has barely
+# warmed up, and a from-scratch model's batch-norm statistics have barely moved.
+MIN_STEPS = 10
+# A validation loss past the untrained loss for this many last epochs is divergence.
+EXPLODED_EPOCHS = 2
 FAR_LOSS_FACTOR = 2.0
 
 
@@ -67,6 +83,7 @@ def diagnose(
     best_val_accuracy: float | None = None,
     best_train_loss: float | None = None,
     clean_train_loss: float | None = None,
+    steps: int | None = None,
 ) -> Diagnosis:
     """Diagnose one run from its curves.
 
@@ -77,7 +94,8 @@ def diagnose(
     (a regression), ``best_train_loss``: the lowest final training loss of the sweep.
     ``clean_train_loss``: the final model's loss on training data measured like the validation
     loss (no augmentation, no running mean); when given, the underfitting rule compares it,
-    not the last epoch's running training loss, with the validation loss.
+    not the last epoch's running training loss, with the validation loss. ``steps``: the
+    optimizer steps taken, when the training losses are per epoch (None: one per point).
     """
     if not train_losses:
         raise ValueError("diagnose needs at least one training loss; got an empty list.")
@@ -99,14 +117,22 @@ def diagnose(
             f"training loss rose from {_fmt(start)} to {_fmt(end)} "
             f"(over {EXPLODE_FACTOR}x where it started)",
         )
-    if val and val[-1] > EXPLODE_FACTOR * start:
+    drop = (start - end) / start if start > 0 else 0.0
+    if steps is not None and steps < MIN_STEPS:
+        ending = f", validation loss {_fmt(val[-1])}" if val else ""
+        return Diagnosis(
+            TOO_FEW_STEPS,
+            f"only {steps} optimizer steps (training loss {_fmt(start)} -> {_fmt(end)}{ending}); "
+            f"under {MIN_STEPS} no curve tells a good rate from a bad one: {TOO_FEW_STEPS_ADVICE}",
+        )
+    limit = EXPLODE_FACTOR * start
+    if len(val) >= EXPLODED_EPOCHS and all(v > limit for v in val[-EXPLODED_EPOCHS:]):
         return Diagnosis(
             DIVERGED,
-            f"validation loss {_fmt(val[-1])} is over {EXPLODE_FACTOR}x the untrained "
-            f"loss {_fmt(start)}",
+            f"validation loss stayed over {EXPLODE_FACTOR}x the untrained loss {_fmt(start)} "
+            f"for the last {EXPLODED_EPOCHS} epochs "
+            f"({', '.join(_fmt(v) for v in val[-EXPLODED_EPOCHS:])})",
         )
-
-    drop = (start - end) / start if start > 0 else 0.0
     if drop < MIN_RELATIVE_DROP:
         return Diagnosis(
             TOO_SLOW,
@@ -151,3 +177,14 @@ def diagnose(
         )
     ending = f"; validation loss {_fmt(val[-1])}" if val else ""
     return Diagnosis(GOOD, f"training loss fell {drop:.0%} ({_fmt(start)} -> {_fmt(end)}){ending}")
+
+
+def sweep_advice(labels: list[str]) -> list[str]:
+    """What a sweep's diagnoses, taken together, ask of the user beyond choosing a rate."""
+    few = labels.count(TOO_FEW_STEPS)
+    if not few:
+        return []
+    return [
+        f"{few} of {len(labels)} trials took under {MIN_STEPS} optimizer steps, too few to "
+        f"judge their rate: {TOO_FEW_STEPS_ADVICE} (another rate would not help)"
+    ]

@@ -16,7 +16,6 @@ batch, never reported, is fetched again. Transient failures (timeouts, connectio
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import email.utils
 import hashlib
@@ -37,15 +36,14 @@ from yarl import URL
 
 from tasks.manifest import UrlRow, data_dir_lock
 from tasks.progress import progress as progress_bar
-from ursa.files import atomic_write_text
+from ursa.files import TEMP_PREFIX, atomic_writer, write_new_file
 from ursa.images import sniff_extension
+from ursa.layout import Layout
 
 _CHUNK = 64 * 1024
 _HEAD = 16  # enough bytes for every signature that sniff_extension knows
 _MAX_BACKOFF_S = 5.0
-_TEMP_PREFIX = ".part-"
 _SPILL_BYTES = 256 * 1024  # bodies up to this stay in memory: at most concurrency x this
-JOURNAL = Path("manifests") / "urls.journal.jsonl"  # relative to the data dir
 # Statuses that may pass on a later run; every other 4xx is an answer about the URL itself.
 _TRANSIENT_STATUSES = {408, 425, 429}
 # Finished rows wait at most this long for their journal line: one write per batch instead of
@@ -80,11 +78,18 @@ class DownloadOptions:
             )
 
 
+# Whitespace around a URL, with what str.strip misses though an editor shows nothing: a
+# byte-order mark (also where files were concatenated) and zero-width spaces and joiners.
+_PADDING = re.compile(r"^[\s\ufeff\u200b-\u200d\u2060]+|[\s\ufeff\u200b-\u200d\u2060]+$")
+
+
 def read_url_lists(source: Path) -> list[UrlRow]:
     """Rows from a folder of ``<label>.txt`` files (label = file stem) or from one such file.
 
-    One URL per line; blank lines and ``#`` comments are skipped, whitespace is stripped,
-    query strings are kept. Labels come sorted, lines in file order.
+    One URL per line (any line ending); blank lines and ``#`` comments are skipped,
+    whitespace is stripped (zero-width marks too), query strings are kept. A leading UTF-8
+    byte-order mark, which Windows editors write, is not part of the first URL. Labels come
+    sorted, lines in file order.
     """
     source = Path(source)
     if source.is_dir():
@@ -97,8 +102,8 @@ def read_url_lists(source: Path) -> list[UrlRow]:
         raise FileNotFoundError(f"URL list source {source} does not exist.")
     rows: list[UrlRow] = []
     for path in files:
-        for line in path.read_text(encoding="utf-8").splitlines():
-            url = line.strip()
+        for line in path.read_text(encoding="utf-8-sig").splitlines():
+            url = _PADDING.sub("", line)
             if url and not url.startswith("#"):
                 rows.append(UrlRow(url=url, label=path.stem))
     return rows
@@ -131,12 +136,12 @@ async def download_urls_async(
 ) -> list[UrlRow]:
     """:func:`download_urls` for callers that already run an event loop."""
     data_dir = Path(data_dir)
-    raw_dir = data_dir / "raw"
+    raw_dir = Layout(data_dir).raw
     raw_dir.mkdir(parents=True, exist_ok=True)
-    journal_path = data_dir / JOURNAL
+    journal_path = Layout(data_dir).journal
     with data_dir_lock(data_dir, "download"):
         # Under the lock nobody else writes here: any temporary file is a killed run's.
-        for stale in raw_dir.glob(f"{_TEMP_PREFIX}*"):
+        for stale in raw_dir.glob(f"{TEMP_PREFIX}*"):
             stale.unlink(missing_ok=True)
         settled = read_journal(journal_path, data_dir) if resume else {}
         journal_path.parent.mkdir(parents=True, exist_ok=True)
@@ -310,13 +315,12 @@ def read_journal(path: Path, data_dir: Path) -> dict[str, UrlRow]:
 def write_journal(path: Path, rows: list[UrlRow]) -> None:
     """The journal of a finished run: one line per fetched URL, written atomically."""
     seen: set[str] = set()
-    lines = []
-    for row in rows:
-        if row.outcome in ("invalid_url", "duplicate_url") or row.url in seen:
-            continue
-        seen.add(row.url)
-        lines.append(_row_json(row) + "\n")
-    atomic_write_text(path, "".join(lines))
+    with atomic_writer(path) as fh:
+        for row in rows:
+            if row.outcome in ("invalid_url", "duplicate_url") or row.url in seen:
+                continue
+            seen.add(row.url)
+            fh.write(_row_json(row) + "\n")
 
 
 def _stored(data_dir: Path, raw_path: str) -> bool:
@@ -324,7 +328,7 @@ def _stored(data_dir: Path, raw_path: str) -> bool:
     if not raw_path:
         return False
     path = data_dir / raw_path
-    return path.exists() or any((data_dir / "quarantine").glob(f"*/{path.name}"))
+    return path.exists() or any(Layout(data_dir).quarantine.glob(f"*/{path.name}"))
 
 
 def _checked_url(url: str) -> tuple[URL, str]:
@@ -437,7 +441,9 @@ async def _attempt(
 ) -> UrlRow | _Retry:
     """One GET of ``url`` (``row.url`` parsed): a finished row, or a :class:`_Retry`."""
     try:
-        async with session.get(url, max_redirects=options.max_redirects) as response:
+        # aiohttp raises on the max_redirects-th redirect (it follows one fewer): +1 follows
+        # exactly max_redirects.
+        async with session.get(url, max_redirects=options.max_redirects + 1) as response:
             status = response.status
             if status >= 400:
                 reason = f"HTTP {status} {response.reason or ''}".rstrip()
@@ -523,7 +529,7 @@ async def _save_body(
             else:
                 buffer += chunk
                 if len(buffer) > _SPILL_BYTES:  # rare: open the file here, not in a thread,
-                    fd, name = tempfile.mkstemp(dir=raw_dir, prefix=_TEMP_PREFIX, suffix=".tmp")
+                    fd, name = tempfile.mkstemp(dir=raw_dir, prefix=TEMP_PREFIX, suffix=".tmp")
                     tmp = Path(name)  # so that a cancellation always knows what to remove
                     spill = os.fdopen(fd, "wb")
                     spill.write(buffer)
@@ -541,7 +547,7 @@ async def _save_body(
             # Content-addressed: the same bytes land on the same name, so replacing is harmless.
             os.replace(tmp, raw_dir / name)
         else:
-            _write_new_file(os.path.join(raw_dir, name), buffer)
+            write_new_file(os.path.join(raw_dir, name), buffer)
         kept = True
         return _result(
             row,
@@ -556,26 +562,6 @@ async def _save_body(
             spill.close()
         if tmp is not None and not kept:  # every other path, cancellation included
             tmp.unlink(missing_ok=True)
-
-
-def _write_new_file(target: str, data: bytes | bytearray) -> None:
-    """Write ``target`` atomically, unless it exists: its name is the hash of these bytes.
-
-    The temporary name can be fixed: nobody else writes it (the data dir lock keeps other
-    runs out, and this function does not yield to the other downloads of this run).
-    """
-    if os.path.exists(target):
-        return
-    head, name = os.path.split(target)
-    tmp = os.path.join(head, f"{_TEMP_PREFIX}{name}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def _not_image(row: UrlRow, status: int, content_type: str, head: bytes) -> UrlRow:

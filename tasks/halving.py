@@ -7,15 +7,28 @@ also makes every trial halving runs a trial of the full grid, so the two compare
 rungs are synchronous (a rung starts when the previous one has finished); ASHA's asynchronous
 promotions would keep workers busier on a cluster, but on one machine a rung's trials already
 run concurrently.
+
+A rung's scores are measured on a validation split of a few hundred images: two rates whose
+accuracies differ by less than that split's sampling noise are not ranked, they are tied.
+So a rung promotes its best 1/eta and, beside them, the next ones whose accuracy is within
+noise of the last promoted one (:func:`noise`), as long as the epochs this may cost stay
+within ``max_fraction`` of the full grid's (:func:`projected_epochs`). Cutting on noise
+alone dropped the rate that won the grid at the first rung (1 epoch at 16 px), measured in
+BENCHMARKS.md.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from tasks.leaderboard import leaderboard
 from tasks.train import Trial, TrialResult
 
 DEFAULT_ETA = 3
+# Halving may spend up to this share of the full grid's epochs when it keeps tied trials.
+DEFAULT_MAX_FRACTION = 0.4
 
 
 @dataclass(frozen=True)
@@ -49,14 +62,77 @@ def rung_trials(lrs: list[float], epochs: int) -> list[Trial]:
     return [Trial(lr=lr, epochs=epochs) for lr in lrs]
 
 
-def promoted(results: list[TrialResult], eta: int = DEFAULT_ETA) -> list[float]:
+def noise(accuracy: float, n_valid: int) -> float:
+    """The standard error of the difference between two models' accuracies around
+    ``accuracy`` on ``n_valid`` (>= 1) validation images (as if their errors were
+    independent): differences smaller than this are ties."""
+    p = min(max(accuracy, 0.0), 1.0)
+    return math.sqrt(2 * p * (1 - p) / n_valid)
+
+
+def projected_epochs(alive: int, epochs: list[int], eta: int) -> int:
+    """Epochs that ``alive`` trials cost over the rungs ``epochs`` if every later rung keeps
+    only its best 1/eta (the fewest halving can go on with)."""
+    total = 0
+    for n in epochs:
+        total += alive * n
+        alive = max(1, alive // eta)
+    return total
+
+
+def promoted(
+    results: list[TrialResult],
+    eta: int = DEFAULT_ETA,
+    n_valid: int = 0,
+    spare_epochs: int = 0,
+    later: list[int] | None = None,
+) -> list[float]:
     """The learning rates that go on: the best ``max(1, n // eta)`` of a rung by validation
-    accuracy (then loss), never a diverged one. Empty when every trial diverged."""
+    accuracy (then loss), never a diverged one, and after them those tied with the last one
+    (within :func:`noise` on ``n_valid`` images) while their projected cost over the
+    ``later`` rungs fits in ``spare_epochs``. Empty when every trial diverged."""
     if eta < 2:
         raise ValueError(f"eta is {eta}; successive halving needs eta >= 2.")
-    usable = sorted((r for r in results if r.usable), key=lambda r: (-r.val_accuracy, r.val_loss))
-    keep = max(1, len(results) // eta)
+    usable = [r for r in leaderboard(results) if r.usable]
+    keep = min(max(1, len(results) // eta), len(usable))
+    later = later or []
+    while (
+        n_valid > 0
+        and 0 < keep < len(usable)
+        and usable[keep - 1].val_accuracy - usable[keep].val_accuracy
+        <= noise(usable[keep - 1].val_accuracy, n_valid)
+        and projected_epochs(keep + 1, later, eta) <= spare_epochs
+    ):
+        keep += 1
     return [r.lr for r in usable[:keep]]
+
+
+def successive_halving(
+    lrs: list[float],
+    epochs: list[int],
+    eta: int,
+    run: Callable[[list[Trial]], list[TrialResult]],
+    n_valid: int = 0,
+    max_fraction: float = DEFAULT_MAX_FRACTION,
+    log: Callable[[str], None] = print,
+) -> list[TrialResult]:
+    """Every trial that successive halving trains, rung by rung: ``run`` trains one rung's
+    trials (at once, on whatever runner the caller chose) and returns their results in order.
+    ``n_valid`` (the validation images) sizes the noise within which trials count as tied;
+    ``max_fraction`` of the full grid's epochs bounds what keeping them may cost."""
+    results: list[TrialResult] = []
+    alive = list(dict.fromkeys(lrs))
+    schedule = rungs(epochs)
+    allowed = math.floor(max_fraction * len(alive) * sum(schedule))
+    for i, n in enumerate(schedule):
+        rung = run(rung_trials(alive, n))
+        results += rung
+        spare = allowed - sum(r.epochs for r in results)
+        alive = promoted(rung, eta, n_valid, spare, schedule[i + 1 :])
+        log(f"halving: after {n} epochs, going on with lrs {alive}")
+        if not alive:
+            break
+    return results
 
 
 def budget(lrs: list[float], epochs: list[int], results: list[TrialResult]) -> Budget:

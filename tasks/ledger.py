@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tasks.manifest import Dataset, ImageRow
-from ursa.ledger import KEEP, RELABEL, REMOVE, Entry, effective, ledger_path, read_ledger
+from ursa.ledger import KEEP, RELABEL, REMOVE, Entry, effective, read_ledger
 
 REMOVED = "removed"
 
@@ -40,11 +40,6 @@ def load_ledger(path: Path) -> Ledger:
     """The ledger at ``path`` (an absent file is an empty ledger)."""
     entries, digest = read_ledger(Path(path))
     return Ledger(path=str(Path(path).resolve()), digest=digest, decisions=effective(entries))
-
-
-def default_ledger(data_dir: Path) -> Ledger:
-    """The ledger the review page of a server on this data folder writes."""
-    return load_ledger(ledger_path(data_dir))
 
 
 def apply_ledger(rows: list[ImageRow], decisions: Mapping[str, Entry]) -> list[ImageRow]:

@@ -15,16 +15,17 @@ from prefect import task
 from torch import nn
 
 from tasks.policies import ACCELERATOR
+from tasks.tensor_cache import Tensors, load_tensors
 from tasks.train import (
-    Tensors,
+    MIN_TRAINING_BATCH,
     TrainConfig,
-    _autocast,
-    _batches,
-    _inputs,
+    autocast_for,
     device_for_training,
-    load_tensors,
+    index_batches,
     memory_format,
+    model_inputs,
     seeded_model,
+    set_frozen,
 )
 
 
@@ -50,10 +51,18 @@ def lr_find(
         raise ValueError(f"lr_find needs 0 < start_lr < end_lr; got {start_lr}, {end_lr}.")
     if num_iter < 5:
         raise ValueError(f"lr_find needs at least 5 iterations; got {num_iter}.")
+    if len(data.y_train) < MIN_TRAINING_BATCH:
+        raise ValueError(
+            f"lr_find needs at least {MIN_TRAINING_BATCH} training images; got {len(data.y_train)}."
+        )
     device = device_for_training()
     model = seeded_model(config, len(data.classes)).to(device, memory_format=memory_format(device))
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=start_lr, weight_decay=1e-2, fused=True)
+    # Fine-tuning starts with the backbone frozen, and its first phase trains at the suggested
+    # rate: the range test measures that phase (as fast.ai's lr_find on a new vision_learner).
+    set_frozen(model, config.pretrained)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=start_lr, weight_decay=1e-2, fused=True)
     criterion = nn.CrossEntropyLoss()
     generator = torch.Generator().manual_seed(config.seed)
     ratio = (end_lr / start_lr) ** (1 / (num_iter - 1))
@@ -61,13 +70,15 @@ def lr_find(
     average, best = 0.0, math.inf
     step = 0
     while step < num_iter:
-        for idx in _batches(len(data.y_train), config.batch_size, generator):
+        for idx in index_batches(
+            len(data.y_train), config.batch_size, generator, min_size=MIN_TRAINING_BATCH
+        ):
             lr = start_lr * ratio**step
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            x = _inputs(data.x_train[idx], device)
+            x = model_inputs(data.x_train[idx], device)
             y = data.y_train[idx].to(device)
-            with _autocast(device):
+            with autocast_for(device):
                 loss = criterion(model(x).float(), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -17,7 +17,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ursa.files import atomic_write_text
+from ursa.files import atomic_write_text, atomic_writer
+from ursa.layout import Layout
 
 # Outcomes of a URL. ``ok`` is the only one that yields an image.
 OK = "ok"
@@ -75,6 +76,7 @@ class ImageRow:
     duplicate_of: str = ""  # sha256 of the kept member when not kept
     split: str = ""  # train | valid, for kept rows
     review: str = ""  # the cleaning ledger's decision: keep | remove | relabel:<was>-><now>
+    source: str = ""  # "feedback": a person's corrected answer (tasks/feedback.py); else ""
 
 
 Row = TypeVar("Row", UrlRow, ImageRow)
@@ -88,7 +90,7 @@ def data_dir_lock(data_dir: Path, what: str) -> Iterator[None]:
     in them belong to a killed run and may be removed. The kernel drops the lock when its
     holder dies, SIGKILL included, so a crash never leaves the folder locked.
     """
-    path = Path(data_dir) / "manifests" / "ingest.lock"
+    path = Layout(data_dir).ingest_lock
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as fh:
         try:
@@ -105,37 +107,37 @@ def data_dir_lock(data_dir: Path, what: str) -> Iterator[None]:
 
 
 def write_rows(path: Path, rows: Iterable[Row], row_type: type[Row]) -> Path:
+    """Write a manifest atomically, row by row: a long one is never held in memory as text."""
     names = [f.name for f in fields(row_type)]
-    lines: list[str] = []
-
-    class _Sink:
-        def write(self, s: str) -> None:
-            lines.append(s)
-
-    writer = csv.DictWriter(_Sink(), fieldnames=names, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: ("" if v is None else v) for k, v in dataclasses.asdict(row).items()})
-    atomic_write_text(path, "".join(lines))
+    with atomic_writer(path) as fh:
+        writer = csv.DictWriter(fh, fieldnames=names, lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            # vars(), not dataclasses.asdict: the fields are plain values, and asdict
+            # deep-copies each one.
+            writer.writerow({k: ("" if v is None else v) for k, v in vars(row).items()})
     return path
 
 
 def read_rows(path: Path, row_type: type[Row]) -> list[Row]:
+    return list(iter_rows(path, row_type))
+
+
+def iter_rows(path: Path, row_type: type[Row]) -> Iterator[Row]:
+    """The rows of a manifest one at a time: memory stays flat however long the file is."""
     types = {f.name: f.type for f in fields(row_type)}
-    out: list[Row] = []
+    ints = {name for name, kind in types.items() if "int" in str(kind)}
     with open(path, newline="", encoding="utf-8") as fh:
         for raw in csv.DictReader(fh):
             values: dict[str, Any] = {}
             for key, text in raw.items():
                 if key not in types:
                     continue
-                kind = str(types[key])
-                if "int" in kind:
+                if key in ints:
                     values[key] = int(text) if text not in ("", None) else None
                 else:
                     values[key] = text
-            out.append(row_type(**values))
-    return out
+            yield row_type(**values)
 
 
 @dataclass(frozen=True)
@@ -154,7 +156,7 @@ class Dataset:
 
     @property
     def data_dir(self) -> Path:
-        return Path(self.manifest_path).parent.parent
+        return Layout.around(self.manifest_path).root
 
 
 def dataset_digest(rows: Iterable[ImageRow]) -> str:
@@ -175,7 +177,7 @@ def write_dataset(
     """Write ``<data_dir>/datasets/<name>.csv`` and its JSON summary; return the record."""
     kept = [r for r in rows if r.status == "kept"]
     digest = dataset_digest(rows)
-    path = write_rows(data_dir / "datasets" / f"{name}.csv", rows, ImageRow)
+    path = write_rows(Layout(data_dir).dataset_manifest(name), rows, ImageRow)
     ds = Dataset(
         manifest_path=str(path.resolve()),
         digest=digest,

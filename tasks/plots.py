@@ -150,3 +150,30 @@ def line_animation_gif(
     animation = FuncAnimation(fig, draw, frames=len(chosen), blit=False)
     animation.save(str(path), writer=PillowWriter(fps=10))
     plt.close(fig)
+
+
+def drift_figure(
+    classes: list[str],
+    window_shares: dict[str, float],
+    reference_shares: dict[str, float],
+    window: dict[str, np.ndarray],
+    reference: dict[str, np.ndarray],
+) -> Figure:
+    """The monitor's picture: predicted-class shares, then the distributions it compared
+    (confidence, brightness, contrast), window against the champion's validation data."""
+    names = list(window)
+    fig, axes = plt.subplots(1, 1 + len(names), figsize=(3.2 * (1 + len(names)), 2.8))
+    x = np.arange(len(classes))
+    axes[0].bar(x - 0.2, [reference_shares.get(c, 0) for c in classes], 0.4, label="validation")
+    axes[0].bar(x + 0.2, [window_shares.get(c, 0) for c in classes], 0.4, label="window")
+    axes[0].set(title="predicted class", xticks=x, ylabel="share")
+    axes[0].set_xticklabels(classes, rotation=90 if len(classes) > 12 else 0)
+    axes[0].legend(fontsize=7)
+    for ax, name in zip(axes[1:], names, strict=True):
+        bins = np.linspace(0, 1, 21)
+        ax.hist(reference[name], bins=bins, alpha=0.6, density=True, label="validation")
+        ax.hist(window[name], bins=bins, alpha=0.6, density=True, label="window")
+        ax.set(title=name)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig

@@ -22,9 +22,7 @@ from prefect import task
 from tasks.manifest import Dataset, ImageRow, read_rows
 from tasks.policies import CPU, NETWORK
 from ursa.package import load_package
-
-CHAMPION = "champion"
-PREVIOUS = "previous"
+from ursa.registry import CHAMPION, NOT_FOUND, PREVIOUS
 
 
 @dataclass
@@ -95,7 +93,7 @@ def aliased_version(client: MlflowClient, name: str, alias: str) -> str:
     try:
         return str(client.get_model_version_by_alias(name, alias).version)
     except MlflowException as exc:
-        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+        if exc.error_code in NOT_FOUND:
             return ""
         raise  # an unreachable registry is not "no champion": that would promote blindly
 
@@ -106,14 +104,19 @@ def release_model(
     model_name: str,
     tracking_uri: str,
     margin: float = 0.0,
+    min_valid: int = 0,
 ) -> ReleaseResult:
     """Register ``model_uri`` as a new version; promote it if it beats the champion by margin.
 
-    A candidate that does not load, or does not know the dataset's classes, fails here,
-    before anything is registered.
+    A dataset with fewer than ``min_valid`` validation images promotes nothing: on a handful
+    of images one prediction moves accuracy by whole points, so "beats the champion" would be
+    noise. A candidate that does not load, or does not know the dataset's classes, fails
+    here, before anything is registered.
     """
     if not 0.0 <= margin < 1.0:
         raise ValueError(f"Release margin must be in [0, 1) (an accuracy gap); got {margin}.")
+    if min_valid < 0:
+        raise ValueError(f"min_valid is {min_valid}; expected a count >= 0.")
     mlflow.set_tracking_uri(tracking_uri)
     client = MlflowClient(tracking_uri)
     candidate_accuracy = validation_accuracy(model_uri, dataset, tracking_uri)
@@ -122,7 +125,15 @@ def release_model(
     prior_previous = aliased_version(client, model_name, PREVIOUS)
 
     champion_accuracy: float | None = None
-    if not champion:
+    if dataset.n_valid < min_valid:
+        promoted, reason = (
+            False,
+            (
+                f"the validation split holds {dataset.n_valid} images, under the minimum of "
+                f"{min_valid} (URSA_RELEASE_MIN_VALID): too few to tell models apart"
+            ),
+        )
+    elif not champion:
         promoted, reason = True, "no champion yet"
     else:
         try:
@@ -221,7 +232,6 @@ def set_aliases(model_name: str, tracking_uri: str, champion: str, previous: str
 
 
 # Registering is not idempotent (a retry would add a version), so the release is never
-# retried; moving aliases is, so those calls ride out a registry hiccup.
+# retried; a rollback only moves aliases, so it rides out a registry hiccup.
 release_task = task(name="register-and-gate", **CPU)(release_model)
 rollback_task = task(name="rollback-aliases", **NETWORK)(rollback_model)
-set_aliases_task = task(name="restore-aliases", **NETWORK)(set_aliases)

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from tasks.diagnosis import sweep_advice
+from tasks.leaderboard import leaderboard
 from tasks.manifest import Dataset, ImageRow, UrlRow, read_rows
 from ursa.settings import Settings
 
@@ -59,6 +61,7 @@ def publish_sweep(
     parent_run_id: str,
     excluded: list[dict] | None = None,
     budget: str = "",
+    warnings: list[str] | None = None,
 ) -> None:
     create_table_artifact(
         [
@@ -73,7 +76,7 @@ def publish_sweep(
                 "best": r.run_id == best.run_id,
                 "mlflow_run": r.run_id,
             }
-            for r in sorted(results, key=lambda r: (not r.usable, -r.val_accuracy))
+            for r in leaderboard(results)
         ],
         key="sweep-leaderboard",
         description=f"Sweep leaderboard (MLflow parent run {parent_run_id})",
@@ -90,6 +93,13 @@ def publish_sweep(
             [f"- {e['trial']}: **{e['diagnosis']}** ({e['why']})" for e in excluded]
             if excluded
             else ["- none"]
+        ),
+        "",
+        "## Read these numbers with care",
+        *(
+            [f"- {w}" for w in notes]
+            if (notes := [*(warnings or []), *sweep_advice([r.diagnosis for r in results])])
+            else ["- nothing to report"]
         ),
     ]
     create_markdown_artifact("\n".join(lines), key="sweep-summary", description="Sweep summary")

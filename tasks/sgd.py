@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from prefect import task
 
-from tasks.diagnosis import diagnose
+from tasks.diagnosis import DIAGNOSIS_TAG, EVIDENCE_TAG, diagnose
 from tasks.policies import CPU, NETWORK
 
 TRUE_SLOPE, TRUE_INTERCEPT = 3.0, 2.0
@@ -117,8 +117,8 @@ def run_sgd(
         tags={
             "mlflow.parentRunId": parent_run_id,
             "ursa.role": "sgd",
-            "ursa.diagnosis": result.diagnosis,
-            "ursa.diagnosis_evidence": result.evidence,
+            DIAGNOSIS_TAG: result.diagnosis,
+            EVIDENCE_TAG: result.evidence,
         },
     )
     run_id = run.info.run_id
@@ -169,8 +169,8 @@ def finish_sgd(
         d = diagnose(r.losses, best_train_loss=min(finite) if finite else None)
         if (d.label, d.evidence) != (r.diagnosis, r.evidence):
             r.diagnosis, r.evidence = d.label, d.evidence
-            client.set_tag(r.run_id, "ursa.diagnosis", d.label)
-            client.set_tag(r.run_id, "ursa.diagnosis_evidence", d.evidence)
+            client.set_tag(r.run_id, DIAGNOSIS_TAG, d.label)
+            client.set_tag(r.run_id, EVIDENCE_TAG, d.evidence)
     client.log_figure(
         parent_run_id,
         fitted_lines_figure(x.numpy(), y.numpy(), lines, "SGD from scratch: fitted lines"),

@@ -1,53 +1,25 @@
 """Where the rows come from: URL lists (``<class>.txt``), CSV files with a ``url`` column,
-a folder of images per class (nothing to download), or the embedded default."""
+or a folder of images per class (nothing to download). The embedded default is published by
+a local image host (:func:`standins.imagehost.embedded_url_lists`), which the ingest flow
+starts: this module only reads."""
 
 from __future__ import annotations
 
 import csv
 import hashlib
-import os
-import shutil
-import tempfile
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from tasks.download import read_url_lists
 from tasks.manifest import UrlRow
-from ursa.embedded import write_embedded_images
-from ursa.imagehost import ImageHost
+from ursa.files import write_new_file
 from ursa.images import sniff_extension
+from ursa.layout import Layout
 
 EMBEDDED = "embedded"
 
 
-@contextmanager
-def url_rows(
-    source: str, data_dir: Path, max_per_class: int | None = None
-) -> Iterator[list[UrlRow]]:
-    """Yields one row per listed URL of ``source``, at most ``max_per_class`` real ones a class.
-
-    ``"embedded"`` writes scikit-learn's bundled digits as image files, publishes them (and the
-    junk real lists hold) from a local image host on 127.0.0.1 for the duration of the block,
-    and yields the rows of the per-class lists that host exports (the junk comes on top of
-    ``max_per_class``). Anything else is a path: see :func:`read_source`.
-    """
-    if source == EMBEDDED:
-        images = write_embedded_images(data_dir / "embedded")
-        with ImageHost(images) as host:
-            yield read_url_lists(host.write_url_lists(data_dir / "urls", max_per_class))
-        return
-    path = Path(source).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(
-            f"URL list source '{source}' does not exist: give a folder of <class>.txt files, "
-            f"one such file, or '{EMBEDDED}'."
-        )
-    yield read_source(path, data_dir, max_per_class)
-
-
-def read_source(path: Path, data_dir: Path, max_per_class: int | None = None) -> list[UrlRow]:
+def read_source(path: str | Path, data_dir: Path, max_per_class: int | None = None) -> list[UrlRow]:
     """Rows from a path, by what it holds:
 
     - a ``.csv`` file, or a folder of them: a ``url`` column, the label from a ``label``
@@ -56,7 +28,12 @@ def read_source(path: Path, data_dir: Path, max_per_class: int | None = None) ->
     - a folder of class folders of images: no download; each file is copied into ``raw/``
       by content and its row is ``ok`` already (or ``empty``/``not_image``).
     """
-    path = Path(path)
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(
+            f"URL list source '{path}' does not exist: give a folder of <class>.txt files, "
+            f"one such file, or '{EMBEDDED}'."
+        )
     if path.is_file():
         rows = read_csv_urls(path) if path.suffix.lower() == ".csv" else read_url_lists(path)
         return limit_per_class(rows, max_per_class)
@@ -99,17 +76,17 @@ def local_image_rows(root: Path, data_dir: Path, max_per_class: int | None = Non
     The URL is the file's ``file://`` URI, so the manifest says where each image came from.
     Files are taken in name order, at most ``max_per_class`` per class.
     """
-    raw_dir = Path(data_dir) / "raw"
+    raw_dir = Layout(data_dir).raw
     raw_dir.mkdir(parents=True, exist_ok=True)
     rows: list[UrlRow] = []
     for folder in sorted(d for d in Path(root).iterdir() if d.is_dir()):
         files = sorted(f for f in folder.iterdir() if f.is_file() and not f.name.startswith("."))
         for file in files[:max_per_class]:
-            rows.append(_local_row(file.resolve(), folder.name, raw_dir))
+            rows.append(local_file_row(file.resolve(), folder.name, raw_dir))
     return rows
 
 
-def _local_row(file: Path, label: str, raw_dir: Path) -> UrlRow:
+def local_file_row(file: Path, label: str, raw_dir: Path) -> UrlRow:
     data = file.read_bytes()
     row = UrlRow(url=file.as_uri(), label=label, attempts=0)
     if not data:
@@ -120,16 +97,7 @@ def _local_row(file: Path, label: str, raw_dir: Path) -> UrlRow:
         row.outcome, row.reason = "not_image", f"Not an image: starts with {data[:16]!r}"
         return row
     sha = hashlib.sha256(data).hexdigest()
-    target = raw_dir / f"{sha}.{ext}"
-    if not target.exists():
-        # Copy beside the target, then rename: a kill never leaves half a file under its name.
-        fd, tmp = tempfile.mkstemp(dir=raw_dir, prefix=".part-", suffix=".tmp")
-        os.close(fd)
-        try:
-            shutil.copyfile(file, tmp)
-            os.replace(tmp, target)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+    write_new_file(raw_dir / f"{sha}.{ext}", data)
     row.outcome, row.reason = "ok", f"{len(data)} bytes, local file"
     row.sha256, row.raw_path = sha, f"raw/{sha}.{ext}"
     return row

@@ -16,10 +16,13 @@ import torch
 from mlflow import MlflowClient
 from prefect import task
 
+from tasks.data_checks import WARNINGS_TAG
+from tasks.leaderboard import leaderboard
 from tasks.ledger import ledger_params
 from tasks.manifest import Dataset
 from tasks.plots import heatmap_figure
 from tasks.policies import ACCELERATOR, CPU, NETWORK
+from tasks.tensor_cache import load_tensors, tensor_cache
 from tasks.train import (
     MEAN,
     STD,
@@ -30,12 +33,10 @@ from tasks.train import (
     device_for_training,
     diagnose_fit,
     evaluate,
-    load_tensors,
-    resolve_weights,
-    run_trial,
-    tensor_cache,
 )
+from tasks.trial import run_trial
 from tasks.trial_report import diagnosis_tags
+from tasks.weights import resolve_weights
 from ursa.package import log_package
 
 
@@ -59,11 +60,15 @@ def start_sweep(
     dataset: Dataset,
     trials: list[Trial],
     extra: dict | None = None,
+    warnings: list[str] | None = None,
 ) -> str:
-    """Create the parent run; returns its id. Trials attach to it as children."""
+    """Create the parent run; returns its id. Trials attach to it as children. ``warnings``:
+    what makes the dataset's numbers unreliable (:mod:`tasks.data_checks`), as a tag."""
     run = mlflow.start_run(experiment_id=experiment_id, run_name=f"sweep {dataset.digest[:8]}")
     try:
-        mlflow.set_tag("ursa.role", "sweep")
+        mlflow.set_tags({"ursa.role": "sweep", WARNINGS_TAG: warnings_tag(warnings)})
+        if extra and "recipe" in extra:
+            mlflow.set_tag("ursa.recipe", extra["recipe"])
         mlflow.log_params(
             {
                 **asdict(config),
@@ -83,15 +88,9 @@ def start_sweep(
     return run.info.run_id
 
 
-def best_trial(results: list[TrialResult]) -> TrialResult:
-    """Highest validation accuracy, then lowest validation loss; never a diverged trial."""
-    usable = [r for r in results if r.usable]
-    if not usable:
-        raise RuntimeError(
-            f"All {len(results)} trials diverged (non-finite loss or loss explosion): "
-            "lower the learning rates, or run the learning-rate finder."
-        )
-    return max(usable, key=lambda r: (r.val_accuracy, -r.val_loss))
+def warnings_tag(warnings: list[str] | None) -> str:
+    """The dataset's warnings as one MLflow tag value ("none" when its numbers hold)."""
+    return "; ".join(warnings or []) or "none"
 
 
 def excluded_trials(results: list[TrialResult]) -> list[dict]:
@@ -122,11 +121,6 @@ def diagnose_in_sweep(results: list[TrialResult], tracking_uri: str) -> list[Tri
     return updated
 
 
-def leaderboard(results: list[TrialResult]) -> list[TrialResult]:
-    """Usable trials by accuracy then loss, then the excluded ones."""
-    return sorted(results, key=lambda r: (not r.usable, -r.val_accuracy, r.val_loss))
-
-
 def heatmap(results: list[TrialResult]) -> tuple[list[float], list[int], np.ndarray]:
     """(lrs, epochs, validation accuracy per cell); NaN where no usable trial ran."""
     lrs = sorted({r.lr for r in results})
@@ -144,14 +138,18 @@ def finish_sweep(
     best: TrialResult,
     budget_note: str = "",
     sweep_seconds: float | None = None,
+    warnings: list[str] | None = None,
     *,
     tracking_uri: str,
 ) -> list[dict]:
     """Log the leaderboard, the lr x epochs heatmap, the exclusions, the choice and the
-    sweep's wall time on the parent run; returns the excluded trials with their reasons."""
+    sweep's wall time on the parent run, and the dataset's warnings on every trial; returns
+    the excluded trials with their reasons."""
     board = leaderboard(results)
     excluded = excluded_trials(results)
     client = MlflowClient(tracking_uri)
+    for r in results:
+        client.set_tag(r.run_id, WARNINGS_TAG, warnings_tag(warnings))
     client.log_table(
         parent_run_id,
         {
@@ -210,6 +208,7 @@ def log_best_model(
         "arch": config.arch,
         "classes": list(data.classes),
         "image_size": config.image_size,
+        "resize": config.resize,
         "mean": list(MEAN),
         "std": list(STD),
         "metrics": {"val_accuracy": accuracy, "val_loss": best.val_loss},
@@ -249,6 +248,7 @@ trial_task = task(
 )(run_trial)
 finish_sweep_task = task(name="finish-sweep", **NETWORK)(finish_sweep)
 diagnose_task = task(name="diagnose-in-sweep", **NETWORK)(diagnose_in_sweep)
+# No retries, though it may download: offline, the flow must stop within seconds.
 resolve_weights_task = task(name="resolve-weights", **CPU)(resolve_weights)
 log_model_task = task(name="log-best-model", **CPU)(log_best_model)  # a retry = a 2nd model
 

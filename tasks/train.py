@@ -1,10 +1,12 @@
 """Training: the whole loop visible top to bottom, in the style of torchvision's reference
-``train.py`` — ``load_tensors``, ``build_model``, ``augment``, ``train_one_epoch``,
-``evaluate``, ``fit``, ``run_trial``. The sweep (:mod:`tasks.sweep`) is a thin layer above it.
+``train.py`` — ``build_model``, ``augment``, ``train_one_epoch``, ``evaluate``, ``fit``.
+One trial as an MLflow run is :mod:`tasks.trial`; the sweep (:mod:`tasks.sweep`) is a thin
+layer above that.
 
-Each image is decoded once per dataset into a uint8 tensor cache at training resolution
-(:func:`tensor_cache`); every trial reads that file instead of decoding PNGs each epoch, and
-augmentation happens on whole batches of tensors (:func:`augment`), not image by image.
+Each image is decoded once per dataset into a memory-mapped uint8 cache at training
+resolution (:mod:`tasks.tensor_cache`); every trial reads it instead of decoding images each
+epoch, and augmentation happens on whole batches of tensors (:func:`augment`), not image by
+image.
 
 Fine-tuning follows lesson 2 (fast.ai's ``fine_tune``): with a pretrained backbone, the first
 ``freeze_epochs`` train only the new head (and the batch-norm layers), then everything trains
@@ -15,23 +17,23 @@ schedule. From scratch there is nothing to protect: one phase, one rate.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
-import os
-import socket
 import threading
 import time
-from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-import torchvision
-from PIL import Image
 from torch import nn
+from torch.optim.swa_utils import update_bn
 
+from tasks.architectures import check_arch, head, is_norm, layer_groups, new_model
 from tasks.diagnosis import Diagnosis, diagnose
-from tasks.manifest import Dataset, ImageRow, read_rows
+from tasks.recipes import AUGMENTATIONS
+from tasks.tensor_cache import Tensors
+from tasks.weights import WeightsUnavailable, local_weights_file
+from ursa.images import RESIZE_POLICIES
 
 # ImageNet statistics: right for pretrained backbones, harmless for models trained from scratch.
 MEAN = (0.485, 0.456, 0.406)
@@ -39,20 +41,25 @@ STD = (0.229, 0.224, 0.225)
 # Training images re-scored without augmentation for the diagnosis: about as many as there
 # are validation images, within these bounds, so that both losses are estimated about as well.
 CLEAN_TRAIN_SAMPLE = (256, 1024)
-ARCHITECTURES = ("resnet18", "resnet34")
-SYSTEM_METRICS_INTERVAL = 1  # seconds between samples of a trial's CPU, memory, GPU
 IF_NO_WEIGHTS = ("fail", "scratch")
 # Discriminative rates after unfreezing (fast.ai's fine_tune): the base rate is halved, and
 # the stem + first blocks learn 100x slower than the head, the middle blocks 10x slower.
 UNFROZEN_BASE = 0.5
 LAYER_GROUP_DIVISORS = (100.0, 10.0, 1.0)
+# Before the validation pass of a trial that has taken fewer steps than this, batch-norm
+# statistics are recomputed on training batches: running averages (momentum 0.1) still
+# remember their initial values after a few dozen steps (0.9**50 < 1%), and a from-scratch
+# model evaluated with them predicts badly whatever its rate. A few batches estimate the
+# statistics well, and cost about a third of as many training steps (a forward pass, no
+# backward).
+BN_RECOMPUTE_STEPS = 50
+BN_RECOMPUTE_BATCHES = 8
+# Batch norm cannot train on one image (its variance is undefined): a training epoch never
+# ends on a mini-batch smaller than this; the remainder joins the batch before it.
+MIN_TRAINING_BATCH = 2
 
 
 _GLOBAL_RNG = threading.Lock()
-
-
-class WeightsUnavailable(RuntimeError):
-    """Pretrained weights were asked for but are not on this machine."""
 
 
 @dataclass(frozen=True)
@@ -65,17 +72,21 @@ class TrainConfig:
     weights_path: str = ""  # a local state_dict file for the pretrained backbone
     if_no_weights: str = "fail"  # when pretrained weights are missing: "fail" or "scratch"
     freeze_epochs: int = 1  # pretrained only: epochs that train the head alone
-    augment: bool = True  # random affine + brightness/contrast, on batches of tensors
+    augment: bool = True  # random affine + lighting, on batches of tensors
+    augmentation: str = "digits"  # the augmentation style: "digits" or "photos"
     flip: bool = False  # horizontal flips: right for photos, wrong for digits and text
+    resize: str = "squash"  # how pictures become squares (ursa.images.RESIZE_POLICIES)
     compile: bool = False  # torch.compile the model (CUDA; measure first: bench_gpu.py)
 
     def __post_init__(self) -> None:
-        if self.arch not in ARCHITECTURES:
-            raise ValueError(f"TrainConfig.arch is '{self.arch}', expected one of {ARCHITECTURES}.")
+        check_arch(self.arch)
         if self.image_size < 16:
             raise ValueError(f"TrainConfig.image_size is {self.image_size}, expected >= 16.")
-        if self.batch_size < 1:
-            raise ValueError(f"TrainConfig.batch_size is {self.batch_size}, expected >= 1.")
+        if self.batch_size < MIN_TRAINING_BATCH:
+            raise ValueError(
+                f"TrainConfig.batch_size is {self.batch_size}, expected >= "
+                f"{MIN_TRAINING_BATCH}: batch norm cannot train on one image at a time."
+            )
         if self.if_no_weights not in IF_NO_WEIGHTS:
             raise ValueError(
                 f"TrainConfig.if_no_weights is '{self.if_no_weights}', "
@@ -83,6 +94,12 @@ class TrainConfig:
             )
         if self.freeze_epochs < 0:
             raise ValueError(f"TrainConfig.freeze_epochs is {self.freeze_epochs}, expected >= 0.")
+        for name, value, allowed in (
+            ("augmentation", self.augmentation, AUGMENTATIONS),
+            ("resize", self.resize, RESIZE_POLICIES),
+        ):
+            if value not in allowed:
+                raise ValueError(f"TrainConfig.{name} is '{value}', expected one of {allowed}.")
 
 
 @dataclass(frozen=True)
@@ -125,15 +142,6 @@ class TrialResult:
 
 
 @dataclass
-class Tensors:
-    classes: list[str]
-    x_train: torch.Tensor  # uint8 (N, 3, S, S)
-    y_train: torch.Tensor
-    x_valid: torch.Tensor
-    y_valid: torch.Tensor
-
-
-@dataclass
 class FitResult:
     model: nn.Module
     history: list[dict]  # one record per epoch
@@ -154,86 +162,25 @@ def memory_format(device: torch.device) -> torch.memory_format:
     return torch.channels_last if device.type == "cuda" else torch.contiguous_format
 
 
-def tensor_cache(dataset: Dataset, image_size: int) -> Path:
-    """Decode the kept images once into ``<data>/cache/<digest>-<size>.pt``; return its path."""
-    path = dataset.data_dir / "cache" / f"{dataset.digest[:16]}-{image_size}.pt"
-    if path.exists():
-        return path
-    rows = [r for r in read_rows(Path(dataset.manifest_path), ImageRow) if r.status == "kept"]
-    index = {c: i for i, c in enumerate(dataset.classes)}
-    payload: dict = {"classes": list(dataset.classes)}
-    for split in ("train", "valid"):
-        chosen = [r for r in rows if r.split == split]
-        images = [
-            np.asarray(
-                Image.open(dataset.data_dir / r.image_path)
-                .convert("RGB")
-                .resize((image_size, image_size), Image.BILINEAR)
-            )
-            for r in chosen
-        ]
-        x = np.stack(images) if images else np.zeros((0, image_size, image_size, 3), np.uint8)
-        payload[f"x_{split}"] = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
-        payload[f"y_{split}"] = torch.tensor([index[r.label] for r in chosen], dtype=torch.long)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-    return path
-
-
-def load_tensors(path: str | Path) -> Tensors:
-    return Tensors(**torch.load(path, weights_only=True))
-
-
-def resolve_weights(config: TrainConfig) -> tuple[TrainConfig, str]:
-    """Check pretrained weights up front, before any trial starts; returns (config, note).
-
-    Missing weights with ``if_no_weights="scratch"`` give a config that trains from scratch and
-    a note that says why; with ``"fail"`` they raise :class:`WeightsUnavailable`, whose message
-    names the files looked for and the two ways out.
-    """
-    if not config.pretrained:
-        return config, "trained from scratch (pretrained=False)"
-    try:
-        path = _pretrained_weights_file(config)
-    except WeightsUnavailable as exc:
-        if config.if_no_weights == "scratch":
-            return replace(config, pretrained=False), f"trained from scratch: {exc}"
-        raise
-    return config, f"fine-tuned from pretrained weights {path}"
-
-
-def _pretrained_weights_file(config: TrainConfig) -> Path:
-    weights = torchvision.models.get_model_weights(config.arch).DEFAULT
-    candidates = [Path(config.weights_path)] if config.weights_path else []
-    candidates.append(Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name)
-    for path in candidates:
-        if path.is_file():
-            return path
-    raise WeightsUnavailable(
-        f"Pretrained weights for '{config.arch}' were not found at "
-        f"{', '.join(str(p) for p in candidates)}. This machine cannot download them: put the "
-        f"file there, pass a local file as weights_path (--weights), train with "
-        f"pretrained=False, or choose if_no_weights='scratch' (--if-no-weights scratch) to fall "
-        f"back to training from scratch."
-    )
-
-
 def build_model(config: TrainConfig, num_classes: int) -> nn.Module:
-    """A torchvision model with a fresh head; pretrained backbone only from a local file."""
-    constructor = getattr(torchvision.models, config.arch)
-    model = constructor(weights=None)
-    if config.pretrained:
-        path = _pretrained_weights_file(config)
-        try:
-            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        except (RuntimeError, KeyError) as exc:
-            raise WeightsUnavailable(
-                f"The weights file {path} does not fit '{config.arch}': {exc}"
-            ) from exc
-    model.fc = nn.Linear(model.fc.in_features, num_classes)
-    return model
+    """A torchvision model with a fresh head; a pretrained backbone from a local file only
+    (:func:`tasks.weights.resolve_weights` downloads it, once, before any trial starts)."""
+    if not config.pretrained:
+        return new_model(config.arch, num_classes)
+    path = local_weights_file(config.arch, config.weights_path)
+    if path is None:
+        raise WeightsUnavailable(
+            f"Pretrained weights for '{config.arch}' are not on this machine "
+            f"(weights_path '{config.weights_path}'); resolve_weights finds or downloads them."
+        )
+    try:
+        return new_model(
+            config.arch, num_classes, torch.load(path, map_location="cpu", weights_only=True)
+        )
+    except (RuntimeError, KeyError) as exc:
+        raise WeightsUnavailable(
+            f"The weights file {path} does not fit '{config.arch}': {exc}"
+        ) from exc
 
 
 def seeded_model(config: TrainConfig, num_classes: int) -> nn.Module:
@@ -245,22 +192,12 @@ def seeded_model(config: TrainConfig, num_classes: int) -> nn.Module:
         return build_model(config, num_classes)
 
 
-def layer_groups(model: nn.Module) -> list[list[nn.Parameter]]:
-    """ResNet parameters in three groups, early to late: stem + layer1-2, layer3-4, head."""
-    early = [model.conv1, model.bn1, model.layer1, model.layer2]
-    late = [model.layer3, model.layer4]
-    return [
-        [p for m in early for p in m.parameters()],
-        [p for m in late for p in m.parameters()],
-        list(model.fc.parameters()),
-    ]
-
-
-def _set_frozen(model: nn.Module, frozen: bool) -> None:
-    """Freeze everything but the head and the batch-norm layers (fast.ai keeps BN training:
-    its statistics must adapt to the new data even while the convolutions stay put)."""
+def set_frozen(model: nn.Module, frozen: bool) -> None:
+    """Freeze everything but the head and the batch-norm layers (see
+    :func:`tasks.architectures.is_norm`)."""
+    new_head = head(model)
     for module in model.modules():
-        trainable = not frozen or isinstance(module, nn.BatchNorm2d) or module is model.fc
+        trainable = not frozen or is_norm(module) or module is new_head
         for p in module.parameters(recurse=False):
             p.requires_grad_(trainable)
 
@@ -274,7 +211,7 @@ def training_phases(trial: Trial, config: TrainConfig) -> list[tuple[str, int]]:
     return [(name, n) for name, n in (("frozen", frozen), ("unfrozen", trial.epochs - frozen)) if n]
 
 
-def _optimizer(model: nn.Module, phase: str, lr: float) -> tuple[torch.optim.Optimizer, list]:
+def phase_optimizer(model: nn.Module, phase: str, lr: float) -> tuple[torch.optim.Optimizer, list]:
     if phase == "unfrozen":
         base = lr * UNFROZEN_BASE
         rates = [base / d for d in LAYER_GROUP_DIVISORS]
@@ -286,44 +223,88 @@ def _optimizer(model: nn.Module, phase: str, lr: float) -> tuple[torch.optim.Opt
     return torch.optim.AdamW(groups, lr=lr, weight_decay=1e-2, fused=True), rates
 
 
-def _batches(
-    n: int, batch_size: int, generator: torch.Generator | None, device: torch.device | None = None
+def batch_bounds(n: int, batch_size: int, min_size: int = 1) -> list[tuple[int, int]]:
+    """[(start, stop)] of the mini-batches of ``n`` examples: ``batch_size`` each, the last
+    one what is left, merged into the one before when it would hold fewer than ``min_size``.
+    With fewer than ``min_size`` examples in all there is no batch: nothing can be learnt
+    from them (callers refuse such data before training; see :mod:`tasks.data_checks`)."""
+    if n < min_size:
+        return []
+    bounds = [(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < min_size:
+        bounds[-2:] = [(bounds[-2][0], n)]
+    return bounds
+
+
+def index_batches(
+    n: int,
+    batch_size: int,
+    generator: torch.Generator | None,
+    device: torch.device | None = None,
+    min_size: int = 1,
 ):
-    """Index batches, shuffled when a (CPU) generator is given; the order moves to ``device``
-    once per epoch, not once per batch."""
+    """Index batches (:func:`batch_bounds`), shuffled when a (CPU) generator is given; the
+    order moves to ``device`` once per epoch, not once per batch. Training passes
+    ``min_size=MIN_TRAINING_BATCH``; evaluation takes every example as it comes."""
     order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
     if device is not None:
         order = order.to(device)
-    for start in range(0, n, batch_size):
-        yield order[start : start + batch_size]
+    for start, stop in batch_bounds(n, batch_size, min_size):
+        yield order[start:stop]
 
 
 def augment(
-    x: torch.Tensor, generator: torch.Generator, flip: bool = False, peak: float = 1.0
+    x: torch.Tensor,
+    generator: torch.Generator,
+    flip: bool = False,
+    peak: float = 1.0,
+    style: str = "digits",
 ) -> torch.Tensor:
-    """Random affine (rotate ±10°, scale 0.9-1.1, shift ±1/8) and brightness/contrast jitter,
-    for a whole float batch in [0, ``peak``] at once: one ``grid_sample`` instead of a PIL
-    transform per image (measured here: about 0.3 ms for 64 images at 32 px)."""
+    """Random affine and lighting for a whole float batch in [0, ``peak``] at once: one
+    ``grid_sample`` instead of a PIL transform per image (measured here: about 0.3 ms for 64
+    images at 32 px); ``flip`` adds mirror images.
+
+    - "digits": rotate ±10°, scale 0.9-1.1, shift ±1/8, contrast 0.8-1.2.
+    - "photos" (lesson 2's ``RandomResizedCrop(min_scale=0.5)`` + ``aug_transforms``, on the
+      batch): a random crop of 50-100% of the area with aspect ratio 3/4-4/3 stretched back to
+      the square, rotate ±10°, brightness and contrast 0.8-1.2, edges reflected.
+    """
     b = x.shape[0]
     # Drawn where the generator lives (the GPU on CUDA): a copy per batch would sync.
-    r = torch.rand(b, 6, generator=generator, device=generator.device).to(x.device)
+    r = torch.rand(b, 8 if style == "photos" else 6, generator=generator, device=generator.device)
+    r = r.to(x.device)
     angle = (r[:, 0] - 0.5) * math.radians(20)
-    scale = 1.0 / (0.9 + 0.2 * r[:, 1])
     mirror = torch.where(r[:, 2] < 0.5, -1.0, 1.0) if flip else torch.ones_like(r[:, 2])
-    cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
+    if style == "photos":
+        area = 0.5 + 0.5 * r[:, 1]
+        ratio = torch.exp((r[:, 6] - 0.5) * 2 * math.log(4 / 3))
+        w, h = (area * ratio).sqrt().clamp(max=1.0), (area / ratio).sqrt().clamp(max=1.0)
+        shift_x, shift_y = (2 * r[:, 3] - 1) * (1 - w), (2 * r[:, 4] - 1) * (1 - h)
+    else:
+        w = h = 1.0 / (0.9 + 0.2 * r[:, 1])
+        shift_x, shift_y = (r[:, 3] - 0.5) * 0.5, (r[:, 4] - 0.5) * 0.5
+    cos, sin = torch.cos(angle), torch.sin(angle)
     theta = torch.stack(
         [
-            torch.stack([cos * mirror, -sin, (r[:, 3] - 0.5) * 0.5], 1),
-            torch.stack([sin * mirror, cos, (r[:, 4] - 0.5) * 0.5], 1),
+            torch.stack([cos * w * mirror, -sin * w, shift_x], 1),
+            torch.stack([sin * h * mirror, cos * h, shift_y], 1),
         ],
         1,
     ).to(x.dtype)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    # (out - mean) * contrast + mean as one multiply-add: each pass over a 224 px batch counts.
+    padding = "reflection" if style == "photos" else "border"
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode=padding, align_corners=False)
+    # ((out - mean) * contrast + mean) * brightness as one multiply-add: each pass over a
+    # 224 px batch counts.
     contrast = (0.8 + 0.4 * r[:, 5]).view(b, 1, 1, 1).to(x.dtype)
+    if style == "photos":
+        contrast = contrast * (0.8 + 0.4 * r[:, 7]).view(b, 1, 1, 1).to(x.dtype)
+        brightness = (0.8 + 0.4 * r[:, 7]).view(b, 1, 1, 1).to(x.dtype)
+    else:
+        brightness = 1.0
     mean = out.mean(dim=(1, 2, 3), keepdim=True)
-    return torch.addcmul(mean * (1 - contrast), out, contrast).clamp_(0.0, peak)
+    offset = mean * (brightness - contrast)
+    return torch.addcmul(offset, out, contrast).clamp_(0.0, peak)
 
 
 @functools.cache
@@ -335,8 +316,12 @@ def _normalisation(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     return (1.0 / (255.0 * std)).to(device), (-mean / std).to(device)
 
 
-def _inputs(
-    x: torch.Tensor, device: torch.device, generator: torch.Generator | None = None, flip=False
+def model_inputs(
+    x: torch.Tensor,
+    device: torch.device,
+    generator: torch.Generator | None = None,
+    flip: bool = False,
+    style: str = "digits",
 ) -> torch.Tensor:
     """A uint8 batch -> the model's normalised float input in :func:`memory_format`,
     augmented when a generator is given. Augmentation works on 0-255 and the division by 255
@@ -344,13 +329,13 @@ def _inputs(
     on a GPU each pass over the batch is a visible share of a resnet18 step."""
     batch = x.to(device, non_blocking=True).float()
     if generator is not None:
-        batch = augment(batch, generator, flip, peak=255.0)
+        batch = augment(batch, generator, flip, peak=255.0, style=style)
     scale, shift = _normalisation(batch.device)
     out = torch.empty_like(batch, memory_format=memory_format(batch.device))
     return torch.addcmul(shift, batch, scale, out=out)
 
 
-def _autocast(device: torch.device):
+def autocast_for(device: torch.device):
     # bf16 autocast on CUDA; on these CPUs (no bf16 units) plain float32 is faster.
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
@@ -393,10 +378,13 @@ def train_one_epoch(
     criterion = nn.CrossEntropyLoss()
     losses, correct, seen = [], torch.zeros((), device=device), 0
     aug = aug_generator if config.augment else None
-    for idx in _batches(len(data.y_train), config.batch_size, generator, data.x_train.device):
-        x = _inputs(data.x_train[idx], device, aug, config.flip)
+    n = len(data.y_train)
+    for idx in index_batches(
+        n, config.batch_size, generator, data.x_train.device, MIN_TRAINING_BATCH
+    ):
+        x = model_inputs(data.x_train[idx], device, aug, config.flip, config.augmentation)
         y = data.y_train[idx].to(device, non_blocking=True)
-        with _autocast(device):
+        with autocast_for(device):
             logits = model(x)
             loss = criterion(logits.float(), y)
         optimizer.zero_grad(set_to_none=True)
@@ -409,7 +397,9 @@ def train_one_epoch(
     if not losses:
         return math.nan, math.nan, []
     step_losses = torch.stack(losses).float().cpu().tolist()
-    weights = [min(config.batch_size, seen - i * config.batch_size) for i in range(len(losses))]
+    weights = [
+        stop - start for start, stop in batch_bounds(n, config.batch_size, MIN_TRAINING_BATCH)
+    ]
     mean = sum(w * v for w, v in zip(weights, step_losses, strict=True)) / seen
     return mean, correct.item() / seen, step_losses
 
@@ -439,9 +429,9 @@ def predict_examples(
     """Per example: (loss, predicted class, probability of the prediction), all on the CPU."""
     model.eval()
     losses, preds, probs = [], [], []
-    for idx in _batches(len(y), batch_size, None, x.device):
-        with _autocast(device):
-            logits = model(_inputs(x[idx], device)).float()
+    for idx in index_batches(len(y), batch_size, None, x.device):
+        with autocast_for(device):
+            logits = model(model_inputs(x[idx], device)).float()
         target = y[idx].to(device)
         losses.append(F.cross_entropy(logits, target, reduction="none"))
         p, c = logits.softmax(1).max(1)
@@ -453,6 +443,24 @@ def predict_examples(
     return torch.cat(losses).cpu(), torch.cat(preds).cpu(), torch.cat(probs).cpu()
 
 
+def recompute_batch_norm(
+    model: nn.Module, data: Tensors, config: TrainConfig, device: torch.device, seed: int
+) -> None:
+    """Batch-norm running statistics measured afresh on up to ``BN_RECOMPUTE_BATCHES``
+    training batches (unaugmented, as validation sees images): torch's ``update_bn``, a
+    forward pass in train mode without gradients. Its own seeded order, so that training's
+    shuffling is the same with or without it."""
+    order = torch.Generator().manual_seed(seed)
+    batches = itertools.islice(
+        index_batches(
+            len(data.y_train), config.batch_size, order, data.x_train.device, MIN_TRAINING_BATCH
+        ),
+        BN_RECOMPUTE_BATCHES,
+    )
+    with autocast_for(device):
+        update_bn((model_inputs(data.x_train[idx], device) for idx in batches), model)
+
+
 def fit(trial: Trial, config: TrainConfig, data: Tensors, on_epoch=None) -> FitResult:
     """Train one model, phase by phase, each on a one-cycle schedule; ``on_epoch(record)``
     after every epoch. Stops early once the training loss is no longer finite."""
@@ -460,15 +468,15 @@ def fit(trial: Trial, config: TrainConfig, data: Tensors, on_epoch=None) -> FitR
     data = _resident(data, device)
     model = seeded_model(config, len(data.classes)).to(device, memory_format=memory_format(device))
     trained = torch.compile(model) if config.compile else model
-    steps = math.ceil(len(data.y_train) / config.batch_size)
+    steps = len(batch_bounds(len(data.y_train), config.batch_size, MIN_TRAINING_BATCH))
     generator = torch.Generator().manual_seed(config.seed)
     aug_generator = torch.Generator(device=device).manual_seed(config.seed)
     history: list[dict] = []
     step_losses: list[float] = []
     examples = None
     for phase, epochs in training_phases(trial, config):
-        _set_frozen(model, phase == "frozen")
-        optimizer, rates = _optimizer(model, phase, trial.lr)
+        set_frozen(model, phase == "frozen")
+        optimizer, rates = phase_optimizer(model, phase, trial.lr)
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
             optimizer, max_lr=rates, total_steps=max(steps * epochs, 1)
         )
@@ -478,11 +486,16 @@ def fit(trial: Trial, config: TrainConfig, data: Tensors, on_epoch=None) -> FitR
                 trained, optimizer, scheduler, data, config, generator, device, aug_generator
             )
             train_seconds = time.perf_counter() - start  # losses came back: the GPU is done
+            step_losses += losses
+            recompute = len(step_losses) < BN_RECOMPUTE_STEPS and math.isfinite(train_loss)
+            if recompute:
+                recompute_batch_norm(model, data, config, device, config.seed + len(history))
             examples = predict_examples(trained, data.x_valid, data.y_valid, device)
             val_loss, val_acc = loss_and_accuracy(examples, data.y_valid)
-            step_losses += losses
             record = {
                 "epoch": len(history),
+                "steps": len(step_losses),
+                "bn_recomputed": float(recompute),
                 "train_loss": train_loss,
                 "train_accuracy": train_acc,
                 "val_loss": val_loss,
@@ -494,10 +507,10 @@ def fit(trial: Trial, config: TrainConfig, data: Tensors, on_epoch=None) -> FitR
             if on_epoch is not None:
                 on_epoch(record)
             if not math.isfinite(train_loss):
-                _set_frozen(model, False)
+                set_frozen(model, False)
                 # Diverged: more epochs only burn time.
                 return FitResult(model, history, step_losses, examples)
-    _set_frozen(model, False)
+    set_frozen(model, False)
     if history:
         # The epoch's training loss is a running mean over augmented batches while the model
         # was still learning, so it sits above the validation loss even when the model fits
@@ -524,83 +537,5 @@ def diagnose_fit(
         val_accuracy=history[-1]["val_accuracy"] if history else None,
         best_val_accuracy=best_val_accuracy,
         clean_train_loss=history[-1].get("train_eval_loss") if history else None,
+        steps=history[-1].get("steps") if history else None,
     )
-
-
-def run_trial(
-    trial: Trial,
-    config: TrainConfig,
-    cache_path: str,
-    experiment_id: str,
-    parent_run_id: str,
-    dataset_digest: str,
-    tracking_uri: str = "",
-    torch_threads: int = 0,
-) -> TrialResult:
-    """Train one trial as an MLflow child run of the sweep; save its weights for later logging.
-
-    ``tracking_uri`` and ``torch_threads`` matter when the trial runs in another process (a
-    Dask worker): MLflow's URI is per process, and workers sharing a machine share its cores.
-    """
-    import mlflow
-
-    from tasks.trial_report import log_trial_report
-
-    if tracking_uri:
-        mlflow.set_tracking_uri(tracking_uri)
-    if torch_threads > 0:
-        torch.set_num_threads(torch_threads)
-    data = load_tensors(cache_path)
-    start = time.perf_counter()
-    # System metrics every second: trials on small data last seconds, not minutes.
-    mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL)
-    # Linked to the parent explicitly: the active run is thread-local and trials may run in threads.
-    with mlflow.start_run(
-        experiment_id=experiment_id,
-        run_name=trial.name,
-        parent_run_id=parent_run_id,
-        log_system_metrics=True,
-    ) as run:
-        mlflow.log_params({**asdict(config), **asdict(trial), "dataset_digest": dataset_digest})
-        # Which process trained it: on a Dask cluster, the worker's host and pid.
-        mlflow.set_tags(
-            {"ursa.role": "trial", "ursa.worker": f"{socket.gethostname()}:{os.getpid()}"}
-        )
-
-        def log_epoch(record: dict) -> None:
-            metrics = {k: v for k, v in record.items() if k != "epoch" and math.isfinite(v)}
-            mlflow.log_metrics(metrics, step=record["epoch"])
-
-        fitted = fit(trial, config, data, on_epoch=log_epoch)
-        clean = fitted.history[-1].get("train_eval_loss") if fitted.history else None
-        if clean is not None and math.isfinite(clean):
-            mlflow.log_metric("train_eval_loss", clean, step=fitted.history[-1]["epoch"])
-        initial = fitted.step_losses[0] if fitted.step_losses else math.nan
-        diagnosis = diagnose_fit(fitted.history, initial)
-        log_trial_report(
-            run.info.run_id, trial.name, fitted, data, diagnosis, mlflow.get_tracking_uri()
-        )
-        checkpoint = Path(cache_path).parent.parent / "checkpoints" / f"{run.info.run_id}.pt"
-        checkpoint.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(fitted.model.state_dict(), checkpoint)
-        # MLflow's monitor logs a sample only once a whole interval has passed and drops it if
-        # the run ends first: a trial quicker than that (tiny data, an early divergence) is
-        # kept open until its first sample is in, so that every trial has system metrics.
-        short = SYSTEM_METRICS_INTERVAL + 0.5 - (time.perf_counter() - start)
-        if short > 0:
-            time.sleep(short)
-        last = fitted.history[-1]
-        return TrialResult(
-            lr=trial.lr,
-            epochs=trial.epochs,
-            run_id=run.info.run_id,
-            val_accuracy=last["val_accuracy"],
-            val_loss=last["val_loss"],
-            train_loss=last["train_loss"],
-            checkpoint=str(checkpoint),
-            seconds=time.perf_counter() - start,
-            history=fitted.history,
-            initial_loss=initial,
-            diagnosis=diagnosis.label,
-            evidence=diagnosis.evidence,
-        )

@@ -10,7 +10,7 @@ import numpy as np
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 
-from tasks.diagnosis import Diagnosis
+from tasks.diagnosis import DIAGNOSIS_TAG, EVIDENCE_TAG, Diagnosis
 from tasks.grids import image_grid
 from tasks.plots import (
     confusion_matrix,
@@ -26,7 +26,7 @@ BATCH = 1000
 
 
 def diagnosis_tags(diagnosis: Diagnosis) -> dict[str, str]:
-    return {"ursa.diagnosis": diagnosis.label, "ursa.diagnosis_evidence": diagnosis.evidence}
+    return {DIAGNOSIS_TAG: diagnosis.label, EVIDENCE_TAG: diagnosis.evidence}
 
 
 def log_step_losses(client: MlflowClient, run_id: str, name: str, losses: list[float]) -> None:

@@ -12,10 +12,8 @@ manifest row says why.
 from __future__ import annotations
 
 import dataclasses
-import multiprocessing
 import os
 import re
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 
 from prefect import task
@@ -23,6 +21,8 @@ from prefect.cache_policies import NONE
 
 from tasks.checks import FileCheck, Verdict, check_files
 from tasks.manifest import OK, UrlRow, data_dir_lock
+from tasks.parallel import map_chunks, usable_cores
+from ursa.layout import Layout
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 # A spawned worker imports tasks.checks (Pillow, numpy, scipy: about half a second) and the
@@ -48,13 +48,13 @@ def verify_rows(
     """
     if workers is None:
         distinct = len({r.sha256 for r in rows if r.outcome == OK})
-        workers = (os.cpu_count() or 1) if distinct >= _FILES_PER_EXTRA_WORKER else 1
+        workers = usable_cores() if distinct >= _FILES_PER_EXTRA_WORKER else 1
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}.")
     data_dir = Path(data_dir)
     with data_dir_lock(data_dir, "verify"):
         # Under the lock, a temporary PNG can only be a killed run's half-written one.
-        for stale in (data_dir / "images").glob(".*.tmp"):
+        for stale in Layout(data_dir).images.glob(".*.tmp"):
             stale.unlink(missing_ok=True)
         return _verify_rows(rows, data_dir, max_pixels, min_side, workers)
 
@@ -74,57 +74,25 @@ def _verify_rows(
             )
         jobs[row.sha256] = FileCheck(
             raw=data_dir / row.raw_path,
-            images=data_dir / "images",
+            images=Layout(data_dir).images,
             sha256=row.sha256,
-            quarantine=data_dir / "quarantine",
+            quarantine=Layout(data_dir).quarantine,
             max_pixels=max_pixels,
             min_side=min_side,
         )
 
-    if workers == 1 or len(jobs) < 2:
-        verdicts = check_files(list(jobs.values()))
-    else:
-        verdicts = _checked_in_parallel(list(jobs.values()), workers)
+    # Verdicts in job order: check_files over chunks, on spawned workers and this process
+    # (tasks.checks imports no Prefect: a worker starts in about half a second).
+    listed = list(jobs.values())
+    chunks = [listed[i : i + _CHUNK_FILES] for i in range(0, len(listed), _CHUNK_FILES)]
+    verdicts = [v for chunk in map_chunks(check_files, chunks, workers) for v in chunk]
 
     # Quarantine here, once per file: rows that share the bytes share the move.
     by_sha = {
-        sha: _quarantine(verdict, data_dir / "quarantine") if verdict.reason else verdict
+        sha: _quarantine(verdict, Layout(data_dir).quarantine) if verdict.reason else verdict
         for sha, verdict in zip(jobs, verdicts, strict=True)
     }
     return [_apply(row, by_sha[row.sha256], data_dir) if row.outcome == OK else row for row in rows]
-
-
-def _checked_in_parallel(jobs: list[FileCheck], workers: int) -> list[Verdict]:
-    """check_files over ``workers - 1`` worker processes and this one, verdicts in job order.
-
-    Decoding holds the GIL, so threads would not help. "spawn" rather than fork: the caller
-    (Prefect) runs threads, and forking a threaded process can deadlock. A spawned worker
-    first imports the caller's main module and tasks.checks (not this module: no Prefect);
-    this process checks files meanwhile instead of waiting for them to start, however long
-    the main module takes to import.
-    """
-    chunks = [jobs[i : i + _CHUNK_FILES] for i in range(0, len(jobs), _CHUNK_FILES)]
-    results: list[list[Verdict] | None] = [None] * len(chunks)
-    children = workers - 1
-    context = multiprocessing.get_context("spawn")
-    # One pool for the whole call; each worker keeps at most two chunks queued.
-    with ProcessPoolExecutor(max_workers=children, mp_context=context) as pool:
-        in_flight: dict[Future[list[Verdict]], int] = {}
-        taken = 0
-        while taken < len(chunks) or in_flight:
-            while taken < len(chunks) and len(in_flight) < 2 * children:
-                in_flight[pool.submit(check_files, chunks[taken])] = taken
-                taken += 1
-            if taken < len(chunks):
-                results[taken] = check_files(chunks[taken])  # this process's share
-                taken += 1
-                done = [f for f in in_flight if f.done()]
-            else:
-                done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
-            for future in done:
-                results[in_flight.pop(future)] = future.result()
-    assert all(chunk is not None for chunk in results)
-    return [verdict for chunk in results for verdict in chunk]  # type: ignore[union-attr]
 
 
 def _quarantine(verdict: Verdict, root: Path) -> Verdict:

@@ -13,7 +13,7 @@ import pytest
 from ursa.offline import set_offline_defaults
 
 if TYPE_CHECKING:
-    from ursa.imagehost import ImageHost
+    from standins.imagehost import ImageHost
 
 # Telemetry fails loudly offline; Prefect must not touch the user's ~/.prefect.
 set_offline_defaults(PREFECT_LOGGING_LEVEL="WARNING")
@@ -55,7 +55,20 @@ def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def host(digits: Path) -> Iterator[ImageHost]:
     """The local image host over the digits. One per test: the flaky URL fails only once."""
-    from ursa.imagehost import ImageHost
+    from standins.imagehost import ImageHost
 
     with ImageHost(digits) as image_host:
         yield image_host
+
+
+@pytest.fixture(scope="session")
+def digits_champion(digits: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A small digits dataset and its nearest-centroid model as ``digits@champion``, once per
+    session (tests/digits_champion.py). Tests serve it with a data folder of their own:
+    ``dataclasses.replace(digits_champion, data_dir=...)``; its own data folder holds the
+    dataset, which stays read-only."""
+    from tests.digits_champion import crown_centroids, digits_dataset
+
+    data_dir = tmp_path_factory.mktemp("digits-champion") / "data"
+    data_dir.mkdir()
+    return crown_centroids(data_dir, digits_dataset(digits, data_dir, per_class=12))

@@ -12,8 +12,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ursa.demo import free_port
-from ursa.processes import stop, wait_until_healthy
+from app.demo import free_port
+from app.processes import stop, wait_until_healthy
 
 
 def _postgres_bin(name: str) -> str:

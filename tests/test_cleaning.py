@@ -7,15 +7,28 @@ whole embedded default; here the data is small and the checks are about correctn
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pytest
+import torch
 from mlflow import MlflowClient
+from PIL import Image
 
-from tasks.cleaning import class_thresholds, fold_of, log_ranking, rank_dataset, rank_images
-from tasks.manifest import ImageRow, read_rows
+import tasks.cleaning
+from tasks.cleaning import (
+    _decode,
+    class_thresholds,
+    log_ranking,
+    probabilities,
+    rank_dataset,
+    rank_images,
+)
+from tasks.manifest import Dataset, ImageRow, read_rows, write_dataset
+from tasks.splits import fold_of
+from tasks.tensor_cache import Tensors
 from tasks.train import TrainConfig
 from tests.datasets import digits_dataset
 from ursa.ranking import ordered, read_ranking
@@ -99,11 +112,41 @@ def test_class_thresholds_are_the_mean_probability_of_each_class_on_its_images()
     assert t.tolist() == pytest.approx([0.7, 0.9, 1.0])
 
 
+def with_a_label_conflict(dataset: Dataset, data_dir: Path) -> Dataset:
+    """``dataset`` plus one picture (a 3, a class it does not have) under labels 0 and 1."""
+    source = sorted((data_dir / "embedded" / "3").glob("*.png"))[0]
+    image = Image.open(source).convert("RGB")
+    image.save(data_dir / "images" / "conflict.png")
+    conflict = ImageRow(
+        sha256="conflict",
+        image_path="images/conflict.png",
+        label="0",
+        url="",
+        width=image.width,
+        height=image.height,
+        pixel_hash="conflict",
+        phash="0" * 16,
+        group="conflict",
+        status="label_conflict",
+    )
+    rows = read_rows(Path(dataset.manifest_path), ImageRow)
+    return write_dataset(data_dir, rows + [conflict, replace(conflict, label="1")])
+
+
 def test_rank_dataset_scores_every_image_out_of_sample_and_logs_to_mlflow(
-    data_dir: Path,
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    dataset = digits_dataset(data_dir, per_class=10, classes=3)
+    dataset = with_a_label_conflict(digits_dataset(data_dir, per_class=10, classes=3), data_dir)
     config = TrainConfig(image_size=16, batch_size=16)
+    fits: list[tuple[Tensors, torch.nn.Module]] = []
+    real_fit = tasks.cleaning.fit
+
+    def recorded_fit(trial, config, data, on_epoch=None):
+        result = real_fit(trial, config, data, on_epoch)
+        fits.append((data, result.model))
+        return result
+
+    monkeypatch.setattr(tasks.cleaning, "fit", recorded_fit)
     folds_done = []
     ranking = rank_dataset(
         dataset,
@@ -114,15 +157,44 @@ def test_rank_dataset_scores_every_image_out_of_sample_and_logs_to_mlflow(
         on_fold=lambda k, n: folds_done.append(k),
     )
     assert folds_done == [1, 2]
+
+    # Out of sample, checked where the models are fitted (not by re-deriving the folds): each
+    # model trains on images it is not then asked about, and the held-out sets cover every
+    # kept image exactly once.
+    def images(x: torch.Tensor) -> list[bytes]:
+        return [bytes(image.numpy().tobytes()) for image in x]
+
+    everything: list[bytes] = []
+    for data, _ in fits:
+        train, held = images(data.x_train), images(data.x_valid)
+        assert len(set(train + held)) == len(train) + len(held) == 30
+        everything += held
+    assert len(set(everything)) == len(everything) == 30
+
     ranked, meta = read_ranking(data_dir)
-    kept = [r for r in read_rows(Path(dataset.manifest_path), ImageRow) if r.status == "kept"]
-    assert sorted(r.sha256 for r in ranked) == sorted(r.sha256 for r in kept)
-    assert ranking.n_images == len(kept) == 30
+    rows = read_rows(Path(dataset.manifest_path), ImageRow)
+    kept = [r for r in rows if r.status == "kept"]
+    assert sorted(r.sha256 for r in ranked if r.status == "kept") == sorted(r.sha256 for r in kept)
+    assert len(kept) == 30 and ranking.n_images == 32  # and the conflict, once per label
     assert [r.self_confidence for r in ranked] == sorted(r.self_confidence for r in ranked)
-    assert {r.source for r in ranked} == {"fold 1 of 2", "fold 2 of 2"}
+    assert {r.source for r in ranked if r.status == "kept"} == {"fold 1 of 2", "fold 2 of 2"}
     for r in ranked:
         assert 0.0 <= r.self_confidence <= r.confidence <= 1.0
         assert r.predicted in dataset.classes and r.given in dataset.classes
+
+    # The label conflict was seen by no model: the mean of the fold models scores it, once
+    # per label.
+    conflicts = {r.given: r for r in ranked if r.status == "label_conflict"}
+    assert sorted(conflicts) == ["0", "1"]
+    picture = _decode(
+        [next(r for r in rows if r.status == "label_conflict")], data_dir, 16, "squash"
+    )
+    mean = np.mean(
+        [probabilities(model, picture, torch.device("cpu"))[0] for _, model in fits], axis=0
+    )
+    for label, r in conflicts.items():
+        assert r.source == "mean of 2 fold models" and "label_conflict" in r.flags
+        assert r.self_confidence == pytest.approx(float(mean[int(label)]), rel=1e-4)
     assert meta["dataset_digest"] == dataset.digest and meta["folds"] == 2
     assert meta["classes"] == list(dataset.classes)
 
@@ -133,12 +205,12 @@ def test_rank_dataset_scores_every_image_out_of_sample_and_logs_to_mlflow(
     assert run.data.tags["ursa.role"] == "clean"
     assert run.data.params["dataset_digest"] == dataset.digest
     assert run.data.params["ledger_digest"] == "none"
-    assert run.data.metrics["images_ranked"] == 30
+    assert run.data.metrics["images_ranked"] == 32
     client = MlflowClient()
     names = {a.path for a in client.list_artifacts(run_id)}
     assert {"ranking.json", "top_suspects.png", "cleaning"} <= names
     table = json.loads(Path(client.download_artifacts(run_id, "ranking.json")).read_text())
-    assert len(table["data"]) == 30
+    assert len(table["data"]) == 32
     grid = Path(client.download_artifacts(run_id, "top_suspects.png")).read_bytes()
     assert grid[:4] == b"\x89PNG"
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from app import cli
 from tests.datasets import digits_dataset
-from ursa import cli
 from ursa.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def ursa(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run the CLI as a person would, in a fresh process."""
     return subprocess.run(
-        [sys.executable, "-m", "ursa.cli", *args],
+        [sys.executable, "-m", "app.cli", *args],
         capture_output=True,
         text=True,
         timeout=300,
@@ -188,17 +188,19 @@ def version_server() -> Iterator[str]:
 
 
 def test_status_of_a_trained_data_folder(data_dir: Path, version_server: str) -> None:
+    from tasks.leaderboard import best_trial
     from tasks.registry import release_model
     from tasks.sweep import (
-        best_trial,
         diagnose_in_sweep,
         finish_sweep,
         log_best_model,
         start_sweep,
         trial_grid,
     )
+    from tasks.tensor_cache import tensor_cache
     from tasks.tracking import experiment_id
-    from tasks.train import TrainConfig, run_trial, tensor_cache
+    from tasks.train import TrainConfig
+    from tasks.trial import run_trial
 
     dataset = digits_dataset(data_dir, per_class=8, classes=3)
     settings = Settings.from_env()
@@ -251,7 +253,7 @@ def test_the_checks_read_the_same_annotations_the_flow_has(command: str) -> None
     import importlib
     import typing
 
-    from ursa.parameters import flow_annotations
+    from app.parameters import flow_annotations
 
     module, name = cli.FLOWS[command]
     flow = getattr(importlib.import_module(module), name)

@@ -6,7 +6,16 @@ import math
 
 import pytest
 
-from tasks.diagnosis import DIVERGED, GOOD, OVERFITTING, TOO_SLOW, UNDERFITTING, diagnose
+from tasks.diagnosis import (
+    DIVERGED,
+    GOOD,
+    OVERFITTING,
+    TOO_FEW_STEPS,
+    TOO_SLOW,
+    UNDERFITTING,
+    diagnose,
+    sweep_advice,
+)
 
 
 def test_a_nan_or_exploding_loss_is_diverged() -> None:
@@ -68,3 +77,22 @@ def test_the_clean_training_loss_decides_underfitting_when_given() -> None:
     # but the final model scored on training images like validation fits them well.
     assert diagnose(curve, val, clean_train_loss=0.05).label == GOOD
     assert diagnose(curve, val, clean_train_loss=0.5).label == UNDERFITTING
+
+
+def test_one_epochs_validation_loss_with_a_sane_training_loss_is_not_divergence() -> None:
+    """The from-scratch trial of issue #21: 4 steps, training loss 1.37 -> 1.79 (finite, no
+    explosion), validation loss 28.9 against 1.37 untrained. Not a rate that is too high."""
+    d = diagnose([1.47], [28.94], initial_loss=1.373, steps=4)
+    assert d.label == TOO_FEW_STEPS and d.usable, d.evidence
+    assert "only 4 optimizer steps" in d.evidence and "pretrained weights" in d.evidence
+    # With enough steps, one epoch's exploded validation loss still does not make it diverged...
+    assert diagnose([1.0], [28.94], initial_loss=1.373, steps=40).label != DIVERGED
+    # ...but a validation loss that explodes and stays up across epochs does.
+    d = diagnose([1.2, 1.0], [28.9, 30.2], initial_loss=1.373, steps=80)
+    assert d.label == DIVERGED and "last 2 epochs" in d.evidence
+    # Evidence from training itself needs no minimum of steps.
+    assert diagnose([1.37, 2.5], initial_loss=1.37, steps=2).label == DIVERGED
+    assert diagnose([1.37, math.nan], steps=2).label == DIVERGED
+    (advice,) = sweep_advice([TOO_FEW_STEPS, GOOD])
+    assert "1 of 2 trials" in advice and "more epochs" in advice
+    assert sweep_advice([GOOD, DIVERGED]) == []

@@ -7,36 +7,28 @@ champion, and /predict answers with that version.
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
 from flows.ingest import ingest
 from flows.pipeline import pipeline
 from flows.release import release
 from serving.app import create_app
+from tasks.deploy import DeployError
 from tasks.manifest import ImageRow, UrlRow, read_rows
 from tests.live import LiveServer
+from tests.runs import artifacts, task_runs
 from ursa.settings import Settings
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 TOKEN = "flow-test-token"
 
 
-async def _artifact_keys(keys: list[str]) -> set[str]:
-    async with get_client() as client:
-        found = await client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys))
-        )
-    return {a.key for a in found}
-
-
 def test_ingest_flow_records_every_url_and_builds_a_split_dataset(data_dir: Path) -> None:
-    result = ingest(source="embedded", max_per_class=8, timeout_s=3.0)
+    state = ingest(source="embedded", max_per_class=8, timeout_s=3.0, return_state=True)
+    result = state.result()
     urls = read_rows(Path(result.url_manifest), UrlRow)
     lists = sorted((data_dir / "urls").glob("*.txt"))
     listed = sum(1 for f in lists for line in f.read_text().splitlines() if line.strip())
@@ -63,10 +55,8 @@ def test_ingest_flow_records_every_url_and_builds_a_split_dataset(data_dir: Path
         if r.status in ("kept", "duplicate", "near_duplicate"):
             groups.setdefault(r.group, set()).add(r.split or "removed")
     assert all(len(s - {"removed"}) <= 1 for s in groups.values()), "a group straddles the split"
-    assert asyncio.run(_artifact_keys(["ingest-outcomes", "ingest-summary"])) == {
-        "ingest-outcomes",
-        "ingest-summary",
-    }
+    published = artifacts(state.state_details.flow_run_id)
+    assert {"ingest-outcomes", "ingest-summary"} <= set(published)
 
     again = ingest(source="embedded", max_per_class=8, timeout_s=3.0)
     assert again.dataset.digest == result.dataset.digest
@@ -76,18 +66,21 @@ def test_pipeline_end_to_end_serves_the_new_champion(
     data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("URSA_ADMIN_TOKEN", TOKEN)
+    monkeypatch.setenv("URSA_MLFLOW_UI_URL", "http://mlflow.example:5000")
     settings = Settings.from_env()
     with LiveServer(create_app(settings)) as server, server.client() as http:
         assert http.get("/readyz").status_code == 503  # nothing registered yet
 
-        result = pipeline(
+        state = pipeline(
             source="embedded",
             max_per_class=15,
             lrs=[3e-3],
             epochs=[1, 2],
             image_size=16,
             serve_url=server.url,
+            return_state=True,
         )
+        result = state.result()
         released = result.release.release
         assert released.promoted and released.champion_version == "1"
         assert result.release.deploy.served_version == "1"
@@ -125,25 +118,46 @@ def test_pipeline_end_to_end_serves_the_new_champion(
     history = client.get_metric_history(result.train.best.run_id, "val_accuracy")
     assert [m.step for m in history] == list(range(result.train.best.epochs))
     assert str(client.get_model_version_by_alias(settings.model_name, "champion").version) == "1"
-    assert asyncio.run(_artifact_keys(["sweep-leaderboard", "release-note"])) == {
-        "sweep-leaderboard",
-        "release-note",
-    }
+    published = artifacts(state.state_details.flow_run_id)
+    for key in ("ingest-outcomes", "ingest-summary", "sweep-leaderboard", "release-note"):
+        assert key in published, key
+    sweep, parent_id = published["sweep-summary"], parent.info.run_id
+    assert f"- best: **{result.train.best.name}**" in sweep and f"`{parent_id}`" in sweep
+    assert "## Excluded trials" in sweep
+    links = published["pipeline-links"]
+    ui = "http://mlflow.example:5000/#"
+    assert f"({ui}/experiments/{parent.info.experiment_id}/runs/{parent_id})" in links
+    assert f"({ui}/models/{settings.model_name}/versions/1)" in links
+    assert f"- server: {server.url}" in links
 
 
-def test_release_fails_loudly_when_the_server_does_not_follow(
+def test_release_fails_after_two_retries_when_the_server_is_down_and_it_catches_up(
     data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("URSA_ADMIN_TOKEN", TOKEN)
-    with pytest.raises(Exception, match="did not answer the reload|refused the reload"):
-        pipeline(
-            source="embedded",
-            max_per_class=6,
-            lrs=[3e-3],
-            epochs=[1],
-            image_size=16,
-            serve_url="http://127.0.0.1:9",  # nothing listens on the discard port
-        )
+    settings = Settings.from_env()
+    state = pipeline(
+        source="embedded",
+        max_per_class=6,
+        lrs=[3e-3],
+        epochs=[1],
+        image_size=16,
+        serve_url="http://127.0.0.1:9",  # nothing listens on the discard port
+        return_state=True,
+    )
+    assert state.is_failed()
+    with pytest.raises(DeployError, match="did not answer the reload") as caught:
+        state.result()
+    assert not caught.value.refused
+    [redeploy] = task_runs(state.state_details.flow_run_id, "redeploy")
+    assert redeploy.run_count == 3  # the first try and two retries
+    assert "redeploy failed" in artifacts(state.state_details.flow_run_id)["release-note"]
+    # The registry moved on (only a refusal puts the aliases back) ...
+    client = MlflowClient(settings.tracking_uri)
+    assert str(client.get_model_version_by_alias(settings.model_name, "champion").version) == "1"
+    # ... so the server serves the new champion as soon as it is back.
+    with LiveServer(create_app(settings)) as server, server.client() as http:
+        assert http.get("/version").json()["version"] == "1"
 
 
 def test_bad_url_source_names_the_path(data_dir: Path) -> None:

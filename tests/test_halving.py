@@ -6,7 +6,15 @@ import math
 
 import pytest
 
-from tasks.halving import budget, promoted, rung_trials, rungs
+from tasks.halving import (
+    budget,
+    noise,
+    projected_epochs,
+    promoted,
+    rung_trials,
+    rungs,
+    successive_halving,
+)
 from tasks.train import TrialResult
 
 
@@ -42,3 +50,33 @@ def test_budget_counts_the_epochs_saved_against_the_full_grid() -> None:
     spent = budget(lrs, epochs, [_r(lr, 1, 0.9) for lr in lrs] + [_r(3e-3, 2, 0.95)])
     assert (spent.grid_epochs, spent.used_epochs, spent.saved_epochs) == (21, 5, 16)
     assert "5 of 21" in str(spent)
+
+
+def test_trials_tied_within_noise_go_on_while_the_budget_allows() -> None:
+    rung = [_r(lr, 1, acc) for lr, acc in [(1, 0.95), (2, 0.94), (3, 0.935), (4, 0.93), (5, 0.5)]]
+    assert promoted(rung, eta=3) == [1]  # no validation count: the best 1/eta
+    # 0.94 vs 0.935 on 360 images differ by less than the noise (1.8 points): a tie at the cut.
+    assert noise(0.94, 360) == pytest.approx(0.0177, abs=1e-4)
+    assert promoted(rung, 3, n_valid=360, spare_epochs=100, later=[2]) == [1, 2, 3, 4]
+    assert promoted(rung, 3, n_valid=360, spare_epochs=6, later=[2]) == [1, 2, 3]
+    assert promoted(rung, 3, n_valid=360, spare_epochs=0, later=[2]) == [1]
+    assert promoted(rung, 3, n_valid=100_000, spare_epochs=100, later=[2]) == [1]  # not tied
+    assert projected_epochs(3, [2, 4], 3) == 3 * 2 + 1 * 4
+
+
+def test_successive_halving_trains_rung_by_rung_within_the_budget() -> None:
+    """The rung loop without a flow: six rates over epochs 1, 2, 4 (42 grid epochs); ties
+    within noise keep a third rate at the first rung, and the total stays under 40%."""
+    accuracy = {1: 0.90, 2: 0.93, 3: 0.94, 4: 0.935, 5: 0.80, 6: 0.10}
+    ran: list[list[tuple[float, int]]] = []
+
+    def run(trials):
+        ran.append([(t.lr, t.epochs) for t in trials])
+        return [_r(t.lr, t.epochs, accuracy[t.lr] + t.epochs / 100) for t in trials]
+
+    results = successive_halving([1, 2, 3, 4, 5, 6], [4, 1, 2], 3, run, n_valid=360, log=str)
+    assert ran[0] == [(lr, 1) for lr in (1, 2, 3, 4, 5, 6)]
+    assert sorted(ran[1]) == [(2, 2), (3, 2), (4, 2)]  # 0.93 is within noise of 0.935
+    assert ran[2] == [(3, 4)]
+    spent = budget([1, 2, 3, 4, 5, 6], [1, 2, 4], results)
+    assert spent.used_epochs == 16 and spent.fraction <= 0.4

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from standins.imagehost import ImageHost
 from tasks.manifest import DOWNLOAD_OUTCOMES
 from ursa.embedded import write_embedded_images
-from ursa.imagehost import ImageHost
 
 
 def fetch(url: str, timeout: float = 5.0) -> tuple[int, str, bytes]:

@@ -17,10 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from tasks.download import JOURNAL, DownloadOptions, download_urls, read_url_lists
+from standins.imagehost import ImageHost
+from tasks.download import DownloadOptions, download_urls, read_url_lists
 from tasks.manifest import UrlRow, data_dir_lock
 from ursa.embedded import write_embedded_images
-from ursa.imagehost import ImageHost
+from ursa.layout import Layout
 
 REPO = Path(__file__).resolve().parents[1]
 CHILD = """
@@ -41,7 +42,7 @@ def slow_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ImageHost]:
 
 def journal_urls(data_dir: Path) -> list[str]:
     urls = []
-    for line in (data_dir / JOURNAL).read_text(encoding="utf-8").splitlines():
+    for line in (Layout(data_dir).journal).read_text(encoding="utf-8").splitlines():
         try:
             urls.append(json.loads(line)["url"])
         except ValueError:
@@ -63,7 +64,7 @@ def test_sigkill_half_way_then_rerun(slow_host: ImageHost, data_dir: Path, tmp_p
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     try:
-        journal = data_dir / JOURNAL
+        journal = Layout(data_dir).journal
         deadline = time.monotonic() + 60
         while not (journal.exists() and len(journal.read_text().splitlines()) >= 30):
             assert child.poll() is None, "the download finished before it could be killed"
@@ -79,8 +80,11 @@ def test_sigkill_half_way_then_rerun(slow_host: ImageHost, data_dir: Path, tmp_p
     assert 30 <= len(before) < len(rows), "killed half-way, not at the start or the end"
     fetched_before = sum(slow_host.request_counts().values())
     # A kill can cut the last line short: simulate the worst case.
-    with open(data_dir / JOURNAL, "a", encoding="utf-8") as fh:
+    with open(Layout(data_dir).journal, "a", encoding="utf-8") as fh:
         fh.write('{"url": "http://127.0.0.1/cut-sh')
+    # And the temporary file that a kill in the middle of a spilled body leaves behind (this
+    # kill rarely lands there): the next run removes it.
+    (data_dir / "raw" / ".part-killed.tmp").write_bytes(b"half a body")
 
     out = download_urls(rows, data_dir, DownloadOptions(concurrency=8, per_host=8))
 
@@ -110,6 +114,23 @@ def test_sigkill_half_way_then_rerun(slow_host: ImageHost, data_dir: Path, tmp_p
     assert all(slow_host.requests_for(r.url) >= 2 for r in rows)
 
 
+def test_a_row_is_shown_done_only_once_its_journal_line_is_written(
+    slow_host: ImageHost, data_dir: Path
+) -> None:
+    rows = [_row(f"{slow_host.base_url}/img/0/{i:04d}.png") for i in range(0, 100, 10)]
+    rows.append(_row(f"{slow_host.base_url}/img/0/gone.png"))  # a final answer too: a 404
+    shown, unwritten = [], []
+
+    def progress(row: UrlRow) -> None:  # reads the file, as a run after a kill would
+        shown.append(row.url)
+        if row.url not in journal_urls(data_dir):
+            unwritten.append(row.url)
+
+    download_urls(rows, data_dir, DownloadOptions(concurrency=4), progress=progress)
+    assert sorted(shown) == sorted(r.url for r in rows)
+    assert unwritten == []
+
+
 def test_transient_failures_are_tried_again_on_resume(slow_host: ImageHost, data_dir: Path) -> None:
     url = f"{slow_host.base_url}/flaky/1/0001.png?status=503&times=1"
     options = DownloadOptions(retries=0)
@@ -130,3 +151,54 @@ def test_a_second_ingest_on_the_same_folder_is_refused(data_dir: Path) -> None:
 
 def _row(url: str) -> UrlRow:
     return UrlRow(url=url, label="x")
+
+
+def test_a_10000_url_download_killed_half_way_resumes(
+    host: ImageHost, data_dir: Path, tmp_path: Path
+) -> None:
+    """At scale: 10,000 URLs (tiny images, no latency), SIGKILL mid-run, then a rerun that
+    reports every URL once, fetches only what the journal does not hold, and leaves one
+    journal line per URL."""
+    files = sorted(p.relative_to(host.image_root).as_posix() for p in host.image_root.glob("*/*"))
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    by_label: dict[str, list[str]] = {}
+    for i in range(10_000):
+        name = files[i % len(files)]
+        by_label.setdefault(name.split("/")[0], []).append(f"{host.base_url}/img/{name}?copy={i}\n")
+    for label, urls in by_label.items():
+        (lists / f"{label}.txt").write_text("".join(urls))
+    rows = read_url_lists(lists)
+    assert len(rows) == 10_000
+
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(lists), str(data_dir)],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    try:
+        journal = Layout(data_dir).journal
+        deadline = time.monotonic() + 120
+        while not (journal.exists() and journal.stat().st_size > 3_000 * 200):
+            assert child.poll() is None, "the download finished before it could be killed"
+            assert time.monotonic() < deadline, "the download never got going"
+            time.sleep(0.05)
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=10)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    before = journal_urls(data_dir)
+    assert 1_000 <= len(before) < 10_000, "killed half-way"
+    fetched_before = sum(host.request_counts().values())
+
+    reported: list[str] = []
+    # Deadlines far above need: on a busy machine an answer may wait, and this is no timing test.
+    options = DownloadOptions(concurrency=32, timeout_s=300, attempt_timeout_s=120)
+    out = download_urls(rows, data_dir, options, progress=reported.append)
+    failed = [r for r in out if r.outcome != "ok"]
+    assert not failed and len(out) == 10_000, failed[:3]
+    assert sorted(r.url for r in reported) == sorted(r.url for r in rows)  # progress: each once
+    assert sum(host.request_counts().values()) - fetched_before == 10_000 - len(before)
+    assert all(host.requests_for(url) == 1 for url in before)
+    assert sorted(journal_urls(data_dir)) == sorted(r.url for r in rows)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tasks.download import download_urls
-from tasks.sources import read_csv_urls, read_source, url_rows
+from tasks.sources import read_csv_urls, read_source
 from tasks.verify import verify_rows
 
 
@@ -67,5 +67,4 @@ def test_folder_of_images_needs_no_download(digits: Path, data_dir: Path, tmp_pa
 def test_source_that_holds_nothing_is_named(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="empty holds no"):
-        with url_rows(str(tmp_path / "empty"), tmp_path / "data"):
-            pass
+        read_source(tmp_path / "empty", tmp_path / "data")

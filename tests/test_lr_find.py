@@ -11,8 +11,9 @@ from mlflow import MlflowClient
 
 from tasks.lr_find import centred_lrs, lr_find, run_lr_find, suggest
 from tasks.sweep import start_sweep, trial_grid
+from tasks.tensor_cache import load_tensors, tensor_cache
 from tasks.tracking import experiment_id
-from tasks.train import TrainConfig, load_tensors, tensor_cache
+from tasks.train import TrainConfig
 from tests.datasets import digits_dataset
 from ursa.settings import Settings
 

@@ -10,8 +10,10 @@ import pytest
 from mlflow import MlflowClient
 
 from tasks.sweep import finish_sweep, start_sweep, trial_grid
+from tasks.tensor_cache import tensor_cache
 from tasks.tracking import experiment_id, use_tracking_uri
-from tasks.train import TrainConfig, run_trial, tensor_cache
+from tasks.train import TrainConfig
+from tasks.trial import run_trial
 from tests.datasets import digits_dataset
 from tests.servers import mlflow_server, postgres
 from ursa.settings import Settings

@@ -20,6 +20,7 @@ from torch import nn
 
 from serving.app import create_app
 from tests.live import LiveServer
+from ursa.feedback import feedback_items, read_feedback
 from ursa.package import log_package
 from ursa.settings import Settings
 
@@ -60,7 +61,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
             model_uri = log_package(model, {**meta, "std": [0.25] * 3})
         version = mlflow.register_model(model_uri, NAME).version
     MlflowClient(uri).set_registered_model_alias(NAME, "champion", version)
-    settings = Settings(data_dir=data_dir, tracking_uri=uri, model_name=NAME, poll_interval_s=0)
+    settings = Settings(
+        data_dir=data_dir,
+        tracking_uri=uri,
+        model_name=NAME,
+        poll_interval_s=0,
+        log_images_max_bytes=1_000_000,  # kept images can receive feedback
+    )
     with LiveServer(create_app(settings)) as live:
         yield live
 
@@ -135,3 +142,18 @@ def test_page_shows_the_servers_error_for_a_non_image(page: Page, tmp_path: Path
     page.set_input_files("#file", str(text))
     expect(page.locator("#error")).to_contain_text("Content-Type")
     expect(page.locator("#results")).to_be_hidden()
+
+
+def test_a_person_says_the_answer_was_wrong(page: Page, server: LiveServer, tmp_path: Path) -> None:
+    picture = tmp_path / "teddy.png"
+    picture.write_bytes(png((200, 150, 90)))
+    page.set_input_files("#file", str(picture))
+    check_results(page)
+    assert server.app.state.prediction_log.drain()  # the image is kept before anyone answers
+    page.click("#wrong")
+    page.select_option("#correct-class", "teddy")
+    page.click("#send-correct")
+    expect(page.locator("#feedback-status")).to_contain_text("Thank you")
+    expect(page.locator("#wrong")).to_be_disabled()
+    [item] = feedback_items(read_feedback(server.app.state.settings.data_dir))
+    assert (item["label"], item["state"]) == ("teddy", "pending")

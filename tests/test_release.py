@@ -24,9 +24,10 @@ from torch import nn
 from flows.release import release
 from flows.rollback import rollback
 from serving.app import create_app
-from tasks.deploy import DeployError, redeploy
+from tasks.deploy import Aliases, DeployError, redeploy, redeploy_or_put_back
 from tasks.manifest import Dataset, ImageRow, read_rows, write_dataset
 from tasks.registry import RollbackError, release_model, rollback_model
+from tasks.reports import release_note
 from tests.datasets import digits_dataset
 from tests.live import LiveServer
 from ursa.package import PackageError, log_package, resolve_models_uri
@@ -59,8 +60,23 @@ def always(index: int, classes: list[str]) -> nn.Module:
     )
 
 
+class FailsOnBlank(nn.Module):
+    """Scales each image by its own spread: fine on real pictures, NaN on a blank one.
+
+    The gate scores it on real images and promotes it; the server's warm-up on a blank image
+    then refuses it, which is the one refusal a release can meet after its gate.
+    """
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x / x.flatten(1).std(dim=1).view(-1, 1, 1, 1))
+
+
 def log_models(settings: Settings, classes: list[str], names: list[str]) -> dict[str, str]:
-    """Log one always-<class> package per name ("c0", "c1", ...), each in its own run."""
+    """Log one always-<class> package per name ("c0", "c1", ...; "b0": c0 failing on blanks)."""
     mlflow.set_tracking_uri(settings.tracking_uri)
     experiment = mlflow.create_experiment(
         "release-test", artifact_location=settings.artifact_location
@@ -70,7 +86,9 @@ def log_models(settings: Settings, classes: list[str], names: list[str]) -> dict
         with mlflow.start_run(experiment_id=experiment):
             meta = {"arch": "tiny", "classes": classes, "image_size": 16}
             meta |= {"mean": [0.5] * 3, "std": [0.25] * 3}
-            uris[name] = log_package(always(int(name[1]), classes), meta, name="model")
+            model = always(int(name[1]), classes)
+            model = FailsOnBlank(model) if name.startswith("b") else model
+            uris[name] = log_package(model, meta, name="model")
     return uris
 
 
@@ -133,6 +151,13 @@ def test_gate_margin_previous_and_rollback(data_dir: Path) -> None:
     rollback_model(name, uri)  # rolling back a rollback returns to where it started
     assert aliases(settings) == {"champion": "3", "previous": "1"}
 
+    # A validation split under the minimum promotes nothing, however the scores compare.
+    few = release_model(uris["c0"], dataset, name, uri, margin=0.1, min_valid=dataset.n_valid + 1)
+    assert not few.promoted and aliases(settings) == {"champion": "3", "previous": "1"}
+    assert f"holds {dataset.n_valid} images, under the minimum" in few.reason
+    assert few.reason in release_note(few, None)
+    assert client.get_model_version(name, few.candidate_version).tags["ursa.gate"] == "rejected"
+
     for bad in (-0.1, 1.0, float("nan")):
         with pytest.raises(ValueError, match="margin"):
             release_model(uris["c0"], dataset, name, uri, margin=bad)
@@ -161,6 +186,7 @@ def test_rollback_flow_redeploys_and_refuses_a_broken_previous(
     data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("URSA_ADMIN_TOKEN", TOKEN)
+    monkeypatch.setenv("URSA_RELEASE_MIN_VALID", "0")  # 5 validation images: nothing would pass
     settings = Settings.from_env()
     dataset = skewed_dataset(data_dir)
     classes = list(dataset.classes)
@@ -208,3 +234,69 @@ def test_redeploy_against_a_server_that_is_down_is_not_a_refusal() -> None:
     with pytest.raises(DeployError, match="did not answer") as caught:
         redeploy("http://127.0.0.1:9", TOKEN, "1", timeout_s=2)
     assert not caught.value.refused
+
+
+def refused_admin_reloads(metrics: str) -> float:
+    prefix = 'ursa_model_reloads_total{outcome="refused",trigger="admin"} '
+    lines = [line for line in metrics.splitlines() if line.startswith(prefix)]
+    return float(lines[0].split()[-1]) if lines else 0.0
+
+
+def test_redeploy_or_put_back_restores_the_aliases_only_on_a_refusal(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("URSA_ADMIN_TOKEN", TOKEN)
+    settings = Settings.from_env()
+    dataset = skewed_dataset(data_dir)
+    uris = log_models(settings, list(dataset.classes), ["c1", "c0"])
+    name, uri = settings.model_name, settings.tracking_uri
+    release_model(uris["c1"], dataset, name, uri)  # v1
+    with LiveServer(create_app(settings)) as server, server.client() as http:
+        release_model(uris["c0"], dataset, name, uri)  # v2: champion 2, previous 1
+        corrupt(settings, "2")
+        # A server that is down refused nothing: the aliases stay where the release put them.
+        with pytest.raises(DeployError, match="did not answer") as down:
+            redeploy_or_put_back("http://127.0.0.1:9", TOKEN, "2", name, uri, Aliases("1", ""))
+        assert not down.value.refused
+        assert aliases(settings) == {"champion": "2", "previous": "1"}
+        # Nothing to put back: the refusal is raised and the aliases are left alone.
+        with pytest.raises(DeployError, match="refused version 2"):
+            redeploy_or_put_back(server.url, TOKEN, "2", name, uri, None)
+        assert aliases(settings) == {"champion": "2", "previous": "1"}
+
+        with pytest.raises(DeployError, match="back on '1'") as refused:
+            redeploy_or_put_back(server.url, TOKEN, "2", name, uri, Aliases("1", ""))
+        assert refused.value.refused
+        assert aliases(settings) == {"champion": "1"}  # `previous` did not exist before
+        assert http.get("/version").json()["version"] == "1"
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_release_flow_puts_the_aliases_back_when_the_server_refuses(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("URSA_ADMIN_TOKEN", TOKEN)
+    settings = Settings.from_env()
+    dataset = skewed_dataset(data_dir)
+    classes = list(dataset.classes)
+    uris = log_models(settings, classes, ["c1", "b0"])
+    name, uri = settings.model_name, settings.tracking_uri
+    release_model(uris["c1"], dataset, name, uri)  # v1, served below
+    with LiveServer(create_app(settings)) as server, server.client() as http:
+        with pytest.raises(DeployError, match="refused version 2.*back on '1'") as caught:
+            release(
+                model_uri=uris["b0"], dataset_manifest=dataset.manifest_path, serve_url=server.url
+            )
+        assert caught.value.refused
+        # The gate promoted it (always-0 scores 0.4 against 0.2); the refusal undid that.
+        versions = MlflowClient(uri).search_model_versions(f"name='{name}'")
+        assert {str(v.version): v.tags["ursa.gate"] for v in versions} == {
+            "1": "promoted",
+            "2": "promoted",
+        }
+        assert aliases(settings) == {"champion": "1"}
+        assert http.get("/readyz").json()["version"] == "1"
+        answer = http.post("/predict?k=1", content=png(), headers={"content-type": "image/png"})
+        assert answer.json()["predictions"][0]["label"] == classes[1]
+        # A refusal is final: the redeploy task did not ask again.
+        assert refused_admin_reloads(http.get("/metrics").text) == 1

@@ -7,15 +7,19 @@ small images is a product decision that ``open_image(min_side=...)`` can make la
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import io
+import re
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import mlflow
 import numpy as np
 import pytest
@@ -23,6 +27,7 @@ import torch
 from mlflow import MlflowClient
 from PIL import Image
 from starlette.requests import Request
+from starlette.routing import Mount, Route
 from torch import nn
 
 import serving.models
@@ -56,6 +61,7 @@ class Registry:
             model_name=NAME,
             max_body_bytes=MAX_BODY,
             max_image_pixels=1_000_000,
+            poll_interval_s=0,  # tests move the alias: no server may follow it on its own
         )
         return dataclasses.replace(base, **changes)
 
@@ -415,8 +421,19 @@ BAD_INPUTS = {
 }
 
 
-def test_the_bad_input_corpus_is_large() -> None:
-    assert len(BAD_INPUTS) >= 20
+def test_the_bad_input_corpus_covers_every_refusal_the_server_has() -> None:
+    """Every status the upload path answers and every reason an image is refused for."""
+    uploads = (ROOT / "serving" / "uploads.py").read_text()
+    images = (ROOT / "ursa" / "images.py").read_text()
+    statuses = {int(s) for s in re.findall(r"UploadError\(\s*(\d{3})", uploads)}
+    reasons = set(re.findall(r'ImageError\(\s*"(\w+)"', images))
+    assert statuses and reasons  # the patterns still find what they look for
+    reasons.discard("too_small")  # the server asks for no minimum side
+    statuses |= {400, 422}  # decode(): an empty upload, an unusable image
+    covered_statuses = {status for _, _, status, _ in BAD_INPUTS.values()}
+    covered_reasons = {reason for _, _, _, reason in BAD_INPUTS.values()}
+    assert statuses <= covered_statuses
+    assert reasons <= covered_reasons
 
 
 @pytest.mark.parametrize("case", BAD_INPUTS, ids=list(BAD_INPUTS))
@@ -440,7 +457,54 @@ AWKWARD_BUT_VALID = {
     "grayscale png": ("image/png", lambda: encode(Image.new("L", (20, 20), 99), "PNG")),
     "rgba png": ("image/png", lambda: encode(Image.new("RGBA", (20, 20), (1, 2, 3, 0)), "PNG")),
     "webp": ("image/webp", lambda: encode(Image.new("RGB", (20, 20)), "WEBP")),
+    "palette png": ("image/png", lambda: encode(palette_image(), "PNG")),
 }
+
+
+def palette_image() -> Image.Image:
+    """Three palette colours in bands; index 2 is the one a PNG may mark transparent."""
+    im = Image.new("P", (20, 20), 0)
+    im.putpalette([200, 30, 90, 10, 120, 240, 0, 0, 0] + [0] * (3 * 253))
+    im.paste(1, (0, 7, 20, 14))
+    im.paste(2, (0, 14, 20, 20))
+    return im
+
+
+def probabilities(served: LiveServer, data: bytes) -> list[float]:
+    with served.client() as client:
+        response = client.post("/predict?k=3", content=data, headers={"content-type": "image/png"})
+    assert response.status_code == 200, response.text
+    return [p["probability"] for p in sorted(response.json()["predictions"], key=str)]
+
+
+@pytest.mark.parametrize("transparent", [False, True], ids=["opaque", "transparent index"])
+def test_palette_images_are_classified_as_their_rgb_pixels(
+    served: LiveServer, transparent: bool
+) -> None:
+    palette = palette_image()
+    rgb = palette.convert("RGB")
+    if transparent:  # the transparent index is composited on white, like any transparency
+        rgb.paste((255, 255, 255), (0, 14, 20, 20))
+    served_palette = encode(palette, "PNG", **({"transparency": 2} if transparent else {}))
+    assert probabilities(served, served_palette) == pytest.approx(
+        probabilities(served, encode(rgb, "PNG")), abs=1e-6
+    )
+
+
+@pytest.mark.parametrize("fields, status", [(8, 200), (9, 400)])
+def test_up_to_eight_form_fields_beside_the_file(
+    served: LiveServer, fields: int, status: int
+) -> None:
+    parts = [(f"note{i}", None, b"x") for i in range(fields)] + [("a", "a.png", image_bytes())]
+    with served.client() as client:
+        response = client.post(
+            "/predict",
+            content=multipart(parts),
+            headers={"content-type": "multipart/form-data; boundary=xyzzy"},
+        )
+    assert response.status_code == status, response.text
+    if status == 400:
+        assert response.json()["reason"] == "bad_form"
 
 
 @pytest.mark.parametrize("case", AWKWARD_BUT_VALID, ids=list(AWKWARD_BUT_VALID))
@@ -571,6 +635,7 @@ def test_metrics_count_routes_statuses_batches_and_the_version(served: LiveServe
     assert value("ursa_batch_size_count") >= 3
     assert value("ursa_batch_size_sum") >= 3
     assert value(f'ursa_model_version_info{{model="{NAME}",version="1"}}') == 1.0
+    assert value("ursa_event_loop_lag_seconds_count") >= 1  # watched since the start
 
 
 def test_openapi_describes_every_route_and_nothing_else(registry: Registry) -> None:
@@ -579,7 +644,13 @@ def test_openapi_describes_every_route_and_nothing_else(registry: Registry) -> N
         with LiveServer(app) as server, server.client() as client:
             schema = client.get("/openapi.json").json()
         assert schema["openapi"].startswith("3.")
-        routes = {(route.path, m.lower()) for route in app.routes for m in route.methods - {"HEAD"}}
+        routes = {
+            (route.path, m.lower())
+            for route in app.routes
+            if isinstance(route, Route)
+            for m in route.methods - {"HEAD"}
+        }
+        routes |= {(f"{m.path}/{{path}}", "get") for m in app.routes if isinstance(m, Mount)}
         described = {(path, method) for path, ops in schema["paths"].items() for method in ops}
         assert described == routes
         assert (("/admin/reload", "post") in described) == admin_route
@@ -620,10 +691,14 @@ def test_upload_page_is_served_with_a_strict_policy(served: LiveServer) -> None:
     assert page.headers["content-type"].startswith("text/html")
     policy = page.headers["content-security-policy"]
     assert "default-src 'none'" in policy and "connect-src 'self'" in policy
-    nonce = policy.split("'nonce-")[1].split("'")[0]
-    assert f'<script nonce="{nonce}">' in page.text
-    assert 'type="file"' in page.text and "predict?k=" in page.text
+    assert "script-src 'self'" in policy and "unsafe-inline" not in policy
+    assert '<script src="static/upload.js">' in page.text and "<script>" not in page.text
+    assert 'type="file"' in page.text and "style=" not in page.text
     assert "http://" not in page.text and "https://" not in page.text  # nothing external
+    with served.client() as client:
+        script = client.get("/static/upload.js")
+    assert script.status_code == 200 and "predict?k=" in script.text
+    assert "javascript" in script.headers["content-type"]
 
 
 def test_serving_settings_come_from_the_environment() -> None:
@@ -633,12 +708,142 @@ def test_serving_settings_come_from_the_environment() -> None:
         "URSA_POLL_INTERVAL_S": "0",
         "URSA_CORS_ORIGINS": "https://a.example, https://b.example/",
         "URSA_RELEASE_MARGIN": "0.02",
+        "URSA_MAX_QUEUE": "0",
+        "URSA_REQUEST_TIMEOUT_S": "2.5",
     }
     settings = Settings.from_env(env)
     assert (settings.batch_max_size, settings.batch_max_wait_ms) == (8, 2.5)
     assert settings.poll_interval_s == 0
     assert settings.cors_origins == ("https://a.example", "https://b.example")
     assert settings.release_margin == 0.02
-    for key, bad in (("URSA_BATCH_MAX_SIZE", "0"), ("URSA_BATCH_MAX_WAIT_MS", "-1")):
+    assert (settings.max_queue, settings.request_timeout_s) == (0, 2.5)  # 0: no bound
+    assert Settings.from_env({}).max_queue is None  # unset: sized from the answer rate
+    for key, bad in (
+        ("URSA_BATCH_MAX_SIZE", "0"),
+        ("URSA_BATCH_MAX_WAIT_MS", "-1"),
+        ("URSA_MAX_QUEUE", "-1"),
+        ("URSA_REQUEST_TIMEOUT_S", "nan"),
+    ):
         with pytest.raises(ValueError, match=key):
             Settings.from_env({key: bad})
+
+
+# -- load shedding over HTTP --------------------------------------------------------------
+
+
+class HeldPackage:
+    """The real package, but every batch waits until ``release`` is set."""
+
+    def __init__(self, real: object) -> None:
+        self.real = real
+        self.classes = real.classes
+        self.meta = real.meta
+        self.release = threading.Event()
+
+    def probabilities(self, images: list[Image.Image]) -> np.ndarray:
+        self.release.wait(60)
+        return self.real.probabilities(images)
+
+
+@contextlib.contextmanager
+def held_server(registry: Registry, **changes: object) -> Iterator[tuple[LiveServer, HeldPackage]]:
+    """A server of its own whose batches wait for the test to release them."""
+    registry.crown("1")
+    with LiveServer(create_app(registry.settings(**changes))) as server:
+        holder = server.app.state.holder
+        held = HeldPackage(holder.current.package)
+        holder._current = dataclasses.replace(holder.current, package=held)
+        try:
+            yield server, held
+        finally:
+            held.release.set()
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.01)
+
+
+def post_image(client: httpx.Client) -> httpx.Response:
+    return client.post("/predict", content=image_bytes(), headers={"content-type": "image/png"})
+
+
+def shed_count(server: LiveServer, reason: str) -> float:
+    with server.client() as client:
+        text = client.get("/metrics").text
+    series = f'ursa_shed_requests_total{{reason="{reason}"}} '
+    return float(next(line for line in text.splitlines() if line.startswith(series)).split()[-1])
+
+
+def check_overloaded(response: httpx.Response, reason: str) -> None:
+    assert response.status_code == 503, response.text
+    assert response.json()["reason"] == reason and response.json()["error"]
+    assert int(response.headers["retry-after"]) >= 1
+
+
+def test_a_full_queue_refuses_at_once_with_retry_after(registry: Registry) -> None:
+    with (
+        held_server(registry, max_queue=1, request_timeout_s=0) as (server, held),
+        ThreadPoolExecutor(1) as pool,
+    ):
+        admission = server.app.state.admission
+        first = pool.submit(post_image, server.client())
+        wait_until(lambda: admission.in_flight == 1, "the first request to take the place")
+        # Answered while the first request still holds the only place: nothing waited.
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            check_overloaded(post_image(client), "queue_full")
+        assert not first.done()
+        held.release.set()
+        check_prediction(first.result(timeout=60).json(), version="1")
+        assert shed_count(server, "queue_full") == 1
+        assert shed_count(server, "deadline") == 0
+        with server.client() as client:
+            text = client.get("/metrics").text
+        assert 'ursa_http_requests_total{method="POST",route="/predict",status="503"} 1.0' in text
+
+
+def test_a_request_past_its_deadline_is_refused(registry: Registry) -> None:
+    with held_server(registry, max_queue=0, request_timeout_s=0.5) as (server, held):
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            check_overloaded(post_image(client), "deadline")
+        assert not held.release.is_set()  # refused while its batch was still running
+        assert shed_count(server, "deadline") == 1
+        held.release.set()
+        assert_healthy(server)  # the abandoned batch's answer went nowhere
+
+
+def test_health_is_answered_during_a_burst(registry: Registry) -> None:
+    burst, places = 60, 8
+
+    async def burst_and_probe(server: LiveServer, held: HeldPackage) -> list[httpx.Response]:
+        limits = httpx.Limits(max_connections=burst + 2)
+        async with httpx.AsyncClient(base_url=server.url, timeout=60, limits=limits) as client:
+            sent = [
+                asyncio.ensure_future(
+                    client.post(
+                        "/predict", content=image_bytes(), headers={"content-type": "image/png"}
+                    )
+                )
+                for _ in range(burst)
+            ]
+            deadline = time.monotonic() + 60
+            while sum(task.done() for task in sent) < burst - places:
+                assert time.monotonic() < deadline, "the refusals did not come"
+                await asyncio.sleep(0.01)
+            # The queue is full and its requests wait on the model: the probes must not.
+            assert (await client.get("/healthz")).status_code == 200
+            assert (await client.get("/readyz")).status_code == 200
+            assert sum(task.done() for task in sent) == burst - places  # still held
+            held.release.set()
+            return await asyncio.gather(*sent)
+
+    with held_server(registry, max_queue=places, request_timeout_s=0) as (server, held):
+        responses = asyncio.run(burst_and_probe(server, held))
+        statuses = sorted(r.status_code for r in responses)
+        assert statuses == [200] * places + [503] * (burst - places)
+        for response in responses:
+            if response.status_code == 503:
+                check_overloaded(response, "queue_full")
+        assert shed_count(server, "queue_full") == burst - places

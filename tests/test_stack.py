@@ -13,10 +13,10 @@ import pytest
 from mlflow import MlflowClient
 from prefect.client.orchestration import PrefectClient
 
-from ursa.cli import project_dir
-from ursa.demo import free_port
+from app.cli import project_dir
+from app.demo import free_port
+from app.stack import PortBusy, Ports, Stack, check_port_free
 from ursa.settings import Settings
-from ursa.stack import PortBusy, Ports, Stack, check_port_free
 
 CUSTOM_RUN = {"max_per_class": 10, "lrs": [0.003], "epochs": [1], "image_size": 16}
 

@@ -12,10 +12,11 @@ import torchvision
 from mlflow import MlflowClient
 from PIL import Image
 
+from tasks.diagnosis import MIN_STEPS
+from tasks.leaderboard import best_trial
 from tasks.manifest import Dataset
 from tasks.sweep import (
     auto_workers,
-    best_trial,
     diagnose_in_sweep,
     finish_sweep,
     latest_model_uri,
@@ -26,6 +27,7 @@ from tasks.sweep import (
     torch_threads_kept,
     trial_grid,
 )
+from tasks.tensor_cache import load_tensors, tensor_cache
 from tasks.tracking import experiment_id
 from tasks.train import (
     MEAN,
@@ -33,20 +35,18 @@ from tasks.train import (
     TrainConfig,
     Trial,
     TrialResult,
-    WeightsUnavailable,
-    _inputs,
-    _optimizer,
-    _set_frozen,
     augment,
     build_model,
+    diagnose_fit,
     fit,
-    load_tensors,
-    resolve_weights,
-    run_trial,
+    model_inputs,
+    phase_optimizer,
     seeded_model,
-    tensor_cache,
+    set_frozen,
     training_phases,
 )
+from tasks.trial import batch_norm_note, run_trial
+from tasks.weights import WeightsUnavailable, resolve_weights
 from tests.datasets import digits_dataset
 from ursa.package import load_package, log_package, preprocess
 from ursa.settings import Settings
@@ -75,7 +75,7 @@ def test_serving_gives_the_model_what_training_gave_it(dataset: Dataset) -> None
     data = load_tensors(tensor_cache(dataset, 16))
     images = [Image.fromarray(x.permute(1, 2, 0).numpy()) for x in data.x_valid]
     served = preprocess(images, 16, MEAN, STD)
-    trained = _inputs(data.x_valid, torch.device("cpu"))  # no augmentation: validation
+    trained = model_inputs(data.x_valid, torch.device("cpu"))  # no augmentation: validation
     torch.testing.assert_close(served, trained, atol=1e-5, rtol=0)
     # NCHW in memory, not the permuted (channels_last) view: the exported model's
     # convolutions ran up to 30% slower on that.
@@ -114,6 +114,24 @@ def test_fit_is_seeded_and_learns(dataset: Dataset) -> None:
     assert len(first.step_losses) == 3 * math.ceil(dataset.n_train / SMALL.batch_size)
 
 
+def test_a_tiny_from_scratch_trial_is_not_called_diverged(dataset: Dataset, monkeypatch) -> None:
+    """Issue #21 in miniature: a few steps from scratch leave batch-norm running statistics
+    near their initial values; they are recomputed before validation, and the diagnosis says
+    that too few steps were taken instead of blaming the rate."""
+    data = load_tensors(tensor_cache(dataset, 16))
+    config = TrainConfig(image_size=16, batch_size=16)
+    fitted = fit(Trial(1e-3, 1), config, data)
+    (record,) = fitted.history
+    assert (record["steps"], record["bn_recomputed"]) == (3, 1.0)  # 36 images: 16, 16, 4
+    assert batch_norm_note(fitted.history).startswith("before the validation of epoch 1 of 1")
+    d = diagnose_fit(fitted.history, fitted.step_losses[0])
+    assert d.label == "too_few_steps" and "only 3 optimizer steps" in d.evidence, d.evidence
+    monkeypatch.setattr("tasks.train.BN_RECOMPUTE_STEPS", 0)  # the statistics training left
+    stale = fit(Trial(1e-3, 1), config, data).history[0]
+    assert stale["bn_recomputed"] == 0.0 and batch_norm_note([stale]) == "no"
+    assert record["val_loss"] < stale["val_loss"], (record["val_loss"], stale["val_loss"])
+
+
 def test_augment_transforms_whole_batches_reproducibly() -> None:
     x = torch.rand(6, 3, 16, 16)
     a = augment(x, torch.Generator().manual_seed(1))
@@ -138,11 +156,11 @@ def test_fine_tuning_freezes_then_unfreezes_with_discriminative_rates(
     assert training_phases(Trial(1e-3, 3), SMALL) == [("scratch", 3)]
 
     model = build_model(config, 4)
-    _set_frozen(model, True)
+    set_frozen(model, True)
     assert not model.conv1.weight.requires_grad and not model.layer4[0].conv1.weight.requires_grad
     assert model.bn1.weight.requires_grad and model.fc.weight.requires_grad
-    _set_frozen(model, False)
-    optimizer, rates = _optimizer(model, "unfrozen", 1e-3)
+    set_frozen(model, False)
+    optimizer, rates = phase_optimizer(model, "unfrozen", 1e-3)
     assert rates == pytest.approx([5e-6, 5e-5, 5e-4])
     assert [g["lr"] for g in optimizer.param_groups] == pytest.approx(rates)
     grouped = sum(len(g["params"]) for g in optimizer.param_groups)
@@ -160,9 +178,10 @@ def test_sweep_logs_parent_children_diagnoses_and_a_loadable_model(
     settings = Settings.from_env()
     experiment = experiment_id(settings)
     # One full batch per epoch: the loss of a step is not the noise of a small batch, so
-    # "barely moved" (1e-6) and "exploded" (10) read cleanly from two steps.
+    # "barely moved" (1e-6) and "exploded" (10) read cleanly; 10 epochs are the fewest steps
+    # a diagnosis other than too_few_steps needs.
     config = TrainConfig(image_size=16, batch_size=64)
-    trials = trial_grid([1e-6, 3e-3, 10.0], [2])
+    trials = trial_grid([1e-6, 3e-3, 10.0], [MIN_STEPS])
     parent = start_sweep(experiment, config, dataset, trials)
     cache = str(tensor_cache(dataset, config.image_size))
     results = [
@@ -176,9 +195,9 @@ def test_sweep_logs_parent_children_diagnoses_and_a_loadable_model(
     best = best_trial(results)
     assert best.lr != 10.0 and best.diagnosis != "diverged"
     excluded = finish_sweep(
-        parent, results, best, "6 of 6 grid epochs", tracking_uri=settings.tracking_uri
+        parent, results, best, "30 of 30 grid epochs", tracking_uri=settings.tracking_uri
     )
-    assert [e["trial"] for e in excluded] == ["lr=10 epochs=2"]
+    assert [e["trial"] for e in excluded] == [f"lr=10 epochs={MIN_STEPS}"]
     assert excluded[0]["diagnosis"] == "diverged" and excluded[0]["why"]
     model_uri = log_best_model(best, config, dataset, cache, parent, settings.tracking_uri)
 
@@ -189,7 +208,7 @@ def test_sweep_logs_parent_children_diagnoses_and_a_loadable_model(
     assert {c.info.run_id for c in children} == {r.run_id for r in results}
     for child in children:
         history = client.get_metric_history(child.info.run_id, "val_loss")
-        assert {m.step for m in history} <= {0, 1}  # a NaN loss is not logged
+        assert {m.step for m in history} <= set(range(MIN_STEPS))  # a NaN loss is not logged
         steps = client.get_metric_history(child.info.run_id, "train_loss_step")
         assert len(steps) >= 1
         assert child.data.params["dataset_digest"] == dataset.digest
@@ -205,7 +224,7 @@ def test_sweep_logs_parent_children_diagnoses_and_a_loadable_model(
         } <= artifacts
     parent_run = client.get_run(parent)
     assert parent_run.data.tags["ursa.best_run_id"] == best.run_id
-    assert "lr=10 epochs=2: diverged" in parent_run.data.tags["ursa.excluded"]
+    assert f"lr=10 epochs={MIN_STEPS}: diverged" in parent_run.data.tags["ursa.excluded"]
     parent_artifacts = {a.path for a in client.list_artifacts(parent)}
     assert {"leaderboard.json", "heatmap_val_accuracy.png", "excluded_trials.json"} <= (
         parent_artifacts
@@ -244,7 +263,7 @@ def test_trial_grid_refuses_bad_values() -> None:
 
 def test_pretrained_weights_come_from_a_local_file_or_a_clear_error(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
-    with pytest.raises(WeightsUnavailable, match="pretrained=False"):
+    with pytest.raises(WeightsUnavailable, match="not on this machine"):
         build_model(TrainConfig(pretrained=True), 3)
     weights = tmp_path / "resnet18.pth"
     reference = torchvision.models.resnet18(weights=None)
@@ -257,10 +276,11 @@ def test_pretrained_weights_come_from_a_local_file_or_a_clear_error(tmp_path, mo
 def test_missing_weights_fall_back_only_when_the_user_chose_so(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
     missing = str(tmp_path / "nope.pth")
+    nowhere = "http://127.0.0.1:9"  # the discard port: nothing listens, the download is refused
     with pytest.raises(WeightsUnavailable, match="nope.pth"):
-        resolve_weights(TrainConfig(pretrained=True, weights_path=missing))
+        resolve_weights(TrainConfig(pretrained=True, weights_path=missing), nowhere)
     config, note = resolve_weights(
-        TrainConfig(pretrained=True, weights_path=missing, if_no_weights="scratch")
+        TrainConfig(pretrained=True, weights_path=missing, if_no_weights="scratch"), nowhere
     )
     assert not config.pretrained and "from scratch" in note and "nope.pth" in note
     wrong = tmp_path / "wrong.pth"

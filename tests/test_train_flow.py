@@ -11,10 +11,11 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
+from app.cli import main
 from flows.train import train
 from tasks.sweep import auto_workers
 from tests.datasets import digits_dataset
-from ursa.cli import main
+from tests.runs import artifacts
 from ursa.settings import Settings
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -80,12 +81,29 @@ def test_missing_pretrained_weights_give_a_clear_message_not_a_traceback(
     manifest: str, tmp_path, monkeypatch, capsys
 ) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    monkeypatch.setenv("URSA_WEIGHTS_MIRROR", "http://127.0.0.1:9")  # offline: refused at once
     missing = str(tmp_path / "resnet18.pth")
     code = main(["train", "--dataset", manifest, "--pretrained", "--weights", missing])
     assert code == 2
     err = capsys.readouterr().err
     assert err.startswith("ursa: error: Pretrained weights for 'resnet18' were not found")
     assert "resnet18.pth" in err and "--if-no-weights scratch" in err
+
+
+def test_a_one_class_dataset_is_refused_before_training_naming_its_classes(
+    data_dir: Path, capsys
+) -> None:
+    one_class = digits_dataset(data_dir, per_class=12, classes=1).manifest_path
+    assert main(["train", "--dataset", one_class, "--epochs", "1", "--image-size", "16"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert err.startswith("ursa: error:"), err
+    assert "at least 2 classes" in err and "0: 9 train / 3 valid" in err, err
+    # The flow refuses it too (a run started from the UI), and says so in an artifact.
+    state = train(dataset_manifest=one_class, epochs=[1], image_size=16, return_state=True)
+    assert state.is_failed()
+    assert "dataset-check" in artifacts(state.state_details.flow_run_id)
+    client = MlflowClient(Settings.from_env().tracking_uri)
+    assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
 
 
 def test_default_grid_runs_trials_side_by_side_and_logs_its_time(manifest: str) -> None:

@@ -1,14 +1,18 @@
 """Decoding untrusted image bytes: the one place that turns bytes into a safe RGB picture.
 
 Used by verification at ingest and by the server on upload, so both accept and refuse the
-same files for the same reasons.
+same files for the same reasons. :func:`input_pixels` is the one picture-to-model-input step
+(resize policy included) that training, cleaning and serving share.
 """
 
 from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, get_args
 
+import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 # Known image signatures: anything else is not an image, whatever its Content-Type says.
@@ -115,3 +119,35 @@ def to_rgb(im: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return im.convert("RGB")
+
+
+# How a picture becomes the model's square input. "squash" stretches it to the square (right
+# for scans that are square already, as the digits are; it distorts photos); "crop" scales its
+# shorter side to the square and cuts the centre (fast.ai's default Resize); "pad" scales its
+# longer side to the square and fills the rest with black (the whole picture, smaller).
+ResizePolicy = Literal["squash", "crop", "pad"]
+RESIZE_POLICIES: tuple[str, ...] = get_args(ResizePolicy)
+
+
+def input_pixels(source: str | Path | Image.Image, size: int, policy: str = "squash") -> np.ndarray:
+    """An image file or picture -> uint8 RGB pixels (size, size, 3), resized by ``policy``.
+
+    The one image-to-tensor step: training's cache, cleaning and serving all call it, so the
+    model sees at serving time exactly what it was trained on. Files are read as they are
+    stored (ingest has applied EXIF orientation already); one bilinear resample each way.
+    """
+    if policy not in RESIZE_POLICIES:
+        raise ValueError(f"Resize policy is '{policy}', expected one of {RESIZE_POLICIES}.")
+    if isinstance(source, Image.Image):
+        im = to_rgb(source)
+    else:
+        with Image.open(source) as opened:
+            im = to_rgb(opened)
+    square = (size, size)
+    if policy == "crop":
+        im = ImageOps.fit(im, square, method=Image.Resampling.BILINEAR)
+    elif policy == "pad":
+        im = ImageOps.pad(im, square, method=Image.Resampling.BILINEAR, color=(0, 0, 0))
+    else:
+        im = im.resize(square, Image.Resampling.BILINEAR)
+    return np.asarray(im)

@@ -26,11 +26,14 @@ from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 
+from ursa.layout import Layout
+
 KEEP = "keep"
 REMOVE = "remove"
 RELABEL = "relabel"
 UNDO = "undo"
-ACTIONS = (KEEP, RELABEL, REMOVE, UNDO)
+ADD = "add"  # a new labelled image for the dataset: accepted feedback (ursa/feedback.py)
+ACTIONS = (KEEP, RELABEL, REMOVE, UNDO, ADD)
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 # Who decided: a name or an address, nothing that could break a CSV cell or a log line.
@@ -51,8 +54,8 @@ class Entry:
     at: str  # UTC time, ISO 8601
     who: str
     sha256: str  # the image the decision is about ("" for an undo)
-    action: str  # keep | relabel | remove | undo
-    label: str = ""  # relabel: the new class
+    action: str  # keep | relabel | remove | undo | add
+    label: str = ""  # relabel: the new class; add: the image's class
     undoes: str = ""  # undo: the id of the entry it reverses
     note: str = ""  # free text, e.g. the label the reviewer saw
 
@@ -64,7 +67,7 @@ class Entry:
 
 def ledger_path(data_dir: Path) -> Path:
     """Where the review page writes decisions and the next ingest reads them."""
-    return Path(data_dir) / "cleaning" / "ledger.jsonl"
+    return Layout(data_dir).cleaning / "ledger.jsonl"
 
 
 def parse_decision(decision: str, classes: Iterable[str] | None = None) -> tuple[str, str]:
@@ -104,9 +107,14 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
-def _append(path: Path, entry: Entry) -> Entry:
+def append_json_line(path: Path, value: dict) -> None:
+    """Append ``value`` as one JSON line, under an exclusive lock, flushed to disk.
+
+    The append-only files people's decisions go to (this ledger, the feedback file) all
+    use it; their readers skip a last line without its newline.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    line = (json.dumps(asdict(entry), ensure_ascii=False, sort_keys=True) + "\n").encode()
+    line = (json.dumps(value, ensure_ascii=False, sort_keys=True) + "\n").encode()
     fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
@@ -119,6 +127,10 @@ def _append(path: Path, entry: Entry) -> Entry:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _append(path: Path, entry: Entry) -> Entry:
+    append_json_line(path, asdict(entry))
     return entry
 
 
@@ -132,6 +144,18 @@ def record(
 ) -> Entry:
     """Append one decision (keep | relabel:<class> | remove) about an image; return it."""
     action, label = parse_decision(decision, classes)
+    return _record(path, who, sha256, action, label, note)
+
+
+def record_addition(
+    path: Path, who: str, sha256: str, label: str, classes: Iterable[str], note: str = ""
+) -> Entry:
+    """Append a new labelled image (accepted feedback): the next ingest adds it."""
+    _, label = parse_decision(f"{RELABEL}:{label}", classes)  # the same rules for the class
+    return _record(path, who, sha256, ADD, label, note)
+
+
+def _record(path: Path, who: str, sha256: str, action: str, label: str, note: str) -> Entry:
     entry = Entry(
         id=uuid.uuid4().hex,
         at=_now(),
@@ -165,20 +189,33 @@ def undo(path: Path, who: str, entry_id: str) -> Entry:
     return _append(Path(path), entry)
 
 
+def parse_entries_json(data: bytes, source: str = "ledger") -> list[dict]:
+    """The JSON objects of an append-only file's bytes; a torn last line is skipped."""
+    objects: list[dict] = []
+    lines = data.split(b"\n")
+    for number, line in enumerate(lines, start=1):
+        if number == len(lines) or not line.strip():
+            continue  # the part after the final newline: empty, or a torn write
+        try:
+            value = json.loads(line)
+        except ValueError as exc:
+            # Lines are only ever appended whole; a bad one means someone edited the file.
+            raise LedgerError(f"{source}, line {number}: not JSON ({exc}).") from exc
+        if not isinstance(value, dict):
+            raise LedgerError(f"{source}, line {number}: not a JSON object.")
+        objects.append(value)
+    return objects
+
+
 def parse_entries(data: bytes, source: str = "ledger") -> list[Entry]:
     """Entries from the bytes of a ledger; a torn last line (no newline) is skipped."""
     names = {f.name for f in fields(Entry)}
     entries: list[Entry] = []
-    lines = data.split(b"\n")
-    for number, line in enumerate(lines, start=1):
-        last = number == len(lines)
-        if last or not line.strip():
-            continue  # the part after the final newline: empty, or a torn write
+    numbers = [n for n, line in enumerate(data.split(b"\n"), start=1) if line.strip()]
+    for number, raw in zip(numbers, parse_entries_json(data, source), strict=False):
         try:
-            raw = json.loads(line)
             entry = Entry(**{k: str(v) for k, v in raw.items() if k in names})
-        except (ValueError, TypeError) as exc:
-            # Lines are only ever appended whole; a bad one means someone edited the file.
+        except TypeError as exc:
             raise LedgerError(f"{source}, line {number}: not a ledger entry ({exc}).") from exc
         if entry.action not in ACTIONS:
             raise LedgerError(f"{source}, line {number}: unknown action '{entry.action}'.")
@@ -211,9 +248,17 @@ def effective(entries: Iterable[Entry]) -> dict[str, Entry]:
     undone = {e.undoes for e in entries if e.action == UNDO}
     current: dict[str, Entry] = {}
     for e in entries:  # file order is time order: later entries win
-        if e.action != UNDO and e.id not in undone:
+        if e.action not in (UNDO, ADD) and e.id not in undone:
             current[e.sha256] = e
     return current  # an undone latest decision lets the one before it stand again
+
+
+def additions(entries: Iterable[Entry]) -> dict[str, Entry]:
+    """sha256 -> the image added to the dataset (accepted feedback) and not undone; decisions
+    about it later (remove, relabel) apply on top, as for any other image."""
+    entries = list(entries)
+    undone = {e.undoes for e in entries if e.action == UNDO}
+    return {e.sha256: e for e in entries if e.action == ADD and e.id not in undone}
 
 
 def entries_csv(entries: Iterable[Entry]) -> str:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from ursa.files import atomic_write_text
+from ursa.layout import Layout
 
 ORDERS = ("self_confidence", "margin", "loss")
 
@@ -39,7 +40,7 @@ class RankedImage:
 
 
 def ranking_paths(data_dir: Path) -> tuple[Path, Path]:
-    folder = Path(data_dir) / "cleaning"
+    folder = Layout(data_dir).cleaning
     return folder / "ranking.csv", folder / "ranking.json"
 
 
@@ -92,3 +93,21 @@ def ordered(rows: list[RankedImage], order: str) -> list[RankedImage]:
     if order == "loss":
         return sorted(rows, key=lambda r: (-r.loss, r.rank))
     raise ValueError(f"Order '{order}' is not one of {ORDERS}.")
+
+
+class RankingCache:
+    """The ranking file, read again only when it changes (``ursa clean`` replaces it)."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = Path(data_dir)
+        self._key: tuple[int, int] | None = None
+        self._value: tuple[list[RankedImage], dict] = ([], {})
+
+    def get(self) -> tuple[list[RankedImage], dict]:
+        path = ranking_paths(self.data_dir)[0]
+        stat = path.stat()  # FileNotFoundError: no ranking yet
+        key = (stat.st_mtime_ns, stat.st_size)
+        if key != self._key:
+            self._value = read_ranking(self.data_dir)
+            self._key = key
+        return self._value

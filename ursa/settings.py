@@ -12,6 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from ursa.layout import Layout
+from ursa.registry import CHAMPION
+
 T = TypeVar("T")
 
 
@@ -41,6 +44,16 @@ def _positive_int(raw: str) -> int:
 _positive_int.__name__ = "positive int"
 
 
+def _non_negative_int(raw: str) -> int:
+    value = int(raw)
+    if value < 0:
+        raise ValueError("must be >= 0")
+    return value
+
+
+_non_negative_int.__name__ = "int >= 0"
+
+
 def _non_negative_float(raw: str) -> float:
     value = float(raw)
     if not value >= 0:  # also refuses NaN
@@ -56,6 +69,26 @@ def _origins(raw: str) -> tuple[str, ...]:
 
 
 _origins.__name__ = "comma-separated origin list"
+
+
+def _base_url(raw: str) -> str:
+    scheme, _, rest = raw.partition("://")
+    if scheme not in ("http", "https") or not rest.strip("/"):
+        raise ValueError("expected http(s)://host[:port][/path]")
+    return raw.rstrip("/")
+
+
+_base_url.__name__ = "http(s) base URL"
+
+
+def _share(raw: str) -> float:
+    value = float(raw)
+    if not 0.0 <= value <= 1.0:  # also refuses NaN
+        raise ValueError("must be from 0 to 1")
+    return value
+
+
+_share.__name__ = "share from 0 to 1"
 
 
 @dataclass(frozen=True)
@@ -76,10 +109,27 @@ class Settings:
     poll_interval_s: float = 30.0  # 0 turns polling off
     cors_origins: tuple[str, ...] = ()  # empty: no CORS headers at all
     inference_threads: int = 0  # torch threads in `ursa serve`; 0: every core
+    # Overload: /predict requests in flight (None: sized from the measured batch time; 0: no
+    # bound) and the deadline from a request's arrival to its answer (0: none).
+    max_queue: int | None = None
+    request_timeout_s: float = 5.0
+    # The prediction log (serving/predictionlog.py) and feedback from people.
+    log_sample: float = 1.0  # share of answers recorded; 0 turns the log off
+    log_queue_size: int = 10_000  # records waiting for the writer; more are dropped
+    log_rotate_bytes: int = 64 * 1024 * 1024
+    log_images_max_bytes: int = 0  # bytes of uploaded images kept; 0: none kept
+    log_retention_days: float = 30.0  # kept images older than this are deleted
+    feedback_per_minute: int = 10  # feedback answers a client may send a minute
     # Release: accuracy a candidate must beat the champion by.
     release_margin: float = 0.0
+    # Image search: a base URL that replaces the engine's host (a mirror, or a local stand-in).
+    search_url: str = ""
+    # Release: validation images a dataset needs before its accuracy may promote a model.
+    release_min_valid: int = 20
     # Where people browse MLflow: links in Prefect artifacts point there ("" when unknown).
     mlflow_ui_url: str = ""
+    # A base URL replacing torchvision's weights host (download.pytorch.org); "" for none.
+    weights_mirror: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -105,8 +155,23 @@ class Settings:
             poll_interval_s=_read(env, "URSA_POLL_INTERVAL_S", _non_negative_float, 30.0),
             cors_origins=_read(env, "URSA_CORS_ORIGINS", _origins, ()),
             inference_threads=_read(env, "URSA_INFERENCE_THREADS", int, 0),
+            max_queue=_read(env, "URSA_MAX_QUEUE", _non_negative_int, None),
+            request_timeout_s=_read(env, "URSA_REQUEST_TIMEOUT_S", _non_negative_float, 5.0),
+            log_sample=_read(env, "URSA_LOG_SAMPLE", _share, 1.0),
+            log_queue_size=_read(env, "URSA_LOG_QUEUE_SIZE", _positive_int, 10_000),
+            log_rotate_bytes=_read(env, "URSA_LOG_ROTATE_BYTES", _positive_int, 64 * 1024 * 1024),
+            log_images_max_bytes=_read(env, "URSA_LOG_IMAGES_MAX_BYTES", _non_negative_int, 0),
+            log_retention_days=_read(env, "URSA_LOG_RETENTION_DAYS", _non_negative_float, 30.0),
+            feedback_per_minute=_read(env, "URSA_FEEDBACK_PER_MINUTE", _positive_int, 10),
             release_margin=_read(env, "URSA_RELEASE_MARGIN", _non_negative_float, 0.0),
+            search_url=_read(env, "URSA_SEARCH_URL", _base_url, ""),
+            release_min_valid=_read(env, "URSA_RELEASE_MIN_VALID", _non_negative_int, 20),
+            weights_mirror=_read(env, "URSA_WEIGHTS_MIRROR", _base_url, ""),
         )
+
+    @property
+    def layout(self) -> Layout:
+        return Layout(self.data_dir)
 
     @property
     def artifact_location(self) -> str:
@@ -115,4 +180,4 @@ class Settings:
 
     @property
     def champion_uri(self) -> str:
-        return f"models:/{self.model_name}@champion"
+        return f"models:/{self.model_name}@{CHAMPION}"

@@ -20,7 +20,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ursa.processes import wait_until_healthy
+from app.processes import wait_until_healthy
+from ursa.layout import Layout
 from ursa.settings import Settings
 
 BIN = Path(sys.executable).parent
@@ -118,7 +119,7 @@ class Stack:
         if not self.settings.admin_token:
             self.settings = _with_token(self.settings)
         data = self.settings.data_dir
-        (data / "logs").mkdir(parents=True, exist_ok=True)
+        Layout(data).logs.mkdir(parents=True, exist_ok=True)
         try:
             self._start(
                 Service(
@@ -181,7 +182,7 @@ class Stack:
             self._start(
                 Service(
                     "model-server",
-                    [sys.executable, "-m", "ursa.cli", "serve"],
+                    [sys.executable, "-m", "app.cli", "serve"],
                     f"http://{HOST}:{self.ports.serve}/healthz",
                 ),
                 startup_s,
@@ -193,7 +194,7 @@ class Stack:
         return self.urls
 
     def _start(self, service: Service, startup_s: float) -> None:
-        log = self.settings.data_dir / "logs" / f"{service.name}.log"
+        log = self.settings.layout.logs / f"{service.name}.log"
         with open(log, "ab") as out:
             service.process = subprocess.Popen(
                 service.argv,

@@ -11,6 +11,7 @@ from typing import Any
 
 from rich.console import Console
 
+from ursa.layout import Layout
 from ursa.settings import Settings
 
 
@@ -24,7 +25,7 @@ def has_mlflow_store(settings: Settings) -> bool:
 
 def status(settings: Settings) -> dict[str, Any]:
     """Everything ``ursa status`` shows, as plain data (its ``--json``)."""
-    from ursa.stack import running_stack
+    from app.stack import running_stack
 
     stack = running_stack(settings.data_dir)
     report: dict[str, Any] = {
@@ -47,7 +48,7 @@ def dataset_status(data_dir: Path) -> dict[str, Any] | None:
     """The current dataset: digest, images per class and split, the ledger it applied."""
     from tasks.manifest import ImageRow, load_dataset, read_rows
 
-    manifest = data_dir / "datasets" / "dataset.csv"
+    manifest = Layout(data_dir).dataset_manifest()
     if not manifest.with_suffix(".json").is_file():
         return None
     dataset = load_dataset(manifest)
@@ -73,6 +74,8 @@ def mlflow_status(settings: Settings) -> tuple[dict[str, Any] | None, list[dict[
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
+    from tasks.diagnosis import DIAGNOSIS_TAG
+
     client = MlflowClient(settings.tracking_uri, registry_uri=settings.tracking_uri)
     sweep = None
     experiment = client.get_experiment_by_name(settings.experiment)
@@ -93,9 +96,7 @@ def mlflow_status(settings: Settings) -> tuple[dict[str, Any] | None, list[dict[
                 "state": run.info.status,
                 "best_trial": tags.get("ursa.best_trial", ""),
                 "best_val_accuracy": run.data.metrics.get("best_val_accuracy"),
-                "diagnosis": client.get_run(best).data.tags.get("ursa.diagnosis", "")
-                if best
-                else "",
+                "diagnosis": client.get_run(best).data.tags.get(DIAGNOSIS_TAG, "") if best else "",
                 "excluded": tags.get("ursa.excluded", ""),
                 "model_uri": tags.get("ursa.model_uri", ""),
             }

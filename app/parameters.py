@@ -14,7 +14,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from ursa.errors import UsageError
+from app.errors import UsageError
 
 
 def check_arguments(

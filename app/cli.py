@@ -1,7 +1,7 @@
 """The ``ursa`` command: one subcommand per stage, each a thin front on a flow or the server.
 
 Options a user does not give are not passed on (``argparse.SUPPRESS``), so the flows' own
-defaults apply; ``--help`` shows them, read from the flows (:mod:`ursa.parameters`), and the
+defaults apply; ``--help`` shows them, read from the flows (:mod:`app.parameters`), and the
 values given are checked against the flows' parameter annotations before anything starts.
 """
 
@@ -22,7 +22,9 @@ set_offline_defaults(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="90")
 
 from rich.console import Console  # noqa: E402
 
-from ursa.errors import UsageError, one_line, user_fixable, write_traceback  # noqa: E402
+from app.errors import UsageError, one_line, user_fixable, write_traceback  # noqa: E402
+from tasks.recipes import AUGMENTATIONS, RECIPES  # noqa: E402
+from ursa.images import RESIZE_POLICIES  # noqa: E402
 from ursa.settings import Settings  # noqa: E402
 
 console = Console()
@@ -43,7 +45,7 @@ def _ints(text: str) -> list[int]:
 
 
 def _default_dataset(settings: Settings) -> str:
-    return str(settings.data_dir / "datasets" / "dataset.csv")
+    return str(settings.layout.dataset_manifest())
 
 
 def _dataset(args: argparse.Namespace, settings: Settings) -> str:
@@ -83,7 +85,7 @@ def _serve_target(args: argparse.Namespace, settings: Settings) -> None:
 def checked_arguments(args: argparse.Namespace, **filled: Any) -> dict[str, Any]:
     """The options given for the command's flow (plus ``filled``), checked against the flow's
     parameter annotations, read from its source: a typo costs no import of the flow."""
-    from ursa.parameters import check_arguments, flow_parameters
+    from app.parameters import check_arguments, flow_parameters
 
     module, flow = FLOWS[args.command]
     names = flow_parameters(module, flow)
@@ -103,15 +105,15 @@ def run_flow(
 
 
 def quiet_logs(args: argparse.Namespace, settings: Settings) -> Path:
-    from ursa.logs import route_logs
+    from app.logs import route_logs
 
-    log_file = settings.data_dir / "logs" / "ursa.log"
+    log_file = settings.layout.logs / "ursa.log"
     route_logs(log_file, args.verbose, _debug(args))
     return log_file
 
 
 def reporting_to(settings: Settings) -> str:
-    from ursa.stack import running_stack
+    from app.stack import running_stack
 
     api = os.environ.get("PREFECT_API_URL", "")
     stack = running_stack(settings.data_dir)
@@ -127,7 +129,7 @@ def reporting_to(settings: Settings) -> str:
 def report_to_running_stack(settings: Settings) -> Settings:
     """When ``ursa up`` runs on this data folder, report to its Prefect server, MLflow and
     model server, unless the environment names others. Before Prefect is imported."""
-    from ursa.stack import running_stack
+    from app.stack import running_stack
 
     stack = running_stack(settings.data_dir)
     if stack is None:
@@ -140,10 +142,52 @@ def report_to_running_stack(settings: Settings) -> Settings:
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     import flows.pipeline  # noqa: F401  (Prefect and MLflow set up their loggers on import)
-    from ursa.demo import run_demo
+    from app.demo import run_demo
 
     quiet_logs(args, settings)
     run_demo(settings, console)
+    return 0
+
+
+def _class_queries(pairs: list[str]) -> dict[str, str]:
+    """``grizzly="grizzly bear"`` -> {"grizzly": "grizzly bear"}; a bare term names itself."""
+    classes = {}
+    for pair in pairs:
+        label, sep, query = pair.partition("=")
+        label, query = label.strip(), (query if sep else label).strip()
+        if not label or not query or "/" in label:
+            raise UsageError(
+                f"expected CLASS=\"search terms\", got '{pair}'",
+                'Name each class and its query, e.g. grizzly="grizzly bear"',
+            )
+        classes[label] = query
+    return classes
+
+
+def cmd_urls(args: argparse.Namespace, settings: Settings) -> int:
+    from flows.urls import collect_urls
+
+    result = collect_urls(
+        classes=_class_queries(args.classes),
+        out=args.out,
+        max_per_class=args.max,
+        min_width=args.min_width,
+        min_height=args.min_height,
+        block_stock_sites=not args.allow_stock,
+        block_domains=args.block,
+        keep_conflicts=args.keep_conflicts,
+        region=args.region,
+        safesearch=args.safesearch,
+        type_image=args.type or "",
+        proxy=args.proxy or "",
+    )
+    for r in result.reports:
+        console.print(
+            f"{r.label:<16} {r.collected:>5} of {r.target:<5} {r.status:<6} "
+            f"(new {r.new}, duplicates {r.duplicates}, stock/blocked {r.blocked}, "
+            f"too small {r.too_small}, in two classes {len(r.conflicts)}; {r.queries} queries)"
+        )
+    console.print(f"Lists in {result.out}/<class>.txt, details in {result.csv}.")
     return 0
 
 
@@ -176,16 +220,34 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _arch(name: str) -> str:
+    from tasks.architectures import check_arch
+
+    try:
+        return check_arch(name)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     arguments = checked_arguments(args) | {"dataset_manifest": _dataset(args, settings)}
     from flows.train import train
-    from tasks.train import TrainConfig, resolve_weights
+    from tasks.leaderboard import leaderboard
+    from tasks.recipes import DEFAULT_RECIPE, RECIPES, recipe_values
 
-    if arguments.get("pretrained"):  # missing weights: say so before anything starts
-        given = {k: v for k, v in arguments.items() if k in TrainConfig.__dataclass_fields__}
-        resolve_weights(TrainConfig(**given))
+    given = {k: arguments.get(k) for k in RECIPES[DEFAULT_RECIPE].__dataclass_fields__}
+    values, _ = recipe_values(arguments.get("recipe", DEFAULT_RECIPE), given)
+    if values["pretrained"] and arguments.get("if_no_weights") != "scratch":
+        from tasks.weights import pretrained_weights_file
+
+        # Missing weights: say so (or download them) before any flow starts.
+        pretrained_weights_file(
+            values["arch"], arguments.get("weights_path", ""), settings.weights_mirror
+        )
     result = run_flow(train, arguments, args, settings)
-    for t in sorted(result.trials, key=lambda t: (not t.usable, -t.val_accuracy)):
+    for w in result.warnings:
+        console.print(f"[yellow]warning:[/yellow] {w}")
+    for t in leaderboard(result.trials):
         mark = "  <- best" if t.run_id == result.best.run_id else ""
         console.print(
             f"lr={t.lr:<8g} epochs={t.epochs:<3} val_accuracy={t.val_accuracy:.4f} "
@@ -225,7 +287,7 @@ def cmd_release(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _latest_model_uri(settings: Settings) -> str:
-    from ursa.status import has_mlflow_store
+    from app.status import has_mlflow_store
 
     if has_mlflow_store(settings):
         from tasks.sweep import latest_model_uri
@@ -239,7 +301,7 @@ def _latest_model_uri(settings: Settings) -> str:
 
 
 def cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
-    from ursa.status import has_mlflow_store
+    from app.status import has_mlflow_store
 
     if not has_mlflow_store(settings):
         raise UsageError(
@@ -296,8 +358,8 @@ def cmd_clean(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from app.stack import check_port_free
     from serving.server import run
-    from ursa.stack import check_port_free
 
     settings = replace(
         settings,
@@ -311,11 +373,18 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_host(args: argparse.Namespace, settings: Settings) -> int:
+    from standins.imagehost import run_host
     from ursa.embedded import write_embedded_images
-    from ursa.imagehost import run_host
 
+    if getattr(args, "photos", 0):
+        from standins.photos import write_photos
+        from standins.searchhost import run_photo_hosts
+
+        photos = write_photos(settings.layout.photos, args.photos)
+        run_photo_hosts(photos, args.host, args.port, args.latency)
+        return 0
     root = getattr(args, "root", None)
-    root = Path(root) if root else write_embedded_images(settings.data_dir / "embedded")
+    root = Path(root) if root else write_embedded_images(settings.layout.embedded)
     run_host(root, args.host, args.port, args.latency)
     return 0
 
@@ -327,7 +396,7 @@ def project_dir() -> Path:
 
 
 def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
-    from ursa.stack import Ports, Stack
+    from app.stack import Ports, Stack
 
     serve_port = getattr(args, "serve_port", None) or settings.serve_port
     ports = Ports(args.prefect_port, args.mlflow_port, serve_port)
@@ -351,7 +420,7 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_down(args: argparse.Namespace, settings: Settings) -> int:
-    from ursa.stack import down_from_state
+    from app.stack import down_from_state
 
     stopped = down_from_state(settings.data_dir)
     console.print(f"stopped: {', '.join(stopped)}" if stopped else "no stack is running here")
@@ -395,7 +464,7 @@ FLOWS = {
 
 def show_flow_parameters(p: argparse.ArgumentParser, module: str, flow: str) -> None:
     """Add the flow's default to each option's help, and the flow's choices where it has some."""
-    from ursa.parameters import flow_parameters
+    from app.parameters import flow_parameters
 
     parameters = flow_parameters(module, flow)
     for action in p._actions:
@@ -418,7 +487,7 @@ def option_names(parser: argparse.ArgumentParser, command: str) -> dict[str, str
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
-    from ursa.status import print_status, status
+    from app.status import print_status, status
 
     report = status(settings)
     if getattr(args, "json", False):
@@ -444,6 +513,30 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="run the whole pipeline on the embedded default and query it")
     p.set_defaults(func=cmd_demo)
 
+    p = sub.add_parser("urls", help="search images per class: the URL lists that ingest reads")
+    p.add_argument("classes", nargs="+", metavar='CLASS="search terms"')
+    p.add_argument("--max", type=int, default=150, help="URLs per class (default 150)")
+    p.add_argument("--out", default="urls", help="folder for <class>.txt and urls.csv")
+    p.add_argument("--min-width", type=int, default=0, help="smallest reported width, px")
+    p.add_argument("--min-height", type=int, default=0, help="smallest reported height, px")
+    p.add_argument(
+        "--block",
+        type=lambda t: [d for d in t.split(",") if d],
+        default=[],
+        help="more domains to leave out, comma-separated",
+    )
+    p.add_argument("--allow-stock", action="store_true", help="keep stock-photo sites")
+    p.add_argument(
+        "--keep-conflicts",
+        action="store_true",
+        help="keep a URL found under two classes in both (default: neither)",
+    )
+    p.add_argument("--region", default="us-en")
+    p.add_argument("--safesearch", choices=["on", "moderate", "off"], default="moderate")
+    p.add_argument("--type", choices=["photo", "clipart", "gif", "transparent", "line"])
+    p.add_argument("--proxy", help="http/https/socks5 proxy URL (default DDGS_PROXY)")
+    p.set_defaults(func=cmd_urls)
+
     def ingest_args(p: argparse.ArgumentParser) -> None:
         p.add_argument(
             "source",
@@ -453,6 +546,11 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--max-per-class", type=int, help="first N URLs per class")
         p.add_argument("--seed", type=int, help="split and training seed")
+        p.add_argument(
+            "--shards",
+            type=int,
+            help="split the ingest into N shard flow runs on the Prefect workers",
+        )
 
     p = sub.add_parser("ingest", help="download, verify and dedup URL lists into a dataset")
     ingest_args(p)
@@ -465,10 +563,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fresh", action="store_true", help="fetch every URL again instead of resuming")
     p.set_defaults(func=cmd_ingest)
 
+    # Options a recipe chooses default to None: not given, the recipe's value applies.
     def sweep_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--recipe",
+            choices=tuple(RECIPES),
+            help="defaults for every option below: digits (small scans, resnet18 at 32 px "
+            "from scratch) or photos (lesson 2: resnet34 pretrained at 224 px, lr from "
+            "lr_find, photo augmentation, cropped to the square)",
+        )
         p.add_argument("--lr", dest="lrs", type=_floats, help="learning rates, comma-separated")
         p.add_argument("--epochs", type=_ints, help="epoch counts, comma-separated")
-        p.add_argument("--arch", choices=["resnet18", "resnet34"])
+        p.add_argument(
+            "--arch",
+            type=_arch,
+            metavar="NAME",
+            help="any torchvision classification model: resnet18 (digits), resnet34 "
+            "(photos), resnet50, convnext_tiny, efficientnet_b0, mobilenet_v3_large, ...",
+        )
+        p.add_argument(
+            "--pretrained",
+            action=argparse.BooleanOptionalAction,
+            help="start from pretrained ImageNet weights: a local file, torchvision's cache, "
+            "or downloaded into it (photos: yes)",
+        )
 
     p = sub.add_parser("train", help="sweep learning rates x epochs, tracked in MLflow")
     p.add_argument(
@@ -482,11 +600,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument(
-        "--pretrained",
-        action="store_true",
-        help="start from pretrained weights (a local file or torchvision's cache)",
-    )
-    p.add_argument(
         "--weights",
         dest="weights_path",
         metavar="FILE",
@@ -499,9 +612,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--freeze-epochs", type=int, help="head-only epochs (pretrained)")
     p.add_argument(
-        "--no-augment", dest="augment", action="store_false", help="turn batch augmentation off"
+        "--augment", action=argparse.BooleanOptionalAction, help="augment training batches"
     )
-    p.add_argument("--flip", action="store_true", help="also flip images horizontally")
+    p.add_argument(
+        "--augmentation", choices=AUGMENTATIONS, help="augmentation style (the recipe's name)"
+    )
+    p.add_argument(
+        "--flip",
+        action=argparse.BooleanOptionalAction,
+        help="also flip images horizontally (photos: yes)",
+    )
+    p.add_argument(
+        "--resize",
+        choices=RESIZE_POLICIES,
+        help="how pictures become squares: squash (digits), crop (photos) or pad",
+    )
     p.add_argument(
         "--compile",
         action="store_true",
@@ -512,9 +637,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--mode", help="every lr x epochs pair, or successive halving with epochs as the budget"
     )
     p.add_argument("--eta", type=int, help="halving: keep the best 1/eta per rung")
-    p.add_argument("--lr-find", action="store_true", help="run the learning-rate finder first")
     p.add_argument(
-        "--centre-lrs", action="store_true", help="centre the --lr grid on lr_find's suggestion"
+        "--lr-find",
+        action=argparse.BooleanOptionalAction,
+        help="run the learning-rate finder first (photos: yes)",
+    )
+    p.add_argument(
+        "--centre-lrs",
+        action=argparse.BooleanOptionalAction,
+        help="centre the --lr grid on lr_find's suggestion (photos: yes)",
     )
     p.add_argument("--runner", help="trials in threads of this process or on Dask")
     p.add_argument(
@@ -573,8 +704,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folds", type=int, help="k of the k-fold")
     p.add_argument("--epochs", type=int, help="epochs per fold model")
     p.add_argument("--lr", type=float, help="learning rate")
-    p.add_argument("--arch", choices=["resnet18", "resnet34"])
+    p.add_argument("--arch", type=_arch, metavar="NAME")
     p.add_argument("--image-size", type=int, help="training resolution in px")
+    p.add_argument("--resize", choices=RESIZE_POLICIES)
     p.add_argument("--seed", type=int)
     p.add_argument(
         "--review-url",
@@ -594,6 +726,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8800)
     p.add_argument("--latency", type=float, default=0.0, help="added delay per response, s")
+    p.add_argument(
+        "--photos",
+        type=int,
+        default=0,
+        metavar="N",
+        help="serve N generated bear photos per class instead, and an image search over them "
+        "on port+1 (for `ursa urls` with URSA_SEARCH_URL)",
+    )
     p.set_defaults(func=cmd_host)
 
     p = sub.add_parser(
@@ -635,11 +775,11 @@ def main(argv: list[str] | None = None) -> int:
     args.option_names = option_names(parser, args.command)
     logs = Path("ursa-data").resolve() / "logs"
     try:
-        from ursa.logs import quiet_env
+        from app.logs import quiet_env
 
         quiet_env(args.verbose)
         settings = Settings.from_env()
-        logs = settings.data_dir / "logs"
+        logs = settings.layout.logs
         if args.command not in OWN_SERVERS:
             settings = report_to_running_stack(settings)
         return args.func(args, settings)

@@ -20,8 +20,11 @@ class UsageError(Exception):
 # module and class: checked only when that module is loaded, so the CLI imports none of them.
 USER_FIXABLE = (
     ("ursa.settings", "SettingsError"),
-    ("ursa.stack", "PortBusy"),
-    ("tasks.train", "WeightsUnavailable"),
+    ("app.stack", "PortBusy"),
+    ("tasks.weights", "WeightsUnavailable"),
+    ("tasks.data_checks", "DatasetUnusable"),
+    ("tasks.urls", "SearchGaveUp"),
+    ("tasks.image_search", "SearchError"),
     ("tasks.registry", "RollbackError"),
     ("tasks.deploy", "DeployError"),
 )

@@ -39,6 +39,7 @@ import struct
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -47,6 +48,9 @@ from urllib.parse import quote
 from aiohttp import web
 from PIL import Image
 from yarl import URL
+
+from ursa.embedded import write_embedded_images
+from ursa.layout import Layout
 
 _SLOW_DEFAULT_S = 30.0  # longer than any sane download timeout
 _JSON = b'{"error": "not found", "status": 404}'
@@ -192,7 +196,18 @@ class ImageHost:
     def write_url_lists(
         self, dest: Path, max_per_class: int | None = None, junk: bool = True
     ) -> Path:
-        """Write ``dest/<label>.txt`` (one URL per line) for every class; return ``dest``.
+        """Write :meth:`url_lists` as ``dest/<label>.txt`` (one URL per line); return ``dest``."""
+        lists = self.url_lists(max_per_class, junk)
+        dest = Path(dest)
+        dest.mkdir(parents=True, exist_ok=True)
+        for label, urls in lists.items():
+            (dest / f"{label}.txt").write_text("".join(f"{u}\n" for u in urls))
+        return dest
+
+    def url_lists(
+        self, max_per_class: int | None = None, junk: bool = True
+    ) -> dict[str, list[str]]:
+        """Label -> the URLs of its list, the way a web search exports them.
 
         Real images come in file order, at most ``max_per_class`` per class. With ``junk``
         the junk lines are mixed in: flaky and slow URLs stand in for the real image they
@@ -207,8 +222,7 @@ class ImageHost:
             raise ValueError(f"No junk for {self.image_root}: {self._no_junk}")
         if junk:
             self._check_sources_listed(listed)
-        dest = Path(dest)
-        dest.mkdir(parents=True, exist_ok=True)
+        lists = {}
         for label, names in listed.items():
             paths = [_img_path(label, name) for name in names]
             if junk:
@@ -217,8 +231,8 @@ class ImageHost:
                 paths += [
                     j.path for j in self._plan if j.label == label and j.path not in stand_ins
                 ]
-            (dest / f"{label}.txt").write_text("".join(f"{base}{p}\n" for p in paths))
-        return dest
+            lists[label] = [f"{base}{p}" for p in paths]
+        return lists
 
     def junk(self) -> list[JunkUrl]:
         """The junk lines that :meth:`write_url_lists` mixes in, in a fixed order."""
@@ -589,3 +603,13 @@ def _int_query(request: web.Request, key: str, default: int) -> int:
         return int(raw)
     except ValueError:
         raise web.HTTPBadRequest(text=f"Query '{key}' has value '{raw}', not an integer.") from None
+
+
+@contextlib.contextmanager
+def embedded_url_lists(data_dir: Path, max_per_class: int | None = None) -> Iterator[Path]:
+    """The embedded digits, written as image files and published (with the junk real lists
+    hold) by an image host on 127.0.0.1 for the duration of the block; yields the folder of
+    per-class URL lists it exports (the junk comes on top of ``max_per_class``)."""
+    images = write_embedded_images(Layout(data_dir).embedded)
+    with ImageHost(images) as host:
+        yield host.write_url_lists(Layout(data_dir).urls, max_per_class)

@@ -22,7 +22,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-from ursa.processes import stop, wait_until_healthy
+from app.processes import stop, wait_until_healthy
 from ursa.settings import Settings
 
 
@@ -44,11 +44,14 @@ def server_process(settings: Settings, startup_s: float = 120.0) -> Iterator[str
         "URSA_ADMIN_TOKEN": settings.admin_token,
         "URSA_SERVE_HOST": settings.serve_host,
         "URSA_SERVE_PORT": str(settings.serve_port),
+        "URSA_REQUEST_TIMEOUT_S": str(settings.request_timeout_s),
     }
+    if settings.max_queue is not None:  # unset: the server sizes its queue itself
+        env["URSA_MAX_QUEUE"] = str(settings.max_queue)
     log = settings.data_dir / "server.log"
     with open(log, "ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "ursa.cli", "serve"],
+            [sys.executable, "-m", "app.cli", "serve"],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,

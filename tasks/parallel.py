@@ -1,0 +1,58 @@
+"""Chunks of CPU work over spawned worker processes and this one, results in chunk order.
+
+Decoding holds the GIL, so threads would not help. "spawn" rather than fork: the caller
+(Prefect) runs threads, and forking a threaded process can deadlock. A spawned worker first
+imports the caller's main module and the module of the function it runs, so that function
+must live in a light module (Pillow and numpy, not Prefect or torch). This process works on
+chunks too instead of waiting for the workers to start, however long their imports take.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from typing import TypeVar
+
+Chunk = TypeVar("Chunk")
+Result = TypeVar("Result")
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity), not the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def map_chunks(
+    work: Callable[[Chunk], Result], chunks: Sequence[Chunk], workers: int
+) -> list[Result]:
+    """``[work(c) for c in chunks]`` over ``workers - 1`` spawned processes and this one.
+
+    Each worker keeps at most two chunks queued, so memory holds a few chunks' results at a
+    time beyond those returned, whatever the number of chunks.
+    """
+    if workers <= 1 or len(chunks) < 2:
+        return [work(c) for c in chunks]
+    results: list[Result | None] = [None] * len(chunks)
+    children = workers - 1
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=children, mp_context=context) as pool:
+        in_flight: dict[Future[Result], int] = {}
+        taken = 0
+        while taken < len(chunks) or in_flight:
+            while taken < len(chunks) and len(in_flight) < 2 * children:
+                in_flight[pool.submit(work, chunks[taken])] = taken
+                taken += 1
+            if taken < len(chunks):
+                results[taken] = work(chunks[taken])  # this process's share
+                taken += 1
+                done = [f for f in in_flight if f.done()]
+            else:
+                done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+            for future in done:
+                results[in_flight.pop(future)] = future.result()
+    return results  # type: ignore[return-value]

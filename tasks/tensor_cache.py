@@ -1,0 +1,119 @@
+"""The training cache: every kept image decoded once per dataset and size, read through a
+memory map.
+
+``<data>/cache/<digest>-<size>/`` holds ``x_train.npy`` and ``x_valid.npy`` (uint8, N x 3 x
+size x size, NumPy's format: ``numpy.load(..., mmap_mode="r")`` reads them too), the labels
+and ``classes.json``. The image files are allocated at their full size first, then filled in
+chunks by one process per core (:mod:`tasks.pixels`), each writing its rows in place: no
+process ever holds more than one image, so building takes the same memory for a thousand
+images as for a million. Training maps the files instead of loading them:
+the pixels live in the page cache, shared by every trial, and the kernel pages them in and
+out as batches touch them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tasks.manifest import Dataset, ImageRow, iter_rows
+from tasks.parallel import map_chunks, usable_cores
+from tasks.pixels import DecodeChunk, decode_chunk
+from ursa.layout import Layout
+
+SPLITS = ("train", "valid")
+# Images per message to a worker: its round trip costs about one image's decode, and small
+# chunks keep the cores evenly busy to the end.
+CHUNK_IMAGES = 64
+# A spawned worker takes about a second to start (Python, numpy, Pillow, the caller's main
+# module): only this many images or more repay one.
+IMAGES_PER_EXTRA_WORKER = 1000
+
+
+@dataclass
+class Tensors:
+    classes: list[str]
+    x_train: torch.Tensor  # uint8 (N, 3, S, S)
+    y_train: torch.Tensor
+    x_valid: torch.Tensor
+    y_valid: torch.Tensor
+
+
+def tensor_cache(
+    dataset: Dataset, image_size: int, resize: str = "squash", workers: int | None = None
+) -> Path:
+    """Decode the kept images once into ``<data>/cache/<digest>-<size>-<resize>/``, each by
+    :func:`ursa.images.input_pixels` (as serving does); return its path.
+
+    ``workers`` counts this process; ``None`` takes one per usable core once there are enough
+    images to repay starting them. A concurrent build of the same cache is harmless: each
+    writes a folder of its own and the first to finish is kept.
+    """
+    path = Layout(dataset.data_dir).cache / f"{dataset.digest[:16]}-{image_size}-{resize}"
+    if (path / "classes.json").exists():
+        return path
+    index = {c: i for i, c in enumerate(dataset.classes)}
+    paths: dict[str, list[str]] = {s: [] for s in SPLITS}
+    labels: dict[str, list[int]] = {s: [] for s in SPLITS}
+    for row in iter_rows(Path(dataset.manifest_path), ImageRow):
+        if row.status == "kept" and row.split in paths:
+            paths[row.split].append(str(dataset.data_dir / row.image_path))
+            labels[row.split].append(index[row.label])
+    if workers is None:
+        total = sum(len(p) for p in paths.values())
+        workers = usable_cores() if total >= IMAGES_PER_EXTRA_WORKER else 1
+
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        chunks = []
+        for split in SPLITS:
+            target = tmp / f"x_{split}.npy"
+            shape = (len(paths[split]), 3, image_size, image_size)
+            # Allocated at full size (a sparse file: nothing written yet), filled by workers.
+            offset = np.lib.format.open_memmap(target, "w+", np.uint8, shape).offset
+            np.save(tmp / f"y_{split}.npy", np.asarray(labels[split], dtype=np.int64))
+            for start in range(0, len(paths[split]), CHUNK_IMAGES):
+                piece = tuple(paths[split][start : start + CHUNK_IMAGES])
+                chunks.append(DecodeChunk(str(target), offset, start, piece, image_size, resize))
+        map_chunks(decode_chunk, chunks, workers)
+        for split in SPLITS:  # on disk before the folder says it is complete
+            with open(tmp / f"x_{split}.npy", "rb+") as fh:
+                os.fsync(fh.fileno())
+        # Written last: its presence says the cache is complete.
+        (tmp / "classes.json").write_text(json.dumps(list(dataset.classes)))
+        try:
+            os.replace(tmp, path)
+        except OSError:  # another process finished the same cache first: keep theirs
+            if not (path / "classes.json").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def load_tensors(path: str | Path) -> Tensors:
+    """The cache at ``path`` as tensors over memory maps: nothing is read until used.
+
+    Copy-on-write maps ("c"): the tensors are writable, as torch wants, but a write would
+    stay private to this process and never reach the file.
+    """
+    path = Path(path)
+
+    def mapped(name: str) -> torch.Tensor:
+        return torch.from_numpy(np.load(path / f"{name}.npy", mmap_mode="c"))
+
+    return Tensors(
+        classes=json.loads((path / "classes.json").read_text()),
+        x_train=mapped("x_train"),
+        y_train=mapped("y_train"),
+        x_valid=mapped("x_valid"),
+        y_valid=mapped("y_valid"),
+    )
