@@ -557,7 +557,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--valid-pct", type=float, help="validation share")
     p.add_argument("--concurrency", type=int, help="parallel downloads")
     p.add_argument("--per-host", type=int, help="parallel per host")
-    p.add_argument("--timeout", dest="timeout_s", type=float, help="deadline per URL in s")
+    p.add_argument(
+        "--timeout", dest="timeout_s", metavar="SECONDS", type=float, help="deadline per URL in s"
+    )
     p.add_argument("--fresh", action="store_true", help="fetch every URL again instead of resuming")
     p.set_defaults(func=cmd_ingest)
 
@@ -590,13 +592,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dataset",
         dest="dataset_manifest",
+        metavar="CSV",
         help="dataset manifest (default: the data folder's last ingest)",
     )
     sweep_args(p)
     p.add_argument("--image-size", type=int, help="training resolution in px")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--seed", type=int)
-    p.add_argument("--weights", dest="weights_path", help="local state_dict file for --pretrained")
+    p.add_argument(
+        "--weights",
+        dest="weights_path",
+        metavar="FILE",
+        help="local state_dict file for --pretrained",
+    )
     p.add_argument(
         "--if-no-weights",
         help="when --pretrained weights are missing: stop with a message (fail) or "
@@ -669,6 +677,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dataset",
         dest="dataset_manifest",
+        metavar="CSV",
         help="dataset manifest to compare on (default: last ingest)",
     )
     release_args(p)
@@ -689,6 +698,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dataset",
         dest="dataset_manifest",
+        metavar="CSV",
         help="dataset manifest (default: the data folder's last ingest)",
     )
     p.add_argument("--folds", type=int, help="k of the k-fold")
@@ -699,7 +709,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resize", choices=RESIZE_POLICIES)
     p.add_argument("--seed", type=int)
     p.add_argument(
-        "--review-url", dest="review", help="review page to link (default: the server's /review)"
+        "--review-url",
+        dest="review",
+        metavar="URL",
+        help="review page to link (default: the server's /review)",
     )
     p.set_defaults(func=cmd_clean)
 
