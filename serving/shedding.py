@@ -5,9 +5,9 @@ A request past the bound is refused at once, before its body is read, with 503 a
 answers in about a second adds waiting, not throughput: under a burst the clients get quick
 answers or quick refusals instead of answers that come after they gave up.
 
-The bound is not sized from the model's speed alone: measured on 2 cores, resnet18 at 32 px
-scores about 1,400 images/s in full batches while the server answers about 450 requests/s
-(the event loop, decoding and inference share the cores). So the bound follows the rate at
+The bound is not sized from the model's speed alone: the server answers requests several
+times slower than the model scores full batches, because the event loop, decoding and
+inference share the cores (BENCHMARKS.md). So the bound follows the rate at
 which requests are actually answered, measured over the last seconds, and never falls below
 two batches, so that batches can still fill while the rate is being measured.
 """
