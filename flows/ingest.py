@@ -13,7 +13,7 @@ from pydantic import Field
 
 from standins.imagehost import embedded_url_lists
 from tasks.dedup import dedup_task
-from tasks.download import DownloadOptions, download_task, read_url_lists
+from tasks.download import DownloadOptions, download_task
 from tasks.feedback import feedback_rows
 from tasks.ledger import load_ledger
 from tasks.manifest import Dataset, UrlRow, write_rows
@@ -21,6 +21,7 @@ from tasks.policies import HOUR
 from tasks.reports import dataset_status_counts, outcome_counts, publish_ingest
 from tasks.shards import Shard, merged_rows, record_worker, wait_for_runs, write_shards
 from tasks.sources import EMBEDDED, read_csv_urls, read_source
+from tasks.url_lists import read_url_lists
 from tasks.verify import verify_task
 from ursa.layout import Layout
 from ursa.ledger import ledger_path

@@ -1,16 +1,13 @@
 """Download: URL lists in, content-addressed raw files and one manifest row per URL out.
 
 One aiohttp session per call, bounded concurrency, a total deadline per URL that covers
-its retries, and a byte cap enforced while reading. Every failure of a single URL becomes
-a row outcome (see ``tasks.manifest.DOWNLOAD_OUTCOMES``); nothing escapes, and no partial
-file is ever left in ``raw/``.
+its retries, and a byte cap enforced while reading (:mod:`tasks.bodies`). Every failure of a
+single URL becomes a row outcome (see ``tasks.manifest.DOWNLOAD_OUTCOMES``); nothing escapes,
+and no partial file is ever left in ``raw/``.
 
-Resume: finished rows are appended to ``manifests/urls.journal.jsonl`` in small batches,
-at most ``_JOURNAL_DELAY_S`` after they finish, and a row is reported (progress) only once
-its line is written. So a run killed at any point (SIGKILL included) and run again fetches
-no URL whose row it reported as settled for good (see :func:`is_settled`): at most the last
-batch, never reported, is fetched again. Transient failures (timeouts, connection errors,
-5xx, 429) are tried again.
+Resume: finished rows go to the journal (:mod:`tasks.journal`) and are reported once written
+there, so a run killed at any point and run again fetches no URL it reported as settled for
+good. Transient failures (timeouts, connection errors, 5xx, 429) are tried again.
 """
 
 from __future__ import annotations
@@ -18,37 +15,25 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import email.utils
-import hashlib
-import json
-import os
 import re
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, TextIO
 
 import aiohttp
 from prefect import task
 from prefect.cache_policies import NONE
 from yarl import URL
 
-from tasks.manifest import UrlRow, data_dir_lock
+from tasks.bodies import save_body
+from tasks.journal import Journal, read_journal, write_journal
+from tasks.manifest import UrlRow, data_dir_lock, with_outcome
 from tasks.progress import progress as progress_bar
-from ursa.files import TEMP_PREFIX, atomic_writer, write_new_file
-from ursa.images import sniff_extension
+from ursa.files import TEMP_PREFIX
 from ursa.layout import Layout
 
-_CHUNK = 64 * 1024
-_HEAD = 16  # enough bytes for every signature that sniff_extension knows
 _MAX_BACKOFF_S = 5.0
-_SPILL_BYTES = 256 * 1024  # bodies up to this stay in memory: at most concurrency x this
-# Statuses that may pass on a later run; every other 4xx is an answer about the URL itself.
-_TRANSIENT_STATUSES = {408, 425, 429}
-# Finished rows wait at most this long for their journal line: one write per batch instead of
-# one per row (a system call each, a tenth of the client's CPU at a thousand rows a second).
-_JOURNAL_DELAY_S = 0.05
 _BAD_URL_CHARS = re.compile(r"[\s\x00-\x1f]")  # whitespace (Unicode too) and control chars
 
 
@@ -76,37 +61,6 @@ class DownloadOptions:
                 f"DownloadOptions.retries and backoff_s must be >= 0, "
                 f"got {self.retries} and {self.backoff_s}."
             )
-
-
-# Whitespace around a URL, with what str.strip misses though an editor shows nothing: a
-# byte-order mark (also where files were concatenated) and zero-width spaces and joiners.
-_PADDING = re.compile(r"^[\s\ufeff\u200b-\u200d\u2060]+|[\s\ufeff\u200b-\u200d\u2060]+$")
-
-
-def read_url_lists(source: Path) -> list[UrlRow]:
-    """Rows from a folder of ``<label>.txt`` files (label = file stem) or from one such file.
-
-    One URL per line (any line ending); blank lines and ``#`` comments are skipped,
-    whitespace is stripped (zero-width marks too), query strings are kept. A leading UTF-8
-    byte-order mark, which Windows editors write, is not part of the first URL. Labels come
-    sorted, lines in file order.
-    """
-    source = Path(source)
-    if source.is_dir():
-        files = sorted(source.glob("*.txt"), key=lambda p: p.stem)
-        if not files:
-            raise FileNotFoundError(f"No <label>.txt URL lists in folder {source}.")
-    elif source.is_file():
-        files = [source]
-    else:
-        raise FileNotFoundError(f"URL list source {source} does not exist.")
-    rows: list[UrlRow] = []
-    for path in files:
-        for line in path.read_text(encoding="utf-8-sig").splitlines():
-            url = _PADDING.sub("", line)
-            if url and not url.startswith("#"):
-                rows.append(UrlRow(url=url, label=path.stem))
-    return rows
 
 
 def download_urls(
@@ -146,7 +100,7 @@ async def download_urls_async(
         settled = read_journal(journal_path, data_dir) if resume else {}
         journal_path.parent.mkdir(parents=True, exist_ok=True)
         with open(journal_path, "a" if resume else "w", encoding="utf-8") as fh:
-            journal = _Journal(fh, progress)
+            journal = Journal(fh, progress)
             try:
                 out = await _download(rows, raw_dir, options, settled, journal, progress)
             finally:
@@ -161,7 +115,7 @@ async def _download(
     raw_dir: Path,
     options: DownloadOptions,
     settled: dict[str, UrlRow],
-    journal: _Journal,
+    journal: Journal,
     progress: Callable[[UrlRow], None] | None,
 ) -> list[UrlRow]:
     out: list[UrlRow | None] = [None] * len(rows)
@@ -182,11 +136,11 @@ async def _download(
             continue
         url, problem = _checked_url(row.url)
         if problem:
-            finish(index, _result(row, "invalid_url", problem), fetched=False)
+            finish(index, with_outcome(row, "invalid_url", problem), fetched=False)
         elif row.url in first_seen:
             first = rows[first_seen[row.url]]
             reason = f"Same URL as row {first_seen[row.url]} (label '{first.label}'); fetched once."
-            finish(index, _result(row, "duplicate_url", reason), fetched=False)
+            finish(index, with_outcome(row, "duplicate_url", reason), fetched=False)
         else:
             first_seen[row.url] = index
             if row.url in settled:
@@ -227,110 +181,6 @@ async def _download(
     return out  # type: ignore[return-value]
 
 
-class _Journal:
-    """Finished rows, appended to the journal in batches and reported once written.
-
-    The first row of a batch schedules its write ``_JOURNAL_DELAY_S`` later; every row that
-    finishes meanwhile joins it. ``progress(row)`` runs only after the write: what a run has
-    reported survives a SIGKILL, and a kill loses at most one unreported batch (fetched
-    again by the next run; its files, named by their hash, are simply written again).
-    """
-
-    def __init__(self, fh: TextIO, progress: Callable[[UrlRow], None] | None) -> None:
-        self._fh = fh
-        self._progress = progress
-        self._rows: list[UrlRow] = []
-        self._timer: asyncio.TimerHandle | None = None
-        self._error: BaseException | None = None
-
-    def add(self, row: UrlRow) -> None:
-        if self._error is not None:
-            raise self._error  # a failed write (disk full?) stops the run, loudly
-        self._rows.append(row)
-        if self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(_JOURNAL_DELAY_S, self._write)
-
-    def _write(self) -> None:
-        try:
-            self.flush()
-        except Exception as exc:  # a timer callback: keep the error for the next add()
-            self._error = exc
-
-    def flush(self) -> None:
-        """Write the pending rows now (one write), then report them."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        rows, self._rows = self._rows, []
-        if not rows:
-            return
-        self._fh.write("".join(_row_json(row) + "\n" for row in rows))
-        self._fh.flush()
-        if self._progress is not None:
-            for row in rows:
-                self._progress(row)
-
-
-def _row_json(row: UrlRow) -> str:
-    # vars(), not dataclasses.asdict: the fields are plain values, and asdict deep-copies
-    # each one (a third of the client's CPU time at a thousand rows a second).
-    return json.dumps(vars(row), ensure_ascii=False)
-
-
-def is_settled(row: UrlRow) -> bool:
-    """Whether another attempt at this URL would give the same answer: such rows are reused.
-
-    Timeouts, connection errors, 5xx and throttling (408, 425, 429) may pass; every other
-    outcome is an answer about the URL itself.
-    """
-    if row.outcome in ("timeout", "connection_error", "", "invalid_url", "duplicate_url"):
-        return False
-    if row.outcome == "http_error":
-        status = row.http_status or 0
-        return 400 <= status < 500 and status not in _TRANSIENT_STATUSES
-    return True
-
-
-def read_journal(path: Path, data_dir: Path) -> dict[str, UrlRow]:
-    """URL -> settled row from a journal; lines a kill cut short and vanished files are skipped."""
-    settled: dict[str, UrlRow] = {}
-    if not path.exists():
-        return settled
-    names = {f.name for f in UrlRow.__dataclass_fields__.values()}
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            try:
-                data = json.loads(line)
-                row = UrlRow(**{k: v for k, v in data.items() if k in names})
-            except (ValueError, TypeError):
-                continue  # the last line of a killed run may be cut short
-            if not is_settled(row):
-                continue
-            if row.outcome == "ok" and not _stored(data_dir, row.raw_path):
-                continue  # the file is gone (deleted by hand): fetch again
-            settled[row.url] = row
-    return settled
-
-
-def write_journal(path: Path, rows: list[UrlRow]) -> None:
-    """The journal of a finished run: one line per fetched URL, written atomically."""
-    seen: set[str] = set()
-    with atomic_writer(path) as fh:
-        for row in rows:
-            if row.outcome in ("invalid_url", "duplicate_url") or row.url in seen:
-                continue
-            seen.add(row.url)
-            fh.write(_row_json(row) + "\n")
-
-
-def _stored(data_dir: Path, raw_path: str) -> bool:
-    """The downloaded file is in raw/, or verification has moved it to quarantine."""
-    if not raw_path:
-        return False
-    path = data_dir / raw_path
-    return path.exists() or any(Layout(data_dir).quarantine.glob(f"*/{path.name}"))
-
-
 def _checked_url(url: str) -> tuple[URL, str]:
     """``url`` parsed (as aiohttp would parse it) and why it cannot be fetched ("" if it can).
 
@@ -348,17 +198,6 @@ def _checked_url(url: str) -> tuple[URL, str]:
     if not parsed.host or port is None:
         return parsed, f"URL {url!r} has no host."
     return parsed, ""
-
-
-def _result(row: UrlRow, outcome: str, reason: str, **fields: object) -> UrlRow:
-    values: dict[str, object] = {
-        "http_status": None,
-        "attempts": 0,
-        "sha256": "",
-        "raw_path": "",
-        **fields,
-    }
-    return dataclasses.replace(row, outcome=outcome, reason=reason, **values)
 
 
 @dataclass
@@ -391,7 +230,7 @@ async def _fetch_row(
                     return dataclasses.replace(result, attempts=attempts)
                 last = result
                 if attempts > options.retries:
-                    return _result(
+                    return with_outcome(
                         row,
                         last.outcome,
                         f"{last.reason} (gave up after {attempts} attempts)",
@@ -404,7 +243,7 @@ async def _fetch_row(
                 left = deadline - loop.time()
                 if delay >= left:
                     # Waiting would overrun the deadline: record what we know now.
-                    return _result(
+                    return with_outcome(
                         row,
                         last.outcome,
                         f"{last.reason}; retry in {delay:g} s does not fit the "
@@ -415,7 +254,7 @@ async def _fetch_row(
                 await asyncio.sleep(delay)
     except TimeoutError:
         detail = f"; last failure: {last.reason}" if last else ""
-        return _result(
+        return with_outcome(
             row,
             "timeout",
             f"No complete answer within the {options.timeout_s:g} s deadline "
@@ -424,7 +263,7 @@ async def _fetch_row(
             attempts=attempts,
         )
     except Exception as exc:  # one URL's failure never escapes: it becomes its row
-        return _result(
+        return with_outcome(
             row,
             "connection_error",
             f"{type(exc).__name__}: {exc}",
@@ -449,13 +288,13 @@ async def _attempt(
                 reason = f"HTTP {status} {response.reason or ''}".rstrip()
                 if status >= 500 or status == 429:
                     return _Retry("http_error", reason, status, _retry_after(response))
-                return _result(row, "http_error", reason, http_status=status)
-            return await _save_body(row, response, raw_dir, options)
+                return with_outcome(row, "http_error", reason, http_status=status)
+            return await save_body(row, response, raw_dir, options.max_bytes)
     except aiohttp.ClientSSLError as exc:  # a bad certificate does not get better by retrying
-        return _result(row, "connection_error", f"{type(exc).__name__}: {exc}")
+        return with_outcome(row, "connection_error", f"{type(exc).__name__}: {exc}")
     except aiohttp.TooManyRedirects as exc:  # a loop or an over-long chain: final
         chain = " -> ".join(str(r.url) for r in exc.history[-3:])
-        return _result(
+        return with_outcome(
             row,
             "connection_error",
             f"More than {options.max_redirects} redirects (a loop?); last: {chain}",
@@ -463,7 +302,7 @@ async def _attempt(
         )
     except (aiohttp.InvalidUrlRedirectClientError, aiohttp.NonHttpUrlRedirectClientError) as exc:
         # A redirect to file://, ftp:// or garbage is refused, never followed.
-        return _result(row, "invalid_url", f"Redirect refused: {type(exc).__name__}: {exc}")
+        return with_outcome(row, "invalid_url", f"Redirect refused: {type(exc).__name__}: {exc}")
     except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
         return _Retry("connection_error", f"{type(exc).__name__}: {exc}")
     except TimeoutError as exc:
@@ -473,104 +312,6 @@ async def _attempt(
         return _Retry(
             "timeout", f"Attempt timed out after {options.attempt_timeout_s:g} s{message}"
         )
-
-
-async def _save_body(
-    row: UrlRow, response: aiohttp.ClientResponse, raw_dir: Path, options: DownloadOptions
-) -> UrlRow:
-    """Read the body (stopping at the byte cap); keep it under its sha256 if it is an image.
-
-    Bodies up to _SPILL_BYTES stay in memory and are written in one go, on the event loop:
-    open, write and rename of a small file into the page cache cost less than the hop to a
-    worker thread and back (which cost more CPU per URL than the write itself). Larger
-    bodies stream to a temporary file. Either way the file appears under its final name
-    only when complete (temporary file + rename).
-    """
-    status = response.status
-    content_type = response.headers.get("Content-Type", "")
-    declared = response.content_length
-    if declared is not None and declared > options.max_bytes:
-        response.close()
-        return _result(
-            row,
-            "too_large",
-            f"Content-Length {declared} is over the {options.max_bytes} byte cap",
-            http_status=status,
-        )
-    digest = hashlib.sha256()
-    head = b""
-    size = 0
-    ext: str | None = None
-    buffer = bytearray()
-    spill: BinaryIO | None = None
-    tmp: Path | None = None
-    kept = False
-    try:
-        async for chunk in response.content.iter_chunked(_CHUNK):
-            size += len(chunk)
-            if size > options.max_bytes:
-                response.close()  # stop the transfer now, whatever Content-Length said
-                return _result(
-                    row,
-                    "too_large",
-                    f"Body passed the {options.max_bytes} byte cap; reading stopped",
-                    http_status=status,
-                )
-            if len(head) < _HEAD:
-                head += chunk[: _HEAD - len(head)]
-                if len(head) == _HEAD:
-                    ext = sniff_extension(head)
-                    if ext is None:
-                        response.close()  # no need to read the rest of a web page
-                        return _not_image(row, status, content_type, head)
-            digest.update(chunk)
-            if spill is not None:
-                spill.write(chunk)  # small writes land in the page cache
-            else:
-                buffer += chunk
-                if len(buffer) > _SPILL_BYTES:  # rare: open the file here, not in a thread,
-                    fd, name = tempfile.mkstemp(dir=raw_dir, prefix=TEMP_PREFIX, suffix=".tmp")
-                    tmp = Path(name)  # so that a cancellation always knows what to remove
-                    spill = os.fdopen(fd, "wb")
-                    spill.write(buffer)
-                    buffer = bytearray()
-        if size == 0:
-            return _result(row, "empty", "Zero-byte body", http_status=status)
-        if ext is None:
-            ext = sniff_extension(head)  # a body shorter than _HEAD
-            if ext is None:
-                return _not_image(row, status, content_type, head)
-        sha256 = digest.hexdigest()
-        name = f"{sha256}.{ext}"
-        if spill is not None and tmp is not None:
-            spill.close()
-            # Content-addressed: the same bytes land on the same name, so replacing is harmless.
-            os.replace(tmp, raw_dir / name)
-        else:
-            write_new_file(os.path.join(raw_dir, name), buffer)
-        kept = True
-        return _result(
-            row,
-            "ok",
-            f"{size} bytes, {content_type or 'no Content-Type'}",
-            http_status=status,
-            sha256=sha256,
-            raw_path=f"raw/{name}",
-        )
-    finally:
-        if spill is not None:
-            spill.close()
-        if tmp is not None and not kept:  # every other path, cancellation included
-            tmp.unlink(missing_ok=True)
-
-
-def _not_image(row: UrlRow, status: int, content_type: str, head: bytes) -> UrlRow:
-    return _result(
-        row,
-        "not_image",
-        f"Not an image: Content-Type '{content_type or 'none'}', starts with {head!r}",
-        http_status=status,
-    )
 
 
 def _retry_after(response: aiohttp.ClientResponse) -> float | None:

@@ -59,6 +59,19 @@ class UrlRow:
     phash: str = ""  # 64-bit perceptual hash, 16 hex digits (set by verification)
 
 
+def with_outcome(row: UrlRow, outcome: str, reason: str, **fields: object) -> UrlRow:
+    """``row`` with a download outcome and its reason; what a fetch records (status,
+    attempts, hash, file) is cleared unless given in ``fields``."""
+    values: dict[str, object] = {
+        "http_status": None,
+        "attempts": 0,
+        "sha256": "",
+        "raw_path": "",
+        **fields,
+    }
+    return dataclasses.replace(row, outcome=outcome, reason=reason, **values)
+
+
 @dataclass
 class ImageRow:
     """One verified image and its fate in the dataset."""

@@ -10,8 +10,8 @@ import hashlib
 from collections import Counter
 from pathlib import Path
 
-from tasks.download import read_url_lists
 from tasks.manifest import UrlRow
+from tasks.url_lists import read_url_lists
 from ursa.files import write_new_file
 from ursa.images import sniff_extension
 from ursa.layout import Layout

@@ -18,9 +18,9 @@ from tasks.download import (
     download_task,
     download_urls,
     download_urls_async,
-    read_url_lists,
 )
 from tasks.manifest import DOWNLOAD_OUTCOMES, UrlRow
+from tasks.url_lists import read_url_lists
 
 # Small deadlines so that the slow URL (30 s on the host) times out fast.
 FAST = DownloadOptions(timeout_s=2.0, attempt_timeout_s=1.5, backoff_s=0.05)

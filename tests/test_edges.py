@@ -21,7 +21,6 @@ from tasks.data_checks import (
     unusable_reasons,
 )
 from tasks.dedup import _mark, _UnionFind
-from tasks.download import read_url_lists
 from tasks.lr_find import lr_find
 from tasks.manifest import ImageRow, write_dataset
 from tasks.splits import assign_split, fold_of
@@ -34,6 +33,7 @@ from tasks.train import (
     fit,
     index_batches,
 )
+from tasks.url_lists import read_url_lists
 
 # Pure functions, each example in microseconds: many examples, no deadline (a shared machine).
 PROPERTIES = settings(max_examples=200, deadline=None)

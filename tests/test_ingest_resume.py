@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 
 from standins.imagehost import ImageHost
-from tasks.download import DownloadOptions, download_urls, read_url_lists
+from tasks.download import DownloadOptions, download_urls
 from tasks.manifest import UrlRow, data_dir_lock
+from tasks.url_lists import read_url_lists
 from ursa.embedded import write_embedded_images
 from ursa.layout import Layout
 
@@ -27,7 +28,8 @@ REPO = Path(__file__).resolve().parents[1]
 CHILD = """
 import sys
 from pathlib import Path
-from tasks.download import DownloadOptions, download_urls, read_url_lists
+from tasks.download import DownloadOptions, download_urls
+from tasks.url_lists import read_url_lists
 rows = read_url_lists(Path(sys.argv[1]))
 download_urls(rows, Path(sys.argv[2]), DownloadOptions(concurrency=4, per_host=4))
 """
