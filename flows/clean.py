@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from prefect import flow
 
 from tasks.architectures import Arch
-from tasks.cleaning import Ranking, log_ranking_task, publish_review_task, rank_task, review_url
+from tasks.cleaning import Ranking, rank_task
+from tasks.cleaning_report import log_ranking_task, publish_review_task, review_url
 from tasks.data_checks import check_dataset_task
 from tasks.manifest import load_dataset
 from tasks.policies import HOUR
@@ -43,7 +44,8 @@ def clean(
 ) -> CleanResult:
     """Rank the dataset's images by how likely their label is wrong (k-fold out-of-sample
     probabilities; see tasks/cleaning.py), log the ranking to MLflow and publish the link to
-    the review page (``review``, default: the configured server's /review)."""
+    the review page (``review``, default: the configured server's /review; see
+    tasks/cleaning_report.py)."""
     settings = Settings.from_env()
     dataset = load_dataset(dataset_manifest or settings.layout.dataset_manifest())
     check_dataset_task(dataset, need_valid=False)  # folds cut train and valid alike

@@ -21,11 +21,11 @@ import tasks.cleaning
 from tasks.cleaning import (
     _decode,
     class_thresholds,
-    log_ranking,
     probabilities,
     rank_dataset,
     rank_images,
 )
+from tasks.cleaning_report import log_ranking
 from tasks.manifest import Dataset, ImageRow, read_rows, write_dataset
 from tasks.splits import fold_of
 from tasks.tensor_cache import Tensors
