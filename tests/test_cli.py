@@ -259,6 +259,8 @@ def test_the_checks_read_the_same_annotations_the_flow_has(command: str) -> None
     flow = getattr(importlib.import_module(module), name)
     hints = typing.get_type_hints(flow.fn, include_extras=True)
     hints.pop("return", None)
-    assert {k: repr(v) for k, v in flow_annotations(module, name).items()} == {
-        k: repr(v) for k, v in hints.items()
-    }
+    read = flow_annotations(module, name)
+    # Left to the flow: an annotation with a validator function (the architecture, which the
+    # CLI's --arch checks against torchvision's registry itself).
+    assert set(hints) - set(read) <= {"arch"}
+    assert {k: repr(v) for k, v in read.items()} == {k: repr(hints[k]) for k in read}
