@@ -54,6 +54,7 @@ def test_importing_the_ingest_flow_imports_neither_torch_nor_mlflow() -> None:
         (["release"], "no trained model yet in sqlite:///{data}/mlflow.db. Run 'ursa train'"),
         (["ingest", "--concurrency", "0", "embedded"], "--concurrency 0: input should be greater"),
         (["train", "--epochs", "0"], "--epochs 0: input should be greater than or equal to 1"),
+        (["monitor", "--window-hours", "0"], "--window-hours 0: input should be greater than 0"),
         (["rollback"], "nothing released yet in sqlite:///{data}/mlflow.db. Run 'ursa release'"),
         (
             ["release", "--model-uri", "models:/m-1", "--serve-url", "http://127.0.0.1:9"],
