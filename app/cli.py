@@ -357,6 +357,25 @@ def cmd_clean(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_monitor(args: argparse.Namespace, settings: Settings) -> int:
+    arguments = checked_arguments(args)
+    from flows.monitor import monitor
+
+    result = run_flow(monitor, arguments, args, settings)
+    console.print(
+        f"{result.verdict}: {result.n_window} answers from {result.window_start} to "
+        f"{result.window_end}; {result.accepted_waiting} accepted feedback images waiting"
+    )
+    for reason in result.reasons:
+        console.print(f"  {reason}")
+    if result.pipeline_run_id:
+        console.print(
+            f"Started the pipeline (flow run {result.pipeline_run_id}): {result.retrain_reason}"
+        )
+    console.print(f"Report: MLflow run {result.mlflow_run_id}")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from app.stack import check_port_free
     from serving.server import run
@@ -459,6 +478,7 @@ FLOWS = {
     "rollback": ("flows.rollback", "rollback"),
     "pipeline": ("flows.pipeline", "pipeline"),
     "clean": ("flows.clean", "clean"),
+    "monitor": ("flows.monitor", "monitor"),
 }
 
 
@@ -561,6 +581,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", dest="timeout_s", metavar="SECONDS", type=float, help="deadline per URL in s"
     )
     p.add_argument("--fresh", action="store_true", help="fetch every URL again instead of resuming")
+    p.add_argument(
+        "--feedback-to-valid",
+        action="store_true",
+        help="split accepted feedback images like the others (default: all to training, so "
+        "the gate compares on the same validation data)",
+    )
     p.set_defaults(func=cmd_ingest)
 
     # Options a recipe chooses default to None: not given, the recipe's value applies.
@@ -715,6 +741,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="review page to link (default: the server's /review)",
     )
     p.set_defaults(func=cmd_clean)
+
+    p = sub.add_parser(
+        "monitor", help="compare recent predictions with the champion's data: drift verdict"
+    )
+    p.add_argument("--window-hours", type=float, help="how far back the prediction log is read")
+    p.add_argument(
+        "--dataset",
+        dest="dataset_manifest",
+        metavar="CSV",
+        help="the champion's dataset (default: the data folder's last ingest)",
+    )
+    p.add_argument("--min-predictions", type=int, help="fewer answers give no verdict")
+    p.add_argument(
+        "--min-accepted-feedback", type=int, help="accepted feedback images that start a retrain"
+    )
+    p.add_argument(
+        "--no-retrain",
+        dest="retrain",
+        action="store_false",
+        help="report only: never start the pipeline deployment",
+    )
+    p.add_argument("--deployment", help="the deployment to start on drift, as flow/deployment")
+    p.set_defaults(func=cmd_monitor)
 
     p = sub.add_parser("serve", help="serve the registered champion over HTTP")
     p.add_argument("--host", help="bind address (default URSA_SERVE_HOST or 127.0.0.1)")

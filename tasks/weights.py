@@ -102,9 +102,10 @@ def download_checked(url: str, target: Path, timeout_s: float = TIMEOUT_S) -> No
     prefix = match.group(1) if match else ""
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f"{target.name}.{uuid.uuid4().hex}.partial")
-    print(f'Downloading: "{url}" to {target}', file=sys.stderr)
     try:
         with urlopen(Request(url, headers={"User-Agent": "torch.hub"}), timeout=timeout_s) as r:
+            # Said once the host answered: a refused download ends in one line, the error.
+            print(f'Downloading: "{url}" to {target}', file=sys.stderr)
             size = int(r.headers.get("Content-Length") or 0) or None
             digest = hashlib.sha256()
             with partial.open("wb") as out, _bar(size) as advance:

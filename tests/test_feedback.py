@@ -107,13 +107,17 @@ def test_accepted_feedback_joins_the_next_dataset_for_training(
     )
 
     # The next ingest, as flows/ingest.py composes it (without a Prefect run).
-    listed = local_image_rows(digits, tmp_path, 12)
-    added = feedback_rows(tmp_path, ledger_path(tmp_path))
-    rows = verify_rows(listed + added, tmp_path)
-    dataset = build_dataset(rows, tmp_path, ledger=load_ledger(ledger_path(tmp_path)))
+    listed = verify_rows(local_image_rows(digits, tmp_path, 12), tmp_path)
+    without = read_rows(Path(build_dataset(listed, tmp_path).manifest_path), ImageRow)
+    added = verify_rows(feedback_rows(tmp_path, ledger_path(tmp_path)), tmp_path)
+    dataset = build_dataset(listed + added, tmp_path, ledger=load_ledger(ledger_path(tmp_path)))
     rows = read_rows(Path(dataset.manifest_path), ImageRow)
     [row] = [r for r in rows if r.source == "feedback"]
     assert (row.sha256, row.label, row.status) == (answers[0]["sha256"], "7", "kept")
-    assert row.split == "train"  # never in the gate's validation data unless chosen
+    # Never in the gate's validation data unless chosen, and the rest split as before.
+    assert row.split == "train"
+    assert {r.sha256 for r in rows if r.split == "valid"} == {
+        r.sha256 for r in without if r.split == "valid"
+    }
     assert row.url == f"feedback:{answers[0]['sha256']}"
     assert answers[1]["sha256"] not in {r.sha256 for r in rows}

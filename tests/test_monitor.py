@@ -14,9 +14,17 @@ import pytest
 from PIL import Image, ImageOps
 
 from serving.app import create_app
-from tasks.drift import DRIFTED, STABLE, drift
-from tasks.monitor import Reference, champion_reference, window_sample
+from tasks.drift import DRIFTED, STABLE, Drift, drift
+from tasks.manifest import ImageRow, write_rows
+from tasks.monitor import (
+    Reference,
+    accepted_waiting,
+    champion_reference,
+    retrain_reason,
+    window_sample,
+)
 from tests.live import LiveServer
+from ursa.ledger import ledger_path, record_addition
 from ursa.predictions import log_dir, read_predictions
 from ursa.settings import Settings
 
@@ -133,3 +141,18 @@ def test_monitor_starts_the_pipeline_on_drift_and_not_when_stable(
     result = monitor(dataset_manifest=str(manifest), deployment=deployment)
     assert result.verdict == STABLE and result.retrain_reason == "", result
     assert result.pipeline_run_id is None
+
+
+def test_enough_accepted_feedback_asks_for_a_retrain(tmp_path: Path) -> None:
+    sha = [f"{i:064x}" for i in range(3)]
+    for s in sha:
+        record_addition(ledger_path(tmp_path), "dana", s, "3", ["3"])
+    in_dataset = tmp_path / "datasets" / "dataset.csv"
+    row = ImageRow(sha[0], "", "3", "", 8, 8, "", "", "", source="feedback")
+    write_rows(in_dataset, [row], ImageRow)
+    waiting = accepted_waiting(tmp_path, in_dataset)
+    assert waiting == 2  # the third is in the dataset already
+    calm = Drift(STABLE, [], 100, 100)
+    assert retrain_reason(calm, waiting, min_accepted_feedback=3) == ""
+    assert "2 accepted feedback images" in retrain_reason(calm, waiting, min_accepted_feedback=2)
+    assert retrain_reason(calm, waiting, min_accepted_feedback=0) == ""
