@@ -259,6 +259,7 @@ def test_the_checks_read_the_same_annotations_the_flow_has(command: str) -> None
     flow = getattr(importlib.import_module(module), name)
     hints = typing.get_type_hints(flow.fn, include_extras=True)
     hints.pop("return", None)
-    assert {k: repr(v) for k, v in flow_annotations(module, name).items()} == {
-        k: repr(v) for k, v in hints.items()
-    }
+    ours = flow_annotations(module, name)
+    assert {k: repr(v) for k, v in ours.items()} == {k: repr(hints[k]) for k in ours}
+    # Left out only where the annotation calls code (a validator): the CLI's option type checks.
+    assert all("function" in repr(hints[k]) for k in set(hints) - set(ours)), set(hints) - set(ours)
