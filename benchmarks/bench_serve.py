@@ -16,7 +16,15 @@ so that it takes little of the shared cores) in this one, so the client never ho
 the server's GIL. Both servers and the client share the machine's cores, whose speed drifts,
 so the whole comparison runs ``--rounds`` times and the goals are read on the medians.
 
+With ``--part burst`` (or ``all``, the default, which runs it first): overload. An open burst
+of ``--burst`` requests, at most ``--in-flight`` at a time, against ``ursa serve`` with its
+defaults (bounded queue, deadline) and, in the same round, without a bound or a deadline
+(``URSA_MAX_QUEUE=0 URSA_REQUEST_TIMEOUT_S=0``): answered and shed shares, latency of the
+answered requests, the slowest ``/healthz``/``/readyz`` probe from a process of its own,
+the server's RSS growth and its event-loop lag.
+
     .venv/bin/python benchmarks/bench_serve.py [--seconds 15] [--clients 32] [--rounds 3]
+    .venv/bin/python benchmarks/bench_serve.py --part burst [--burst 3000] [--in-flight 1000]
 """
 
 from __future__ import annotations

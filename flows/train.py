@@ -153,9 +153,8 @@ def train(
         flip: Also flip horizontally (wrong for digits and text).
         resize: How pictures become squares: "squash" (stretch), "crop" (the centre) or "pad"
             (black borders). Serving applies the same policy (it is in the model package).
-        compile: torch.compile each trial's model. On an H100 it trains resnet18/34 at 224 px
-            1.3x faster and pays for its compile time after about 250,000 training images
-            per trial (BENCHMARKS.md); on CPUs its compile time outweighs the gain.
+        compile: torch.compile each trial's model: faster steps on a GPU, but its compile
+            time pays only on long trials (BENCHMARKS.md has the break-even); off by default.
         mode: The full grid, or successive halving with epochs as the budget.
         eta: Halving keeps the best 1/eta of each rung.
         lr_find: Run the learning-rate range test first and log its plot.

@@ -228,7 +228,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         inference = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ursa-inference")
         # Decoding is CPU work that Pillow does without the GIL: one thread per core is all it
         # can use. Starlette's pool (40 threads) let 40 decodes fight the inference threads for
-        # the cores; this pool served about 5% more requests per second (BENCHMARKS.md).
+        # the cores; this pool serves more requests per second (BENCHMARKS.md).
         cores = max(1, len(os.sched_getaffinity(0)))
         decoding = ThreadPoolExecutor(max_workers=cores, thread_name_prefix="ursa-decode")
         app.state.decoding = decoding

@@ -14,9 +14,8 @@ from ursa.settings import Settings
 def inference_threads(configured: int) -> int:
     """Torch threads for the model: as configured, else every core this process may use.
 
-    Measured on 2 cores (BENCHMARKS.md): on a quiet machine 2 threads serve resnet18 at 64 px
-    about 1.4x faster than 1 (191 vs 139 images/s), so a server that has its machine to itself
-    uses every core. On a machine shared with other busy processes, set
+    On a quiet machine more threads serve faster (BENCHMARKS.md), so a server that has its
+    machine to itself uses every core. On a machine shared with other busy processes, set
     URSA_INFERENCE_THREADS to fewer cores: torch's threads wait for each other on every
     operator, and a busy neighbour then stalls them all.
     """

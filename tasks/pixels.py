@@ -32,7 +32,7 @@ def decode_chunk(chunk: DecodeChunk) -> int:
 
     One positioned write per image, not a write through a memory map: each page first
     written through a map faults and allocates its block on the spot, and the workers' faults
-    on one file queue behind each other (measured here: two processes slower than one). A
+    on one file queue behind each other (BENCHMARKS.md: two processes ran slower than one). A
     write goes to the page cache with its blocks allocated later, in bulk; the worker holds
     one image at a time whatever the file's size.
     """

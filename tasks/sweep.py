@@ -255,10 +255,10 @@ log_model_task = task(name="log-best-model", **CPU)(log_best_model)  # a retry =
 
 def auto_workers(runner: str, workers: int, n_trials: int) -> int:
     """Trials at a time: ``workers`` when given (>= 1); 0 chooses. On a GPU, one (trials
-    would share one device). On CPUs, one trial per core up to the number of trials: measured
-    on 2 cores (BENCHMARKS.md), two one-thread trials side by side train as fast as one
-    two-thread trial and keep doing so while Prefect, MLflow and the reports use the CPU too,
-    because a one-thread trial has no thread team that waits for its slowest member."""
+    would share one device). On CPUs, one trial per core up to the number of trials: one-thread
+    trials side by side train as fast as one multi-thread trial and keep doing so while
+    Prefect, MLflow and the reports use the CPU too, because a one-thread trial has no thread
+    team that waits for its slowest member (BENCHMARKS.md has the figures)."""
     if workers < 0:
         raise ValueError(f"workers is {workers}; expected 0 (choose) or a positive number.")
     if workers:

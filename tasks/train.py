@@ -157,8 +157,7 @@ def device_for_training() -> torch.device:
 
 def memory_format(device: torch.device) -> torch.memory_format:
     """The layout of models and batches on ``device``: channels_last on CUDA, where the
-    convolutions want it; NCHW on CPUs, where channels_last trained resnet18 at 32 px 10-25%
-    slower on one thread (measured on these 2-core machines)."""
+    convolutions want it; NCHW on CPUs, where channels_last trains slower (BENCHMARKS.md)."""
     return torch.channels_last if device.type == "cuda" else torch.contiguous_format
 
 
@@ -219,7 +218,7 @@ def phase_optimizer(model: nn.Module, phase: str, lr: float) -> tuple[torch.opti
     else:
         rates = [lr]
         groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": lr}]
-    # fused: one kernel for all parameters; measured here ~10x faster than the default step.
+    # fused: one kernel for all parameters instead of a loop over them (BENCHMARKS.md).
     return torch.optim.AdamW(groups, lr=lr, weight_decay=1e-2, fused=True), rates
 
 
@@ -261,8 +260,7 @@ def augment(
     style: str = "digits",
 ) -> torch.Tensor:
     """Random affine and lighting for a whole float batch in [0, ``peak``] at once: one
-    ``grid_sample`` instead of a PIL transform per image (measured here: about 0.3 ms for 64
-    images at 32 px); ``flip`` adds mirror images.
+    ``grid_sample`` instead of a PIL transform per image; ``flip`` adds mirror images.
 
     - "digits": rotate ±10°, scale 0.9-1.1, shift ±1/8, contrast 0.8-1.2.
     - "photos" (lesson 2's ``RandomResizedCrop(min_scale=0.5)`` + ``aug_transforms``, on the

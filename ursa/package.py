@@ -42,7 +42,7 @@ def preprocess(
     """PIL images -> a normalised float batch (N, 3, S, S), resized by policy ``resize``."""
     arrays = [input_pixels(im, image_size, resize) for im in images]
     # Contiguous NCHW: the permuted view is laid out channels_last, on which the exported
-    # model's convolutions (NCHW weights) ran up to 30% slower on these CPUs.
+    # model's convolutions (NCHW weights) run slower on CPUs (BENCHMARKS.md).
     batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
     return normalise(batch.float().div_(255.0), mean, std)
 
@@ -103,8 +103,8 @@ def batch_norms_folded(model: torch.nn.Module) -> torch.nn.Module:
 
     The predictions are the same (to float rounding) with a third fewer operators. The exported
     graph runs each operator from Python, taking the GIL back between operators, so under
-    load it competes with the server's event loop once per operator: folded, resnet18 served
-    about 10% more requests per second at the same in-process speed (BENCHMARKS.md).
+    load it competes with the server's event loop once per operator: fewer operators, more
+    requests per second at the same in-process speed (BENCHMARKS.md).
     """
     from torch.fx.experimental.optimization import fuse
 
