@@ -4,6 +4,7 @@ status`` on an empty and on a trained data folder; the flows' defaults as the on
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -14,9 +15,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
 from app import cli
+from app.status import print_status
 from tests.datasets import digits_dataset
+from tests.test_release import log_models
 from ursa.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -190,13 +194,7 @@ def version_server() -> Iterator[str]:
 def test_status_of_a_trained_data_folder(data_dir: Path, version_server: str) -> None:
     from tasks.leaderboard import best_trial
     from tasks.registry import release_model
-    from tasks.sweep import (
-        diagnose_in_sweep,
-        finish_sweep,
-        log_best_model,
-        start_sweep,
-        trial_grid,
-    )
+    from tasks.sweep import diagnose_in_sweep, finish_sweep, start_sweep, trial_grid
     from tasks.tensor_cache import tensor_cache
     from tasks.tracking import experiment_id
     from tasks.train import TrainConfig
@@ -214,7 +212,8 @@ def test_status_of_a_trained_data_folder(data_dir: Path, version_server: str) ->
     results = diagnose_in_sweep(results, uri)
     best = best_trial(results)
     finish_sweep(parent, results, best, tracking_uri=uri)
-    model_uri = log_best_model(best, config, dataset, cache, parent, uri)
+    # The registered version: a tiny package (exporting the trial's resnet costs far more).
+    model_uri = log_models(settings, list(dataset.classes), ["c0"])["c0"]
     release_model(model_uri, dataset, settings.model_name, settings.tracking_uri)
     write_stack_state(
         data_dir,
@@ -242,7 +241,9 @@ def test_status_of_a_trained_data_folder(data_dir: Path, version_server: str) ->
     assert report["stack"]["running"]
     assert report["stack"]["urls"]["Prefect UI"] == "http://127.0.0.1:4321"
 
-    text = ursa("status", env={"URSA_SERVE_URL": ""}).stdout
+    shown = io.StringIO()
+    print_status(report, Console(file=shown, width=200))
+    text = shown.getvalue()
     assert f"{dataset.digest[:12]}  3 classes, 18 train / 6 valid" in text
     assert "@champion" in text and "promoted" in text
     assert f"v1 at {version_server}" in text
