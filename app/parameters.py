@@ -41,31 +41,52 @@ def check_arguments(
 def flow_annotations(module: str, flow: str) -> dict[str, Any]:
     """The flow's parameter annotations, evaluated from its source (see
     :func:`flow_parameters` for why): the typing and pydantic names a flow signature uses, and
-    constants looked up as for defaults. A parameter naming anything else is left out, and
-    the flow checks it when it starts."""
-    from typing import Annotated, Literal
-
-    from pydantic import Field
-
-    known = {"Annotated": Annotated, "Literal": Literal, "Field": Field, "None": None}
-    known |= {t.__name__: t for t in (int, float, str, bool, list, dict, tuple)}
+    the aliases and constants it names, looked up in its module or an import or two away. A
+    parameter whose annotation calls code (a validator function) is left out: the CLI's own
+    option type or the flow checks it."""
     annotations = {}
     node = _flow_node(module, flow)
     for arg in node.args.args + node.args.kwonlyargs if node else []:
         if arg.annotation is None:
             continue
-        namespace = dict(known)
-        names = {n.id for n in ast.walk(arg.annotation) if isinstance(n, ast.Name)} - set(known)
-        for name in names:
-            value = _value(ast.Name(name), module)
-            if value is None:  # a type alias the module defines (Lrs = Annotated[...])
-                value = _alias(name, module, known)
-            namespace[name] = tuple(value) if isinstance(value, list) else value
-        if any(namespace[name] is None for name in names):
+        try:
+            annotations[arg.arg] = _evaluated(arg.annotation, module)
+        except _Unresolved:
             continue
-        expression = ast.Expression(arg.annotation)
-        annotations[arg.arg] = eval(compile(expression, module, "eval"), {}, namespace)
     return annotations
+
+
+class _Unresolved(Exception):
+    pass
+
+
+def _evaluated(expression: ast.expr, module: str, depth: int = 0) -> Any:
+    """``expression`` evaluated with typing's and pydantic's names and the module's aliases."""
+    from typing import Annotated, Literal
+
+    from pydantic import Field
+
+    namespace: dict[str, Any] = {"Annotated": Annotated, "Literal": Literal, "Field": Field}
+    namespace |= {t.__name__: t for t in (int, float, str, bool, list, dict, tuple)}
+    for name in {n.id for n in ast.walk(expression) if isinstance(n, ast.Name)}:
+        if name not in namespace and name != "None":
+            namespace[name] = _named(name, module, depth)
+    return eval(compile(ast.Expression(expression), module, "eval"), {}, namespace)
+
+
+def _named(name: str, module: str, depth: int) -> Any:
+    """The value a module-level name of ``module`` is bound to: an alias, a constant."""
+    tree = _module_tree(module)
+    for statement in tree.body if tree and depth < 4 else []:
+        if isinstance(statement, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == name for t in statement.targets
+        ):
+            return _evaluated(statement.value, module, depth + 1)
+        if isinstance(statement, ast.ImportFrom) and statement.module:
+            for alias in statement.names:
+                if (alias.asname or alias.name) == name:
+                    return _named(alias.name, statement.module, depth + 1)
+    raise _Unresolved(f"{module}.{name}")
 
 
 class Parameter(typing.NamedTuple):
@@ -139,24 +160,6 @@ def _value(node: ast.expr | None, module: str, depth: int = 0) -> Any:
         if isinstance(statement, ast.ImportFrom) and statement.module:
             if any((a.asname or a.name) == node.id for a in statement.names):
                 return _value(node, statement.module, depth + 1)
-    return None
-
-
-def _alias(name: str, module: str, known: dict[str, Any], depth: int = 0) -> Any:
-    """The type alias ``name`` that ``module`` (or a module it imports it from) defines from
-    ``known`` names only, evaluated; else None."""
-    tree = _module_tree(module)
-    for statement in tree.body if tree and depth < 2 else []:
-        if isinstance(statement, ast.Assign) and any(
-            isinstance(t, ast.Name) and t.id == name for t in statement.targets
-        ):
-            used = {n.id for n in ast.walk(statement.value) if isinstance(n, ast.Name)}
-            if not used <= set(known):
-                return None
-            return eval(compile(ast.Expression(statement.value), module, "eval"), {}, dict(known))
-        if isinstance(statement, ast.ImportFrom) and statement.module:
-            if any((a.asname or a.name) == name for a in statement.names):
-                return _alias(name, statement.module, known, depth + 1)
     return None
 
 

@@ -163,3 +163,20 @@ def test_release_fails_after_two_retries_when_the_server_is_down_and_it_catches_
 def test_bad_url_source_names_the_path(data_dir: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no-such-folder"):
         ingest(source=str(data_dir / "no-such-folder"))
+
+
+def test_a_sharded_ingest_without_the_shard_deployment_runs_its_shards_here(
+    data_dir: Path,
+) -> None:
+    # The test server has no deployments: the shards run in this process, one after another,
+    # each in its own folder, and merge into the dataset an unsharded ingest builds.
+    one = ingest(source="embedded", max_per_class=8, timeout_s=3.0)
+    two = ingest(source="embedded", max_per_class=8, timeout_s=3.0, shards=2)
+    assert two.outcomes == one.outcomes
+    assert two.dataset.digest == one.dataset.digest
+    images = read_rows(Path(two.dataset.manifest_path), ImageRow)
+    assert {"/".join(r.image_path.split("/")[:3]) for r in images} == {
+        "shards/2/0",
+        "shards/2/1",
+    }
+    assert all((data_dir / r.image_path).is_file() for r in images)
