@@ -274,7 +274,7 @@ def speed(root: Path, naive_workers: int, rounds: int) -> list[str]:
         if name not in best or clock.wall < best[name][0].wall:
             best[name] = (clock, accuracy)
 
-    with prefect_test_harness(server_startup_timeout=90):
+    with prefect_test_harness(server_startup_timeout=600):
         for r in range(rounds):
             print(f"round {r + 1} of {rounds}", flush=True)
             flow_clock, info = ursa_sweep(dataset, LRS, EPOCHS)
@@ -358,7 +358,7 @@ def efficiency(root: Path) -> list[str]:
     lrs = [3e-4, 1e-3, 2e-3, 3e-3, 6e-3, 1e-2]
     epochs = [1, 2, 4]
     kw = {"image_size": 16}
-    with prefect_test_harness(server_startup_timeout=90):
+    with prefect_test_harness(server_startup_timeout=600):
         grid_clock, grid = ursa_sweep(dataset, lrs, epochs, mode="grid", **kw)
         print(
             f"grid:    {grid_clock.wall:6.1f} s, best {grid['best']:.4f} "

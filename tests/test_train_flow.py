@@ -58,6 +58,12 @@ def test_halving_on_concurrent_threads_reports_the_epochs_it_saved(manifest: str
     tags = MlflowClient(Settings.from_env().tracking_uri).get_run(result.parent_run_id).data.tags
     assert tags["ursa.budget"] == result.budget
     assert tags["ursa.model_uri"] == result.model_uri
+    # 3 validation images per class: the numbers are flagged on the sweep and every trial.
+    assert any("fewer than 10 validation images" in w for w in result.warnings)
+    assert tags["ursa.data_warnings"] == "; ".join(result.warnings)
+    for child in _children(result.parent_run_id):
+        assert child.data.tags["ursa.data_warnings"] == tags["ursa.data_warnings"]
+        assert child.data.tags["ursa.bn_recomputed"].startswith("before the validation")
 
 
 def test_trials_run_on_a_local_dask_cluster_of_two_worker_processes(manifest: str) -> None:
