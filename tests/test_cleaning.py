@@ -31,6 +31,7 @@ from tasks.splits import fold_of
 from tasks.tensor_cache import Tensors
 from tasks.train import TrainConfig
 from tests.datasets import digits_dataset
+from tests.runs import artifacts
 from ursa.ranking import ordered, read_ranking
 from ursa.settings import Settings
 
@@ -219,11 +220,7 @@ def test_rank_dataset_scores_every_image_out_of_sample_and_logs_to_mlflow(
 def test_pipeline_with_clean_uses_the_ledger_ranks_and_links_the_review_page(
     data_dir: Path,
 ) -> None:
-    import asyncio
     import hashlib
-
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     from flows.ingest import ingest
     from flows.pipeline import pipeline
@@ -233,14 +230,16 @@ def test_pipeline_with_clean_uses_the_ledger_ranks_and_links_the_review_page(
     victim = next(r for r in read_rows(Path(first.manifest_path), ImageRow) if r.status == "kept")
     record(ledger_path(data_dir), "alice", victim.sha256, "remove")
 
-    result = pipeline(
+    state = pipeline(
         source="embedded",
         max_per_class=5,
         lrs=[3e-3],
         epochs=[1],
         image_size=16,
         clean=True,
+        return_state=True,
     )
+    result = state.result()
     dataset = result.ingest.dataset
     digest = hashlib.sha256(ledger_path(data_dir).read_bytes()).hexdigest()
     assert dataset.ledger_digest == digest and dataset.digest != first.digest
@@ -257,13 +256,4 @@ def test_pipeline_with_clean_uses_the_ledger_ranks_and_links_the_review_page(
     clean_run = mlflow.get_run(result.clean.run_id)
     assert clean_run.data.params["ledger_digest"] == digest
 
-    async def keys() -> set[str]:
-        async with get_client() as client:
-            found = await client.read_artifacts(
-                artifact_filter=ArtifactFilter(
-                    key=ArtifactFilterKey(any_=["review-link", "clean-summary"])
-                )
-            )
-        return {a.key for a in found}
-
-    assert asyncio.run(keys()) == {"review-link", "clean-summary"}
+    assert {"review-link", "clean-summary"} <= set(artifacts(state.state_details.flow_run_id))

@@ -50,6 +50,11 @@ def test_range_test_on_real_images_is_logged_with_its_plot(data_dir) -> None:
     assert found.lrs == sorted(found.lrs) and len(found.lrs) == len(found.losses)
     assert found.lrs[0] == pytest.approx(1e-7)
     assert found.lrs[0] <= found.suggestion <= found.lrs[-1]
+    # The range (1e-7 to 10) explodes before its end: the test stops there, keeping only the
+    # losses before the explosion (none over 4x the best).
+    assert len(found.lrs) < 20 and found.lrs[-1] < 10
+    assert all(math.isfinite(v) for v in found.losses)
+    assert max(found.losses) <= 4 * min(found.losses)
 
     settings = Settings.from_env()
     experiment = experiment_id(settings)

@@ -54,6 +54,8 @@ def test_review_in_the_browser_then_ingest_applies_the_decisions(ranked: Setting
         page = browser.new_context().new_page()
         errors: list[str] = []
         page.on("pageerror", lambda exc: errors.append(str(exc)))
+        urls: list[str] = []  # every URL the page asks for: none may carry the token
+        page.on("request", lambda request: urls.append(request.url))
         page.goto(server.url + "/review")
         # The login form first; a wrong token is refused.
         page.fill("#name", "alice")
@@ -66,8 +68,10 @@ def test_review_in_the_browser_then_ingest_applies_the_decisions(ranked: Setting
         cards = page.locator(".card")
         expect(cards.first).to_be_visible()
         expect(page.locator("#pageinfo")).to_contain_text("page 1 of")
-        assert page.context.cookies()[0]["httpOnly"] is True
-        assert TOKEN not in page.context.cookies()[0]["value"]
+        [cookie] = page.context.cookies()
+        assert cookie["httpOnly"] and cookie["path"] == "/review"
+        assert cookie["sameSite"] == "Strict"
+        assert TOKEN not in cookie["value"]
 
         # Relabel the first kept suspect with the mouse: pick a class that is not its label.
         first = page.locator(".card", has=page.locator("img")).filter(has_not_text="label_conflict")
@@ -109,6 +113,7 @@ def test_review_in_the_browser_then_ingest_applies_the_decisions(ranked: Setting
         assert "alice" in csv_text and f"relabel:{new_label}" in csv_text
         browser.close()
     assert not errors, errors
+    assert urls and not [url for url in urls if TOKEN in url]
 
     entries = read_entries(ledger_path(data_dir))
     assert [e.action for e in entries] == ["relabel", "remove", "keep", "undo"]
@@ -168,7 +173,10 @@ def test_review_api_refusals(ranked: Settings) -> None:
         assert ok.status_code == 201 and ok.json()["who"] == "ci bot"
         # A logged-in browser's cookie does not work from another site's page.
         cookie = http.post("/review/login", data={"name": "eve", "token": TOKEN})
-        assert cookie.status_code == 303
+        assert cookie.status_code == 303 and cookie.headers["location"] == "/review"
+        attributes = {a.strip().lower() for a in cookie.headers["set-cookie"].split(";")[1:]}
+        assert {"httponly", "samesite=strict", "path=/review"} <= attributes
+        assert TOKEN not in cookie.headers["set-cookie"]
         cross = http.post(
             post,
             json={"sha256": sha, "decision": "remove"},

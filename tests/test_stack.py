@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -74,11 +77,28 @@ def test_up_runs_the_pipeline_deployment_through_the_real_servers(data_dir: Path
         )
         assert reply.status_code == 200, reply.text
         assert reply.json()["version"] == champion
+
+        # `ursa down` from another shell stops the stack by the stack.json this one wrote.
+        names = [service.name for service in stack.services]
+        down = subprocess.Popen(
+            [sys.executable, "-m", "ursa.cli", "down"],
+            cwd=project_dir(),
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        while down.poll() is None:  # reap the services as they exit, as `ursa up` does
+            for service in stack.services:
+                service.process.poll()
+            time.sleep(0.1)
+        assert down.returncode == 0
+        said = " ".join(down.stdout.read().split())  # the console may wrap the line
+        assert said == f"stopped: {', '.join(reversed(names))}"
+        assert all(service.process.poll() is not None for service in stack.services)
+        assert not (data_dir / "stack.json").exists()
+        for port in (ports.prefect, ports.mlflow, ports.serve):
+            check_port_free(port, "stopped service")  # every service let go of its port
     finally:
         stack.down()
-    assert not (data_dir / "stack.json").exists()
-    for port in (ports.prefect, ports.mlflow, ports.serve):
-        check_port_free(port, "stopped service")  # every service let go of its port
 
 
 def test_a_busy_port_is_named(data_dir: Path) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import replace
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -12,6 +14,7 @@ import torchvision
 from mlflow import MlflowClient
 from PIL import Image
 
+import tasks.train
 from tasks.diagnosis import MIN_STEPS
 from tasks.leaderboard import best_trial
 from tasks.manifest import Dataset
@@ -82,7 +85,9 @@ def test_serving_gives_the_model_what_training_gave_it(dataset: Dataset) -> None
     assert served.is_contiguous()
 
 
-def test_the_package_folds_batch_norms_and_predicts_what_the_model_does(data_dir) -> None:
+def test_the_package_folds_batch_norms_and_predicts_what_the_model_does(
+    data_dir, tmp_path, monkeypatch
+) -> None:
     torch.manual_seed(0)
     model = torchvision.models.resnet18(num_classes=3).eval()
     for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
@@ -92,8 +97,10 @@ def test_the_package_folds_batch_norms_and_predicts_what_the_model_does(data_dir
         bn.weight.data.uniform_(0.5, 1.5)
         bn.bias.data.uniform_(-0.5, 0.5)
     meta = {"arch": "resnet18", "classes": list("abc"), "image_size": 32, "mean": MEAN, "std": STD}
-    with mlflow.start_run():
+    monkeypatch.chdir(tmp_path)  # MLflow's default experiment would write ./mlruns here
+    with mlflow.start_run(experiment_id=experiment_id(Settings.from_env())):
         package = load_package(log_package(model, meta))
+    assert not (tmp_path / "mlruns").exists()
     ops = [str(node.target) for node in package.module.graph.nodes if node.op == "call_function"]
     assert any("convolution" in op or "conv2d" in op for op in ops), ops
     assert not [op for op in ops if "batch_norm" in op]
@@ -130,6 +137,39 @@ def test_a_tiny_from_scratch_trial_is_not_called_diverged(dataset: Dataset, monk
     stale = fit(Trial(1e-3, 1), config, data).history[0]
     assert stale["bn_recomputed"] == 0.0 and batch_norm_note([stale]) == "no"
     assert record["val_loss"] < stale["val_loss"], (record["val_loss"], stale["val_loss"])
+
+
+def test_flip_and_no_augment_reach_the_training_batches(data_dir, monkeypatch) -> None:
+    data = load_tensors(str(tensor_cache(digits_dataset(data_dir, per_class=4, classes=2), 16)))
+    flips: list[bool] = []
+    real_augment = tasks.train.augment
+
+    def recorded(x, generator, flip=False, *args, **kwargs):
+        flips.append(flip)
+        return real_augment(x, generator, flip, *args, **kwargs)
+
+    monkeypatch.setattr(tasks.train, "augment", recorded)
+    for config, want in (
+        (SMALL, {False}),  # augmented, not flipped: the default, right for digits and text
+        (replace(SMALL, flip=True), {True}),
+        (replace(SMALL, augment=False, flip=True), set()),  # --no-augment: nothing at all
+    ):
+        flips.clear()
+        fit(Trial(lr=1e-3, epochs=1), config, data)
+        assert set(flips) == want, config
+
+
+def test_pretrained_weights_are_found_in_torchvisions_cache(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    checkpoints = tmp_path / "torch-home" / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    reference = torchvision.models.resnet18(weights=None)
+    name = Path(torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url).name
+    torch.save(reference.state_dict(), checkpoints / name)
+    config, note = resolve_weights(TrainConfig(pretrained=True))
+    assert config.pretrained and name in note
+    model = build_model(config, 3)
+    assert torch.equal(model.conv1.weight, reference.conv1.weight)
 
 
 def test_augment_transforms_whole_batches_reproducibly() -> None:

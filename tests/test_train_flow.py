@@ -13,6 +13,7 @@ from mlflow import MlflowClient
 
 from app.cli import main
 from flows.train import train
+from tasks.lr_find import centred_lrs
 from tasks.sweep import auto_workers
 from tests.datasets import digits_dataset
 from tests.runs import artifacts
@@ -81,6 +82,58 @@ def test_trials_run_on_a_local_dask_cluster_of_two_worker_processes(manifest: st
     workers = {c.data.tags["ursa.worker"].rsplit(":", 1)[1] for c in children}
     assert str(os.getpid()) not in workers, "trials ran in the test process, not on Dask"
     assert result.model_uri.startswith("models:/")
+
+
+def test_centred_rates_train_on_an_existing_dask_cluster(manifest: str) -> None:
+    from distributed import Client, LocalCluster
+
+    with (
+        LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        worker_pids = {str(pid) for pid in client.run(os.getpid).values()}
+        result = train(
+            dataset_manifest=manifest,
+            lrs=[1e-3, 1e-2],
+            epochs=[1],
+            image_size=16,
+            batch_size=8,
+            centre_lrs=True,
+            lr_find_iters=10,
+            runner="dask",
+            dask_address=cluster.scheduler_address,
+        )
+    # --centre-lrs: as many rates as given, 3x apart around the range test's suggestion.
+    assert result.lr_suggestion is not None
+    assert sorted(t.lr for t in result.trials) == centred_lrs(result.lr_suggestion, 2)
+    children = _children(result.parent_run_id)
+    assert {c.data.tags["ursa.worker"].rsplit(":", 1)[1] for c in children} <= worker_pids
+
+
+def test_train_options_reach_the_flow_from_the_command_line(
+    manifest: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import flows.train
+
+    given: dict = {}
+
+    def recorded(**kwargs):
+        given.update(kwargs)
+        raise SystemExit(0)  # the flow itself is tested above
+
+    monkeypatch.setattr(flows.train, "train", recorded)
+    argv = ["train", "--dataset", manifest, "--flip", "--no-augment", "--centre-lrs"]
+    argv += ["--runner", "dask", "--dask-address", "tcp://10.0.0.1:8786"]
+    with pytest.raises(SystemExit):
+        main(argv)
+    assert (given["flip"], given["augment"], given["centre_lrs"]) == (True, False, True)
+    assert (given["runner"], given["dask_address"]) == ("dask", "tcp://10.0.0.1:8786")
+    with pytest.raises(SystemExit):
+        main(["train", "--dataset", manifest])
+    assert (given["flip"], given["augment"], given["centre_lrs"]) == (False, True, False)
+    assert given["dask_address"] == ""
 
 
 def test_missing_pretrained_weights_give_a_clear_message_not_a_traceback(
