@@ -54,6 +54,7 @@ bench: install
 	$(BIN)/python benchmarks/bench_serve.py
 	$(BIN)/python benchmarks/bench_cleaning.py
 	$(BIN)/python benchmarks/bench_gpu.py
+	$(BIN)/python benchmarks/bench_photos.py
 
 up: install
 	$(BIN)/ursa up
