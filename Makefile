@@ -55,6 +55,7 @@ bench: install
 	$(BIN)/python benchmarks/bench_cleaning.py
 	$(BIN)/python benchmarks/bench_gpu.py
 	$(BIN)/python benchmarks/bench_scale.py --ingest 1000,10000 --cache 1000,10000
+	$(BIN)/python benchmarks/bench_photos.py
 
 up: install
 	$(BIN)/ursa up

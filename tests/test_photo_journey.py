@@ -26,7 +26,7 @@ TOKEN = "journey-token"
 def test_search_terms_to_a_served_photo_classifier(
     data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    photos = write_photos(tmp_path / "photos", per_class=14)
+    photos = write_photos(tmp_path / "photos", per_class=10)
     monkeypatch.setenv("URSA_ADMIN_TOKEN", TOKEN)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))  # an empty hub cache
     bears = tmp_path / "bears"
@@ -38,9 +38,9 @@ def test_search_terms_to_a_served_photo_classifier(
         monkeypatch.setenv("URSA_SEARCH_URL", search.base_url)
         monkeypatch.setenv("URSA_WEIGHTS_MIRROR", weights.base_url)
         terms = [f"{label}={query}" for label, query in QUERIES.items()]
-        assert main(["urls", *terms, "--max", "12", "--out", str(bears)]) == 0
+        assert main(["urls", *terms, "--max", "8", "--out", str(bears)]) == 0
         for label in QUERIES:
-            assert len((bears / f"{label}.txt").read_text().split()) == 12
+            assert len((bears / f"{label}.txt").read_text().split()) == 8
 
         assert main(["ingest", str(bears), "--timeout", "3"]) == 0
         # The recipe, made small: 32 px, the head's epoch and one more, no range test.

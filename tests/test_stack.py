@@ -81,7 +81,7 @@ def test_up_runs_the_pipeline_deployment_through_the_real_servers(data_dir: Path
         # `ursa down` from another shell stops the stack by the stack.json this one wrote.
         names = [service.name for service in stack.services]
         down = subprocess.Popen(
-            [sys.executable, "-m", "ursa.cli", "down"],
+            [sys.executable, "-m", "app.cli", "down"],
             cwd=project_dir(),
             stdout=subprocess.PIPE,
             text=True,
