@@ -26,6 +26,7 @@ from tasks.monitor import (
     window_sample,
 )
 from tasks.policies import HOUR
+from tasks.tracking import use_tracking_uri
 from ursa.predictions import read_predictions
 from ursa.settings import Settings
 
@@ -66,6 +67,7 @@ def monitor(
         deployment: The deployment to start, as flow/deployment.
     """
     settings = Settings.from_env()
+    use_tracking_uri(settings.tracking_uri)  # the report's run is opened through it
     manifest = Path(dataset_manifest or settings.data_dir / "datasets" / "dataset.csv")
     until = datetime.now(UTC)
     since = until - timedelta(hours=window_hours)
