@@ -135,6 +135,7 @@ def test_release_fails_after_two_retries_when_the_server_is_down_and_it_catches_
     data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("URSA_ADMIN_TOKEN", TOKEN)
+    monkeypatch.setenv("URSA_RELEASE_MIN_VALID", "0")  # 6 images a class: a tiny valid split
     settings = Settings.from_env()
     state = pipeline(
         source="embedded",
