@@ -29,6 +29,7 @@ def test_search_terms_to_a_served_photo_classifier(
     photos = write_photos(tmp_path / "photos", per_class=10)
     monkeypatch.setenv("URSA_ADMIN_TOKEN", TOKEN)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))  # an empty hub cache
+    monkeypatch.setenv("URSA_RELEASE_MIN_VALID", "0")  # 24 photos: a validation split of 6
     bears = tmp_path / "bears"
     with (
         photo_search(photos) as (_, search),

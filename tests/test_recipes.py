@@ -9,6 +9,7 @@ import pytest
 from mlflow import MlflowClient
 
 from tasks.recipes import RECIPES, recipe_values
+from tests.datasets import digits_dataset
 from ursa.settings import Settings
 
 
@@ -25,9 +26,13 @@ def test_recipes_fill_what_the_user_did_not_give() -> None:
     assert set(RECIPES) == {"digits", "photos"}
 
 
-def test_the_cli_passes_on_only_the_options_given(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_cli_passes_on_only_the_options_given(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import flows.train
     from app.cli import main
+
+    manifest = digits_dataset(data_dir, per_class=4, classes=2).manifest_path
 
     seen: dict = {}
 
@@ -37,7 +42,10 @@ def test_the_cli_passes_on_only_the_options_given(monkeypatch: pytest.MonkeyPatc
 
     monkeypatch.setattr(flows.train, "train", fake_train)
     with pytest.raises(SystemExit):
-        main(["train", "--recipe", "photos", "--image-size", "64", "--no-flip"])
+        main(
+            ["train", "--dataset", manifest, "--recipe", "photos", "--image-size", "64"]
+            + ["--no-flip", "--if-no-weights", "scratch"]
+        )
     assert seen["recipe"] == "photos" and seen["image_size"] == 64 and seen["flip"] is False
     for left_to_the_recipe in ("arch", "lrs", "epochs", "pretrained", "resize", "lr_find"):
         assert left_to_the_recipe not in seen

@@ -276,6 +276,7 @@ def test_release_flow_puts_the_aliases_back_when_the_server_refuses(
     data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("URSA_ADMIN_TOKEN", TOKEN)
+    monkeypatch.setenv("URSA_RELEASE_MIN_VALID", "0")  # a 10-image validation split
     settings = Settings.from_env()
     dataset = skewed_dataset(data_dir)
     classes = list(dataset.classes)
