@@ -165,22 +165,10 @@ def _class_queries(pairs: list[str]) -> dict[str, str]:
 
 
 def cmd_urls(args: argparse.Namespace, settings: Settings) -> int:
+    arguments = checked_arguments(args, classes=_class_queries(args.classes))
     from flows.urls import collect_urls
 
-    result = collect_urls(
-        classes=_class_queries(args.classes),
-        out=args.out,
-        max_per_class=args.max,
-        min_width=args.min_width,
-        min_height=args.min_height,
-        block_stock_sites=not args.allow_stock,
-        block_domains=args.block,
-        keep_conflicts=args.keep_conflicts,
-        region=args.region,
-        safesearch=args.safesearch,
-        type_image=args.type or "",
-        proxy=args.proxy or "",
-    )
+    result = run_flow(collect_urls, arguments, args, settings)
     for r in result.reports:
         console.print(
             f"{r.label:<16} {r.collected:>5} of {r.target:<5} {r.status:<6} "
@@ -479,6 +467,7 @@ FLOWS = {
     "pipeline": ("flows.pipeline", "pipeline"),
     "clean": ("flows.clean", "clean"),
     "monitor": ("flows.monitor", "monitor"),
+    "urls": ("flows.urls", "collect_urls"),
 }
 
 
@@ -535,25 +524,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("urls", help="search images per class: the URL lists that ingest reads")
     p.add_argument("classes", nargs="+", metavar='CLASS="search terms"')
-    p.add_argument("--max", type=int, default=150, help="URLs per class (default 150)")
-    p.add_argument("--out", default="urls", help="folder for <class>.txt and urls.csv")
-    p.add_argument("--min-width", type=int, default=0, help="smallest reported width, px")
-    p.add_argument("--min-height", type=int, default=0, help="smallest reported height, px")
+    p.add_argument("--max", dest="max_per_class", type=int, help="URLs per class")
+    p.add_argument("--out", help="folder for <class>.txt and urls.csv")
+    p.add_argument("--min-width", type=int, help="smallest reported width, px")
+    p.add_argument("--min-height", type=int, help="smallest reported height, px")
     p.add_argument(
         "--block",
+        dest="block_domains",
         type=lambda t: [d for d in t.split(",") if d],
-        default=[],
         help="more domains to leave out, comma-separated",
     )
-    p.add_argument("--allow-stock", action="store_true", help="keep stock-photo sites")
+    p.add_argument(
+        "--allow-stock",
+        dest="block_stock_sites",
+        action="store_false",
+        help="keep stock-photo sites (left out by default)",
+    )
     p.add_argument(
         "--keep-conflicts",
         action="store_true",
         help="keep a URL found under two classes in both (default: neither)",
     )
-    p.add_argument("--region", default="us-en")
-    p.add_argument("--safesearch", choices=["on", "moderate", "off"], default="moderate")
-    p.add_argument("--type", choices=["photo", "clipart", "gif", "transparent", "line"])
+    p.add_argument("--region")
+    p.add_argument("--safesearch", choices=["on", "moderate", "off"])
+    p.add_argument(
+        "--type", dest="type_image", choices=["photo", "clipart", "gif", "transparent", "line"]
+    )
     p.add_argument("--proxy", help="http/https/socks5 proxy URL (default DDGS_PROXY)")
     p.set_defaults(func=cmd_urls)
 
