@@ -33,6 +33,7 @@ from starlette.staticfiles import StaticFiles
 from serving.auth import bearer_matches, unauthorized
 from serving.batching import Batcher, NotLoaded
 from serving.feedback import RateLimiter, feedback_routes
+from serving.health import HealthListener, Heartbeat
 from serving.metrics import Metrics, MetricsMiddleware, metrics_endpoint, watch_event_loop
 from serving.models import ModelHolder, NoChampion, Reload
 from serving.openapi import openapi_endpoint
@@ -187,6 +188,12 @@ async def poll_champion(app: Starlette, interval_s: float) -> None:
                 last_problem = str(exc)
 
 
+def loaded_model(holder: ModelHolder) -> tuple[str, str] | None:
+    """The loaded model's name and version, or ``None`` before one is loaded."""
+    loaded = holder.current
+    return None if loaded is None else (loaded.name, loaded.version)
+
+
 def current_version(holder: ModelHolder) -> str | None:
     return holder.current.version if holder.current else None
 
@@ -251,8 +258,17 @@ def create_app(settings: Settings | None = None) -> Starlette:
         poller = None
         if settings.poll_interval_s > 0:
             poller = asyncio.create_task(poll_champion(app, settings.poll_interval_s))
-        loop_watch = asyncio.create_task(watch_event_loop(metrics))
+        heartbeat = Heartbeat()
+        loop_watch = asyncio.create_task(watch_event_loop(metrics, heartbeat.beat))
+        health = None
+        if settings.health_port:
+            health = HealthListener(
+                settings.serve_host, settings.health_port, heartbeat, lambda: loaded_model(holder)
+            )
+            health.start()
         yield
+        if health is not None:
+            health.stop()
         loop_watch.cancel()
         if poller is not None:
             poller.cancel()

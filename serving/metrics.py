@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -134,12 +135,16 @@ class MetricsMiddleware:
             self.metrics.latency.labels(label).observe(time.perf_counter() - started)
 
 
-async def watch_event_loop(metrics: Metrics, interval_s: float = 0.1) -> None:
-    """Observe the event loop's lag until cancelled (run it as a task in the lifespan)."""
+async def watch_event_loop(
+    metrics: Metrics, beat: Callable[[], None], interval_s: float = 0.1
+) -> None:
+    """Observe the event loop's lag, and ``beat`` each time the loop runs, until cancelled
+    (run it as a task in the lifespan)."""
     loop = asyncio.get_running_loop()
     while True:
         started = loop.time()
         await asyncio.sleep(interval_s)
+        beat()
         metrics.loop_lag.observe(max(0.0, loop.time() - started - interval_s))
 
 

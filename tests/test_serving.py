@@ -31,7 +31,9 @@ from starlette.routing import Mount, Route
 from torch import nn
 
 import serving.models
+from app.demo import free_port
 from serving.app import create_app
+from serving.health import STALL_S, Heartbeat, health_answer
 from serving.models import ModelHolder, NoChampion
 from serving.uploads import UploadError, read_body
 from tests.images import encode, png_header_only
@@ -847,3 +849,52 @@ def test_health_is_answered_during_a_burst(registry: Registry) -> None:
             if response.status_code == 503:
                 check_overloaded(response, "queue_full")
         assert shed_count(server, "queue_full") == burst - places
+
+
+def test_the_health_port_answers_while_the_event_loop_is_blocked(registry: Registry) -> None:
+    registry.crown("1")
+    port = free_port()
+    with LiveServer(create_app(registry.settings(health_port=port))) as server:
+        health = f"http://127.0.0.1:{port}"
+        ready = {"status": "ready", "model": NAME, "version": "1"}
+        assert httpx.get(f"{health}/readyz", timeout=10).json() == ready
+        # Hold the request loop itself, as a long burst of work on it would.
+        loop = server.app.state.batcher._task.get_loop()
+        blocked, release = threading.Event(), threading.Event()
+
+        def block() -> None:
+            blocked.set()
+            release.wait(30)
+
+        loop.call_soon_threadsafe(block)
+        assert blocked.wait(10)
+        try:
+            alive = httpx.get(f"{health}/healthz", timeout=10)
+            assert alive.status_code == 200 and alive.json()["status"] == "ok"
+            assert httpx.get(f"{health}/readyz", timeout=10).json() == ready
+            assert not release.is_set()  # both answered while the loop was still held
+        finally:
+            release.set()
+        missing = httpx.get(f"{health}/predict", timeout=10)
+        assert missing.status_code == 404 and missing.json()["error"]
+
+
+def test_the_health_port_reports_a_stuck_loop_and_a_missing_model() -> None:
+    clock = [100.0]
+    heartbeat = Heartbeat(clock=lambda: clock[0])
+    assert health_answer("/readyz", heartbeat, lambda: None) == (
+        503,
+        {"error": "No model is loaded yet."},
+    )
+    assert health_answer("/healthz", heartbeat, lambda: None)[0] == 200
+    clock[0] += STALL_S - 1  # busy, not stuck: still alive
+    assert health_answer("/healthz", heartbeat, lambda: ("m", "1"))[0] == 200
+    clock[0] += 2
+    for path in ("/healthz", "/readyz"):
+        status, body = health_answer(path, heartbeat, lambda: ("m", "1"))
+        assert status == 503 and "has not run for" in body["error"]
+    heartbeat.beat()
+    assert health_answer("/readyz", heartbeat, lambda: ("m", "1")) == (
+        200,
+        {"status": "ready", "model": "m", "version": "1"},
+    )

@@ -113,6 +113,8 @@ class Settings:
     # bound) and the deadline from a request's arrival to its answer (0: none).
     max_queue: int | None = None
     request_timeout_s: float = 5.0
+    # Health probes on a port of their own, answered off the event loop (0: none).
+    health_port: int = 0
     # The prediction log (serving/predictionlog.py) and feedback from people.
     log_sample: float = 1.0  # share of answers recorded; 0 turns the log off
     log_queue_size: int = 10_000  # records waiting for the writer; more are dropped
@@ -157,6 +159,7 @@ class Settings:
             inference_threads=_read(env, "URSA_INFERENCE_THREADS", int, 0),
             max_queue=_read(env, "URSA_MAX_QUEUE", _non_negative_int, None),
             request_timeout_s=_read(env, "URSA_REQUEST_TIMEOUT_S", _non_negative_float, 5.0),
+            health_port=_read(env, "URSA_HEALTH_PORT", _non_negative_int, 0),
             log_sample=_read(env, "URSA_LOG_SAMPLE", _share, 1.0),
             log_queue_size=_read(env, "URSA_LOG_QUEUE_SIZE", _positive_int, 10_000),
             log_rotate_bytes=_read(env, "URSA_LOG_ROTATE_BYTES", _positive_int, 64 * 1024 * 1024),
