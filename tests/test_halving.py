@@ -8,6 +8,7 @@ import pytest
 
 from tasks.halving import (
     budget,
+    final_rung_fits,
     noise,
     projected_epochs,
     promoted,
@@ -80,3 +81,26 @@ def test_successive_halving_trains_rung_by_rung_within_the_budget() -> None:
     assert ran[2] == [(3, 4)]
     spent = budget([1, 2, 3, 4, 5, 6], [1, 2, 4], results)
     assert spent.used_epochs == 16 and spent.fraction <= 0.4
+
+
+def test_survivors_the_budget_can_train_to_the_end_skip_the_middle_rungs() -> None:
+    """Six rates over epochs 1, 2, 4 (budget 16 of 42): two go on after the first rung and
+    both fit at 4 epochs (8 of the 10 left), so the 2-epoch rung, which here ranks them the
+    other way round, is skipped and the 4-epoch scores decide."""
+    first = {1: 0.70, 2: 0.90, 3: 0.87, 4: 0.80, 5: 0.76, 6: 0.73}
+    later = {(2, 2): 0.94, (3, 2): 0.95, (2, 4): 0.98, (3, 4): 0.97}
+    ran: list[list[tuple[float, int]]] = []
+
+    def run(trials):
+        ran.append([(t.lr, t.epochs) for t in trials])
+        return [
+            _r(t.lr, t.epochs, first[t.lr] if t.epochs == 1 else later[t.lr, t.epochs])
+            for t in trials
+        ]
+
+    results = successive_halving([1, 2, 3, 4, 5, 6], [1, 2, 4], 3, run, n_valid=360, log=str)
+    assert ran == [[(lr, 1) for lr in (1, 2, 3, 4, 5, 6)], [(2, 4), (3, 4)]]
+    assert max(results, key=lambda r: r.val_accuracy).lr == 2
+    assert budget([1, 2, 3, 4, 5, 6], [1, 2, 4], results).used_epochs == 14
+    assert final_rung_fits(2, [2, 4], 8) and not final_rung_fits(3, [2, 4], 10)
+    assert not final_rung_fits(2, [4], 100)  # already the last rung: nothing to skip
