@@ -33,7 +33,7 @@ from starlette.staticfiles import StaticFiles
 from serving.auth import bearer_matches, unauthorized
 from serving.batching import Batcher, NotLoaded
 from serving.feedback import RateLimiter, feedback_routes
-from serving.health import HealthListener, Heartbeat
+from serving.health import HealthProcess
 from serving.metrics import Metrics, MetricsMiddleware, metrics_endpoint, watch_event_loop
 from serving.models import ModelHolder, NoChampion, Reload
 from serving.openapi import openapi_endpoint
@@ -258,14 +258,15 @@ def create_app(settings: Settings | None = None) -> Starlette:
         poller = None
         if settings.poll_interval_s > 0:
             poller = asyncio.create_task(poll_champion(app, settings.poll_interval_s))
-        heartbeat = Heartbeat()
-        loop_watch = asyncio.create_task(watch_event_loop(metrics, heartbeat.beat))
         health = None
         if settings.health_port:
-            health = HealthListener(
-                settings.serve_host, settings.health_port, heartbeat, lambda: loaded_model(holder)
-            )
-            health.start()
+            health = HealthProcess(settings.serve_host, settings.health_port)
+
+        def beat() -> None:
+            if health is not None:
+                health.state.beat(loaded_model(holder))
+
+        loop_watch = asyncio.create_task(watch_event_loop(metrics, beat))
         yield
         if health is not None:
             health.stop()

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import dataclasses
 import io
+import os
 import re
 import subprocess
 import sys
@@ -33,7 +34,7 @@ from torch import nn
 import serving.models
 from app.demo import free_port
 from serving.app import create_app
-from serving.health import STALL_S, Heartbeat, health_answer
+from serving.health import STALL_S, HealthState, health_answer
 from serving.models import ModelHolder, NoChampion
 from serving.uploads import UploadError, read_body
 from tests.images import encode, png_header_only
@@ -877,24 +878,23 @@ def test_the_health_port_answers_while_the_event_loop_is_blocked(registry: Regis
             release.set()
         missing = httpx.get(f"{health}/predict", timeout=10)
         assert missing.status_code == 404 and missing.json()["error"]
+    with pytest.raises(httpx.ConnectError):  # the health process ended with the server
+        httpx.get(f"{health}/healthz", timeout=10)
 
 
-def test_the_health_port_reports_a_stuck_loop_and_a_missing_model() -> None:
+def test_the_health_page_reports_a_stuck_loop_and_a_missing_model() -> None:
     clock = [100.0]
-    heartbeat = Heartbeat(clock=lambda: clock[0])
-    assert health_answer("/readyz", heartbeat, lambda: None) == (
-        503,
-        {"error": "No model is loaded yet."},
-    )
-    assert health_answer("/healthz", heartbeat, lambda: None)[0] == 200
+    state, fd = HealthState.create(clock=lambda: clock[0])
+    os.close(fd)
+    assert health_answer("/readyz", *state.read()) == (503, {"error": "No model is loaded yet."})
+    assert health_answer("/healthz", *state.read())[0] == 200
+    state.beat(("m", "1"))
     clock[0] += STALL_S - 1  # busy, not stuck: still alive
-    assert health_answer("/healthz", heartbeat, lambda: ("m", "1"))[0] == 200
+    assert health_answer("/healthz", *state.read())[0] == 200
     clock[0] += 2
     for path in ("/healthz", "/readyz"):
-        status, body = health_answer(path, heartbeat, lambda: ("m", "1"))
+        status, body = health_answer(path, *state.read())
         assert status == 503 and "has not run for" in body["error"]
-    heartbeat.beat()
-    assert health_answer("/readyz", heartbeat, lambda: ("m", "1")) == (
-        200,
-        {"status": "ready", "model": "m", "version": "1"},
-    )
+    state.beat(("m", "2"))
+    ready = {"status": "ready", "model": "m", "version": "2"}
+    assert health_answer("/readyz", *state.read()) == (200, ready)
