@@ -1,10 +1,13 @@
-"""Chunks of CPU work over spawned worker processes and this one, results in chunk order.
+"""Chunks of CPU work over worker processes and this one, results in chunk order.
 
-Decoding holds the GIL, so threads would not help. "spawn" rather than fork: the caller
-(Prefect) runs threads, and forking a threaded process can deadlock. A spawned worker first
-imports the caller's main module and the module of the function it runs, so that function
-must live in a light module (Pillow and numpy, not Prefect or torch). This process works on
-chunks too instead of waiting for the workers to start, however long their imports take.
+Decoding holds the GIL, so threads would not help. Workers come from a fork server, not a
+fork of this process: the caller (Prefect) runs threads, and forking a threaded process can
+deadlock. The fork server is a fresh single-threaded process that imports the caller's main
+module once; each worker forked from it then imports only the module of the function it
+runs, so that function must live in a light module (Pillow and numpy, not Prefect or torch).
+With "spawn", every worker imported the caller's main module itself and the cache build on
+2 cores was slower (BENCHMARKS.md). This process works on chunks too instead of waiting for
+the workers to start.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ def usable_cores() -> int:
 def map_chunks(
     work: Callable[[Chunk], Result], chunks: Sequence[Chunk], workers: int
 ) -> list[Result]:
-    """``[work(c) for c in chunks]`` over ``workers - 1`` spawned processes and this one.
+    """``[work(c) for c in chunks]`` over ``workers - 1`` worker processes and this one.
 
     Each worker keeps at most two chunks queued, so memory holds a few chunks' results at a
     time beyond those returned, whatever the number of chunks.
@@ -39,7 +42,7 @@ def map_chunks(
         return [work(c) for c in chunks]
     results: list[Result | None] = [None] * len(chunks)
     children = workers - 1
-    context = multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
     with ProcessPoolExecutor(max_workers=children, mp_context=context) as pool:
         in_flight: dict[Future[Result], int] = {}
         taken = 0

@@ -25,8 +25,8 @@ from tasks.parallel import map_chunks, usable_cores
 from ursa.layout import Layout
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-# A spawned worker imports tasks.checks (Pillow, numpy, scipy: about half a second) and the
-# caller's main module (``ursa`` CLI: a tenth of a second), which about this many files repay.
+# A worker imports tasks.checks (Pillow, numpy, scipy: about half a second; its fork server
+# imports the caller's main module once), which about this many files repay.
 _FILES_PER_EXTRA_WORKER = 200
 _CHUNK_FILES = 16  # files per message to a worker: few round trips, fine-grained balance
 
@@ -81,7 +81,7 @@ def _verify_rows(
             min_side=min_side,
         )
 
-    # Verdicts in job order: check_files over chunks, on spawned workers and this process
+    # Verdicts in job order: check_files over chunks, on worker processes and this one
     # (tasks.checks imports no Prefect: a worker starts in about half a second).
     listed = list(jobs.values())
     chunks = [listed[i : i + _CHUNK_FILES] for i in range(0, len(listed), _CHUNK_FILES)]
