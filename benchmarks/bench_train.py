@@ -42,7 +42,11 @@ sys.path.insert(0, str(REPO))
 
 from ursa.offline import set_offline_defaults  # noqa: E402
 
-set_offline_defaults(PREFECT_LOGGING_LEVEL="WARNING")
+# The data set-up runs a flow before any test harness: on a busy machine the ephemeral
+# server it starts needs longer than its default 20 s.
+set_offline_defaults(
+    PREFECT_LOGGING_LEVEL="WARNING", PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="600"
+)
 
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
