@@ -8,7 +8,7 @@ from typing import Annotated
 from prefect import flow
 from pydantic import Field
 
-from tasks.deploy import Aliases, DeployError, DeployResult, redeploy_task
+from tasks.deploy import DeployError, DeployResult, champion_deployment
 from tasks.manifest import load_dataset
 from tasks.policies import HOUR
 from tasks.registry import ReleaseResult, release_task
@@ -53,26 +53,11 @@ def release(
         margin,
         settings.release_min_valid,
     )
-    target = serve_url or settings.serve_url
-    deployed = None
-    if target:
-        put_back = (
-            Aliases(result.previous_version, result.prior_previous_version)
-            if result.promoted
-            else None
-        )
-        try:
-            deployed = redeploy_task(
-                target,
-                settings.admin_token,
-                result.champion_version,
-                settings.model_name,
-                settings.tracking_uri,
-                put_back,
-            )
-        except DeployError as exc:
-            publish_release(release_note(result, None, failure=str(exc)))
-            raise
+    try:
+        deployed = champion_deployment(result, serve_url, settings)
+    except DeployError as exc:
+        publish_release(release_note(result, None, failure=str(exc)))
+        raise
     note = release_note(result, deployed)
     publish_release(note)
     print(note)
