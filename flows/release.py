@@ -37,7 +37,8 @@ def release(
     aliases are put back before the flow fails.
 
     Args:
-        model_uri: The candidate, e.g. models:/m-<id> as printed by the train flow.
+        model_uri: The candidate: models:/m-<id> as printed by the train flow, or a
+            registered version, models:/<name>/<version>.
         dataset_manifest: The dataset whose validation split both models are scored on.
         margin: Accuracy the candidate must beat the champion by (empty: URSA_RELEASE_MARGIN).
         serve_url: Server to redeploy (empty: URSA_SERVE_URL, or none).
