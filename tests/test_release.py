@@ -193,7 +193,10 @@ def test_release_registers_in_the_store_it_is_given_and_leaves_mlflow_pointed_el
     client = MlflowClient(settings.tracking_uri)
     version = client.get_model_version(settings.model_name, released.candidate_version)
     logged = client.get_logged_model(uris["c0"].removeprefix("models:/"))
-    assert (version.run_id, version.model_id) == (logged.source_run_id, logged.model_id)
+    assert version.run_id == logged.source_run_id
+    assert (
+        client.get_model_version_download_uri(settings.model_name, "1") == logged.artifact_location
+    )
     listed = json.loads(logged.tags["mlflow.modelVersions"])
     assert [(v["name"], str(v["version"])) for v in listed] == [(settings.model_name, "1")]
     assert client.get_run(logged.source_run_id).data.tags["ursa.gate"] == "promoted"
