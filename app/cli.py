@@ -594,14 +594,12 @@ def build_parser() -> argparse.ArgumentParser:
             "(photos), resnet50, convnext_tiny, efficientnet_b0, mobilenet_v3_large, ...",
         )
 
+    def dataset_arg(p: argparse.ArgumentParser, help: str) -> None:
+        p.add_argument("--dataset", dest="dataset_manifest", metavar="CSV", help=help)
+
     # What train and clean share: the dataset, and how its images become model input.
     def dataset_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument(
-            "--dataset",
-            dest="dataset_manifest",
-            metavar="CSV",
-            help="dataset manifest (default: the data folder's last ingest)",
-        )
+        dataset_arg(p, "dataset manifest (default: the data folder's last ingest)")
         p.add_argument("--image-size", type=int, help="training resolution in px")
         p.add_argument(
             "--resize",
@@ -703,12 +701,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("release", help="register a model; promote it if it beats the champion")
     p.add_argument("--model-uri", help="model to release (default: the latest sweep's best)")
-    p.add_argument(
-        "--dataset",
-        dest="dataset_manifest",
-        metavar="CSV",
-        help="dataset manifest to compare on (default: last ingest)",
-    )
+    dataset_arg(p, "dataset manifest to compare on (default: last ingest)")
     release_args(p)
     p.set_defaults(func=cmd_release)
 
@@ -741,12 +734,7 @@ def build_parser() -> argparse.ArgumentParser:
         "monitor", help="compare recent predictions with the champion's data: drift verdict"
     )
     p.add_argument("--window-hours", type=float, help="how far back the prediction log is read")
-    p.add_argument(
-        "--dataset",
-        dest="dataset_manifest",
-        metavar="CSV",
-        help="the champion's dataset (default: the data folder's last ingest)",
-    )
+    dataset_arg(p, "the champion's dataset (default: the data folder's last ingest)")
     p.add_argument("--min-predictions", type=int, help="fewer answers give no verdict")
     p.add_argument(
         "--min-accepted-feedback", type=int, help="accepted feedback images that start a retrain"
