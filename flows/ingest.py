@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Annotated
 
 from prefect import flow
-from prefect.exceptions import ObjectNotFound
 from pydantic import Field
 
 from standins.imagehost import embedded_url_lists
@@ -19,16 +18,13 @@ from tasks.ledger import load_ledger
 from tasks.manifest import Dataset, UrlRow, write_rows
 from tasks.policies import HOUR
 from tasks.reports import dataset_status_counts, outcome_counts, publish_ingest
-from tasks.shards import Shard, merged_rows, record_worker, wait_for_runs, write_shards
+from tasks.shards import downloaded_rows, record_worker
 from tasks.sources import EMBEDDED, read_csv_urls, read_source
 from tasks.url_lists import read_url_lists
 from tasks.verify import verify_task
 from ursa.layout import Layout
 from ursa.ledger import ledger_path
 from ursa.settings import Settings
-
-SHARD_DEPLOYMENT = "ingest-shard/ingest-shard"  # prefect.yaml
-SHARD_POLL_S = 2.0
 
 
 @dataclass
@@ -80,19 +76,18 @@ def ingest(
     options = DownloadOptions(concurrency=concurrency, per_host=per_host, timeout_s=timeout_s)
     # The embedded default is served by a local image host for as long as downloads run.
     served = embedded_url_lists(data_dir, max_per_class) if source == EMBEDDED else nullcontext()
-    with served as lists:
+    with served as lists:  # the URL source stays up while the download or its shards run
         rows = read_url_lists(lists) if lists else read_source(source, data_dir, max_per_class)
-        if shards == 1:
-            rows = download_task(rows, data_dir, options, resume=not fresh)
-        else:  # the URL source (a local host for "embedded") stays up while the shards run
-            parts = write_shards(rows, data_dir, shards)
-            _run_shards(parts, concurrency, per_host, timeout_s, fresh)
-            rows = list(merged_rows(data_dir, parts))  # verified by their shards
+        downloaded = downloaded_rows(rows, data_dir, options, fresh, shards, ingest_shard)
     ledger_file = Path(ledger) if ledger else ledger_path(data_dir)
     added = feedback_rows(data_dir, ledger_file)  # accepted feedback: source=feedback
-    unverified = rows + added if shards == 1 else added
-    verified = verify_task(unverified, data_dir, max_pixels=settings.max_image_pixels, workers=None)
-    rows = verified if shards == 1 else rows + verified
+    verified = verify_task(
+        downloaded.unverified + added,
+        data_dir,
+        max_pixels=settings.max_image_pixels,
+        workers=None,
+    )
+    rows = downloaded.verified + verified
     url_manifest = write_rows(Layout(data_dir).url_manifest, rows, UrlRow)
     decisions = load_ledger(ledger_file)
     dataset = dedup_task(
@@ -150,40 +145,3 @@ def ingest_shard(
     part = write_rows(Layout(data_dir).url_manifest, rows, UrlRow)
     print(f"ingest-shard: {len(rows)} URLs -> {part}")
     return str(part)
-
-
-def _run_shards(
-    shards: list[Shard], concurrency: int, per_host: int, timeout_s: float, fresh: bool
-) -> None:
-    """One flow run per shard on the shard deployment's workers, all at once; returns when
-    all have finished. Without that deployment (no Prefect server with Ursa's deployments),
-    the shards run here, one after another, as subflows."""
-    from prefect.deployments import run_deployment
-
-    def parameters(shard: Shard) -> dict:
-        return {
-            "folder": shard.folder,
-            "urls_csv": shard.urls_csv,
-            "concurrency": concurrency,
-            "per_host": per_host,
-            "timeout_s": timeout_s,
-            "fresh": fresh,
-        }
-
-    try:
-        runs = [
-            run_deployment(
-                SHARD_DEPLOYMENT,
-                parameters=parameters(s),
-                flow_run_name=f"ingest-shard-{s.index + 1}-of-{s.count}",
-                timeout=0,  # started, not awaited: the shards run side by side
-            )
-            for s in shards
-        ]
-    except ObjectNotFound:
-        print(f"ingest: no deployment {SHARD_DEPLOYMENT}; running {len(shards)} shards here")
-        for shard in shards:
-            ingest_shard(**parameters(shard))
-        return
-    print(f"ingest: {len(runs)} shard flow runs started on deployment {SHARD_DEPLOYMENT}")
-    wait_for_runs([run.id for run in runs], SHARD_POLL_S)

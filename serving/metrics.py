@@ -105,6 +105,23 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+class StatusRecordingSend:
+    """An ASGI ``send`` that passes every message on and keeps the response's status code,
+    for a middleware to read once the app has answered. It is 500 until a response starts:
+    what the client gets if the app fails before one."""
+
+    __slots__ = ("send", "status")
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.status = 500
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+        await self.send(message)
+
+
 class MetricsMiddleware:
     """Counts and times every HTTP request; the route label is the template, never the path."""
 
@@ -117,21 +134,15 @@ class MetricsMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        status = 500  # what the client gets if the app fails before a response starts
-
-        async def send_and_record(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+        send_and_record = StatusRecordingSend(send)
         try:
             await self.app(scope, receive, send_and_record)
         finally:
             route = scope.get("route")
             # Unmatched paths share one label, so a scan cannot blow up the series count.
             label = getattr(route, "path", None) or "(unmatched)"
-            self.metrics.requests.labels(label, scope["method"], str(status)).inc()
+            status = str(send_and_record.status)
+            self.metrics.requests.labels(label, scope["method"], status).inc()
             self.metrics.latency.labels(label).observe(time.perf_counter() - started)
 
 

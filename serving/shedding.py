@@ -23,9 +23,9 @@ from dataclasses import dataclass
 
 from starlette.responses import JSONResponse
 from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from serving.metrics import Metrics
+from serving.metrics import Metrics, StatusRecordingSend
 
 QUEUE_WAIT_S = 1.0  # longest a request should wait behind those admitted before it
 RATE_WINDOW_S = 2.0  # answers counted for the rate: long enough to smooth, short to follow
@@ -137,14 +137,7 @@ class LoadShedding:
         ):
             await self.app(scope, receive, send)
             return
-        status = 500
-
-        async def send_and_record(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+        send_and_record = StatusRecordingSend(send)
         if self.admission.full():
             scope["route"] = self.route  # counted under its route, as the router would
             response = overloaded(self.metrics, "queue_full", self.admission.retry_after_s())
@@ -152,4 +145,4 @@ class LoadShedding:
             return
         with self.admission.slot() as place:
             await self.app(scope, receive, send_and_record)
-            place.answered = status == 200
+            place.answered = send_and_record.status == 200

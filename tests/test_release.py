@@ -24,9 +24,15 @@ from torch import nn
 from flows.release import release
 from flows.rollback import rollback
 from serving.app import create_app
-from tasks.deploy import Aliases, DeployError, redeploy, redeploy_or_put_back
+from tasks.deploy import Aliases, DeployError, aliases_before, redeploy, redeploy_or_put_back
 from tasks.manifest import Dataset, ImageRow, read_rows, write_dataset
-from tasks.registry import RollbackError, release_model, rollback_model
+from tasks.registry import (
+    ReleaseResult,
+    RollbackError,
+    RollbackResult,
+    release_model,
+    rollback_model,
+)
 from tasks.reports import release_note
 from tests.datasets import digits_dataset
 from tests.live import LiveServer
@@ -170,6 +176,39 @@ def test_gate_refuses_a_candidate_that_does_not_know_the_classes(data_dir: Path)
     with pytest.raises(ValueError, match="does not know the dataset's classes"):
         release_model(uris["c0"], dataset, settings.model_name, settings.tracking_uri)
     assert MlflowClient(settings.tracking_uri).search_model_versions() == []
+
+
+def test_release_registers_in_the_store_it_is_given_and_leaves_mlflow_pointed_elsewhere(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    settings = Settings.from_env()
+    dataset = skewed_dataset(data_dir)
+    uris = log_models(settings, list(dataset.classes), ["c0"])
+    elsewhere = tmp_path / "elsewhere.db"
+    mlflow.set_tracking_uri(f"sqlite:///{elsewhere}")  # where an earlier run left MLflow
+    released = release_model(uris["c0"], dataset, settings.model_name, settings.tracking_uri)
+    assert mlflow.get_tracking_uri() == f"sqlite:///{elsewhere}"
+    assert not elsewhere.exists(), "nothing was looked up in the process-wide store"
+
+    client = MlflowClient(settings.tracking_uri)
+    version = client.get_model_version(settings.model_name, released.candidate_version)
+    logged = client.get_logged_model(uris["c0"].removeprefix("models:/"))
+    assert version.run_id == logged.source_run_id
+    assert (
+        client.get_model_version_download_uri(settings.model_name, "1") == logged.artifact_location
+    )
+    listed = json.loads(logged.tags["mlflow.modelVersions"])
+    assert [(v["name"], str(v["version"])) for v in listed] == [(settings.model_name, "1")]
+    assert client.get_run(logged.source_run_id).data.tags["ursa.gate"] == "promoted"
+
+
+def test_the_aliases_put_back_are_where_they_pointed_before_the_move() -> None:
+    promoted = ReleaseResult("m", "3", 0.9, "3", "2", 0.8, True, "beats", 0.0, "1")
+    assert aliases_before(promoted) == Aliases(champion="2", previous="1")
+    kept = ReleaseResult("m", "3", 0.7, "2", "2", 0.8, False, "does not beat", 0.0, "1")
+    assert aliases_before(kept) is None  # nothing moved: nothing to put back
+    rolled_back = RollbackResult("m", champion_version="1", replaced_version="2")
+    assert aliases_before(rolled_back) == Aliases(champion="2", previous="1")
 
 
 def test_rollback_without_previous_is_a_clear_error(data_dir: Path) -> None:
