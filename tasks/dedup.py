@@ -123,7 +123,7 @@ class _MihPlan:
         int, ...
     ]  # bits per indexed block, most significant first (low bits may be left out)
     radii: tuple[int, ...]  # per block: probe every key within this many bits
-    capacities: tuple[int, ...]  # per block: hashes per key kept in its dense table
+    capacities: tuple[int, ...]  # per block: a key's hashes compared densely (the rest: ragged)
 
 
 # The plan's unit is one cell of a dense comparison (xor, popcount, compare, about 2.5 ns
@@ -131,11 +131,12 @@ class _MihPlan:
 _CELLS = 1 << 16  # cells per chunk: bounds a step's temporaries (~0.6 MiB, in L2)
 _GROUP_COST = 6_000
 _MASK_COST = 20_000
-_MAX_TABLE_CELLS = 1 << 22  # a dense table holds at most this many hashes (32 MiB)
+_MAX_CAPACITY = 1 << 10  # a key's hashes in one dense comparison: cells per key pair <= 1M
+_MAX_WIDTH = 22  # bits per block: 2**22 keys' first positions take 32 MiB
 
 
 def _capacity(mean: float) -> int:
-    """Hashes per key in a dense table: three standard deviations over the mean of a
+    """A key's hashes compared densely: three standard deviations over the mean of a
     Poisson-distributed bucket, so that almost none overflow to the ragged path."""
     return math.ceil(mean + 3 * math.sqrt(mean)) + 1
 
@@ -151,7 +152,7 @@ def _block_cost(n: int, width: int, radius: int) -> float:
     """Expected cost of one block of ``width`` bits probed within ``radius`` bits."""
     mean = n / 2**width
     capacity = _capacity(mean)
-    if 2**width * capacity > _MAX_TABLE_CELLS:
+    if capacity > _MAX_CAPACITY or width > _MAX_WIDTH:
         return math.inf
     masks = sum(math.comb(width, k) for k in range(min(radius, width) + 1))
     pairs = 2 ** (width - 1)  # pairs of keys per probe mask
@@ -179,8 +180,8 @@ def _mih_plan(n: int, radius: int) -> _MihPlan | None:
     best: tuple[float, _MihPlan] | None = None
     for m in range(1, min(radius + 1, 16) + 1):
         low, wide = divmod(radius - m + 1, m)  # `wide` blocks at low + 1, the others at low
-        for w_wide in range(1, 25) if wide else [0]:
-            for w_low in range(1, 25) if m - wide else [0]:
+        for w_wide in range(1, _MAX_WIDTH + 1) if wide else [0]:
+            for w_low in range(1, _MAX_WIDTH + 1) if m - wide else [0]:
                 if wide * w_wide + (m - wide) * w_low > 64:
                     continue
                 widths = (w_wide,) * wide + (w_low,) * (m - wide)
@@ -195,34 +196,33 @@ def _mih_plan(n: int, radius: int) -> _MihPlan | None:
 
 @dataclass(frozen=True)
 class _Block:
-    """One block's index: the hashes sorted by the block's value (their key), and a dense
-    table of each key's first ``capacity`` hashes, padded with the complement of its first
-    hash (far from what the row is compared with; hits on padding are dropped anyway)."""
+    """One block's index: the hashes sorted by the block's value (their key), so that a
+    key's hashes are one run; a key holds at most ``capacity`` of them in the dense
+    comparison, the rest overflow to the ragged path."""
 
     width: int
-    hashes: np.ndarray  # in key order
+    hashes: np.ndarray  # in key order, then ``capacity`` zeros (what a padded cell reads)
     keys: np.ndarray  # in key order
     order: np.ndarray  # the index of each hash in the input, in key order
     starts: np.ndarray  # (2**width + 1,): first position of each key
-    table: np.ndarray  # (2**width, capacity) uint64
+    capacity: int
     quantum: int  # see _quantum
     overflow: np.ndarray  # positions (key order) of hashes past their key's capacity
 
 
 def _block(hashes: np.ndarray, shift: int, width: int, capacity: int) -> _Block:
     n = len(hashes)
+    capacity = min(capacity, _MAX_CAPACITY)
     keys = ((hashes >> np.uint64(shift)) & np.uint64((1 << width) - 1)).astype(np.intp)
     order = np.argsort(keys, kind="stable")
-    keys, ordered = keys[order], hashes[order]
+    keys = keys[order]
+    ordered = np.zeros(n + capacity, dtype=np.uint64)
+    ordered[:n] = hashes[order]
     starts = np.zeros((1 << width) + 1, dtype=np.intp)
     np.cumsum(np.bincount(keys, minlength=1 << width), out=starts[1:])
-    rank = np.arange(n) - starts[keys]
-    inside = rank < capacity
-    table = np.empty((1 << width, capacity), dtype=np.uint64)
-    table[:] = ~ordered[np.minimum(starts[:-1], n - 1), None]
-    table[keys[inside], rank[inside]] = ordered[inside]
+    overflow = np.flatnonzero(np.arange(n) - starts[keys] >= capacity)
     quantum = _quantum(n / 2**width)
-    return _Block(width, ordered, keys, order, starts, table, quantum, np.flatnonzero(~inside))
+    return _Block(width, ordered, keys, order, starts, capacity, quantum, overflow)
 
 
 def _mih_pairs(hashes: np.ndarray, radius: int, plan: _MihPlan, workers: int) -> np.ndarray:
@@ -252,12 +252,11 @@ def _probe_pairs(block: _Block, mask: int, radius: int) -> list[np.ndarray]:
     ``mask``; each pair of keys is visited once (from the key whose top bit of mask is 0).
 
     The pairs of keys are sorted by their two sizes (rounded up to the block's quantum),
-    so each group of equal sizes compares table rows padded only to its own sizes, all
-    cells at once, with no per-pair index arithmetic. Hashes past the capacity take the
-    ragged path.
+    so each group of equal sizes compares the two keys' runs of hashes padded only to its
+    own sizes, all cells at once, with no per-pair index arithmetic. Hashes past the
+    capacity take the ragged path.
     """
-    starts, quantum = block.starts, block.quantum
-    capacity = block.table.shape[1]
+    starts, quantum, capacity = block.starts, block.quantum, block.capacity
     sizes = np.minimum(np.diff(starts), capacity)
     keys = np.arange(1 << block.width)
     top = 1 << (mask.bit_length() - 1) if mask else 0
@@ -270,9 +269,7 @@ def _probe_pairs(block: _Block, mask: int, radius: int) -> list[np.ndarray]:
     ends = np.cumsum(counts).tolist()
     own = own[np.argsort(group, kind="stable")]  # a radix sort
     other = own ^ mask
-    # One gather of each side's rows, in group order (np.take copies whole rows, faster
-    # than fancy indexing here); the groups are slices of them.
-    left_rows, right_rows = np.take(block.table, own, axis=0), np.take(block.table, other, axis=0)
+    first, second = starts[own], starts[other]
     found = []
     for g in np.flatnonzero(counts).tolist():
         c1, c2 = divmod(g, classes)
@@ -283,14 +280,11 @@ def _probe_pairs(block: _Block, mask: int, radius: int) -> list[np.ndarray]:
         for a in range(ends[g] - int(counts[g]), ends[g], step):
             b = min(a + step, ends[g])
             found += _dense_pairs(
-                block,
-                (own[a:b], left_rows[a:b, :k1]),
-                (other[a:b], right_rows[a:b, :k2]),
-                radius,
-                mask == 0,
+                block, (own[a:b], first[a:b], k1), (other[a:b], second[a:b], k2), radius, mask == 0
             )
-    # Each hash past the capacity against every hash of the other key that the dense rows
-    # did not pair it with: all of them, or (for the key visited second) those within it.
+    # Each hash past the capacity against every hash of the other key that the dense
+    # comparison did not pair it with: all of them, or (for the key visited second) the
+    # ones within the capacity.
     for a in range(0, len(block.overflow), _MIH_STEP):
         left = block.overflow[a : a + _MIH_STEP]
         key = block.keys[left]
@@ -306,25 +300,30 @@ def _probe_pairs(block: _Block, mask: int, radius: int) -> list[np.ndarray]:
 
 def _dense_pairs(
     block: _Block,
-    left: tuple[np.ndarray, np.ndarray],
-    right: tuple[np.ndarray, np.ndarray],
+    left: tuple[np.ndarray, np.ndarray, int],
+    right: tuple[np.ndarray, np.ndarray, int],
     radius: int,
     same: bool,
 ) -> list[np.ndarray]:
-    """Codes of the pairs within ``radius`` between the rows (keys, and their hashes in
-    the table: (rows, k1)) of ``left`` and ``right``, row by row, every cell against every
-    cell (only later cells of the same key if ``same``)."""
-    own, a = left
-    other, b = right
-    if b.shape[1] >= _BY_ROW:  # (rows, k1, k2): numpy's inner loop runs over a key's hashes
+    """Codes of the pairs within ``radius`` between the keys of ``left`` and ``right``,
+    pair by pair: (keys, their first positions, hashes compared per key) each; every one
+    of the k1 hashes against every one of the k2 (only later ones if ``same``)."""
+    own, first, k1 = left
+    other, second, k2 = right
+    hashes = block.hashes
+    if k2 >= _BY_ROW:  # (rows, k1, k2): numpy's inner loop runs over a key's hashes
+        a = hashes[first[:, None] + _OFFSETS[:k1]]
+        b = hashes[second[:, None] + _OFFSETS[:k2]]
         diff = a[:, :, None] ^ b[:, None, :]
-    else:  # (k1, k2, rows), contiguous: the inner loop runs over the rows
-        diff = np.ascontiguousarray(a.T)[:, None, :] ^ np.ascontiguousarray(b.T)[None, :, :]
+    else:  # (k1, k2, rows): over the pairs of keys
+        a = hashes[_OFFSETS[:k1, None] + first]
+        b = hashes[_OFFSETS[:k2, None] + second]
+        diff = a[:, None, :] ^ b[None, :, :]
     count = _popcount(diff)
     if count.min() > radius:  # the usual case: one fast reduction instead of two passes
         return []
     hits = np.flatnonzero(count <= radius)
-    if b.shape[1] >= _BY_ROW:
+    if k2 >= _BY_ROW:
         row, c1, c2 = np.unravel_index(hits, diff.shape)
     else:
         c1, c2, row = np.unravel_index(hits, diff.shape)
@@ -335,10 +334,11 @@ def _dense_pairs(
         real &= c1 < c2
     i = block.order[starts[key1[real]] + c1[real]]
     j = block.order[starts[key2[real]] + c2[real]]
-    return [_codes(i, j, len(block.hashes))]
+    return [_codes(i, j, len(block.order))]
 
 
 _BY_ROW = 48  # keys holding this many hashes are compared row-wise, fewer column-wise
+_OFFSETS = np.arange(_MAX_CAPACITY)  # positions within a key's run
 
 
 def _ragged_pairs(
@@ -353,7 +353,7 @@ def _ragged_pairs(
     rights = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths - lo, lengths)
     near = _popcount(block.hashes[lefts] ^ block.hashes[rights]) <= radius
     i, j = block.order[lefts[near]], block.order[rights[near]]
-    return [_codes(i, j, len(block.hashes))]
+    return [_codes(i, j, len(block.order))]
 
 
 def _codes(i: np.ndarray, j: np.ndarray, n: int) -> np.ndarray:
