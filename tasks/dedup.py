@@ -76,8 +76,9 @@ def hamming_pairs(
     hashing (:func:`_mih_pairs`) where a cost model says it beats comparing every pair, and
     the blockwise all-pairs comparison otherwise (few hashes, or a radius so large that
     almost every pair is a candidate anyway). Memory is bounded either way: about
-    ``9 * chunk**2`` bytes per worker for all-pairs, a fixed number of candidates per step
-    for multi-index hashing. ``workers`` threads share the work (numpy releases the GIL).
+    ``9 * chunk**2`` bytes per worker for all-pairs; for multi-index hashing, a sorted copy
+    of the hashes per block (about 24 bytes a hash) and a fixed number of cells per step.
+    ``workers`` threads share the work (numpy releases the GIL).
     """
     hashes = np.ascontiguousarray(hashes, dtype=np.uint64).ravel()
     if radius < 0:
@@ -119,9 +120,8 @@ def _all_pairs(hashes: np.ndarray, radius: int, chunk: int, workers: int) -> np.
 
 @dataclass(frozen=True)
 class _MihPlan:
-    widths: tuple[
-        int, ...
-    ]  # bits per indexed block, most significant first (low bits may be left out)
+    # Bits per indexed block, most significant first (low bits may be left out).
+    widths: tuple[int, ...]
     radii: tuple[int, ...]  # per block: probe every key within this many bits
     capacities: tuple[int, ...]  # per block: a key's hashes compared densely (the rest: ragged)
 
