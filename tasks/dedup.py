@@ -9,6 +9,7 @@ alone would delete real data.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import math
@@ -75,8 +76,9 @@ def hamming_pairs(
     hashing (:func:`_mih_pairs`) where a cost model says it beats comparing every pair, and
     the blockwise all-pairs comparison otherwise (few hashes, or a radius so large that
     almost every pair is a candidate anyway). Memory is bounded either way: about
-    ``9 * chunk**2`` bytes per worker for all-pairs, a fixed number of candidates per step
-    for multi-index hashing. ``workers`` threads share the work (numpy releases the GIL).
+    ``9 * chunk**2`` bytes per worker for all-pairs; for multi-index hashing, a sorted copy
+    of the hashes per block (about 24 bytes a hash) and a fixed number of cells per step.
+    ``workers`` threads share the work (numpy releases the GIL).
     """
     hashes = np.ascontiguousarray(hashes, dtype=np.uint64).ravel()
     if radius < 0:
@@ -118,88 +120,248 @@ def _all_pairs(hashes: np.ndarray, radius: int, chunk: int, workers: int) -> np.
 
 @dataclass(frozen=True)
 class _MihPlan:
-    widths: tuple[int, ...]  # bits per block, most significant block first
-    sub_radius: int  # some block of a pair within `radius` differs in <= this many bits
+    # Bits per indexed block, most significant first (low bits may be left out).
+    widths: tuple[int, ...]
+    radii: tuple[int, ...]  # per block: probe every key within this many bits
+    capacities: tuple[int, ...]  # per block: a key's hashes compared densely (the rest: ragged)
 
 
-def _mih_plan(n: int, radius: int, max_block_bits: int = 22) -> _MihPlan | None:
+# The plan's unit is one cell of a dense comparison (xor, popcount, compare, about 2.5 ns
+# here); a numpy call costs a few microseconds, and a group of rows makes about eight.
+_CELLS = 1 << 16  # cells per chunk: bounds a step's temporaries (~0.6 MiB, in L2)
+_GROUP_COST = 6_000
+_MASK_COST = 20_000
+_MAX_CAPACITY = 1 << 10  # a key's hashes in one dense comparison: cells per key pair <= 1M
+_MAX_WIDTH = 22  # bits per block: 2**22 keys' first positions take 32 MiB
+
+
+def _capacity(mean: float) -> int:
+    """A key's hashes compared densely: three standard deviations over the mean of a
+    Poisson-distributed bucket, so that almost none overflow to the ragged path."""
+    return math.ceil(mean + 3 * math.sqrt(mean)) + 1
+
+
+def _quantum(mean: float) -> int:
+    """Rows are grouped by their sizes rounded up to a multiple of this: exact sizes for
+    small buckets, about a dozen groups per side for large ones (padding ~2 * quantum / mean)."""
+    return max(1, round(math.sqrt(mean) / 2))
+
+
+@functools.lru_cache(maxsize=4096)
+def _block_cost(n: int, width: int, radius: int) -> float:
+    """Expected cost of one block of ``width`` bits probed within ``radius`` bits."""
+    mean = n / 2**width
+    capacity = _capacity(mean)
+    if capacity > _MAX_CAPACITY or width > _MAX_WIDTH:
+        return math.inf
+    masks = sum(math.comb(width, k) for k in range(min(radius, width) + 1))
+    pairs = 2 ** (width - 1)  # pairs of keys per probe mask
+    padded = (mean + _quantum(mean) / 2 + 0.5) ** 2
+    groups = min(pairs, (capacity / _quantum(mean)) ** 2 / 2)
+    per_mask = pairs * (padded + 4 + 2.4 * mean) + groups * _GROUP_COST + _MASK_COST
+    return masks * per_mask + 30 * n
+
+
+def _mih_plan(n: int, radius: int) -> _MihPlan | None:
     """The cheapest multi-index plan for ``n`` random hashes, or None if all-pairs is cheaper.
 
-    Pigeonhole: split 64 bits into m blocks; if two hashes differ in <= radius bits, some
-    block differs in <= radius // m bits. Each hash looks up, per block, every block value
-    within that sub-radius (the "probes"), and compares itself with what it finds (the
-    "candidates"). Expected work for uniformly random hashes: n * m * probes lookups plus
-    n^2 * m * probes / 2^bits / 2 candidates; all-pairs costs n^2 / 2.
+    Generalised pigeonhole: index m blocks of the 64 bits, block k probed within r_k bits,
+    r_1 + ... + r_m = radius - m + 1. If two hashes differ in <= radius bits, some block
+    differs in <= its r_k bits (else they would differ in >= radius + 1 bits); bits left out
+    of every block only make this easier. So some blocks can be probed one bit less than
+    the plain pigeonhole's radius // m.
+
+    A probe mask pairs every key with key ^ mask and compares the hashes of the two keys,
+    all against all (about mean^2 cells per pair of keys; see :func:`_probe_pairs`).
+    All-pairs costs n^2 / 2 cells.
     """
+    if n < 2:
+        return None
     best: tuple[float, _MihPlan] | None = None
-    for m in range(-(-64 // max_block_bits), 17):
-        widths = tuple(64 // m + (1 if k < 64 % m else 0) for k in range(m))
-        sub = radius // m
-        probes = sum(math.comb(widths[0], k) for k in range(min(sub, widths[0]) + 1))
-        cost = n * m * probes * (1 + n / 2 ** widths[-1] / 2)
-        if best is None or cost < best[0]:
-            best = (cost, _MihPlan(widths, sub))
+    for m in range(1, min(radius + 1, 16) + 1):
+        low, wide = divmod(radius - m + 1, m)  # `wide` blocks at low + 1, the others at low
+        for w_wide in range(1, _MAX_WIDTH + 1) if wide else [0]:
+            for w_low in range(1, _MAX_WIDTH + 1) if m - wide else [0]:
+                if wide * w_wide + (m - wide) * w_low > 64:
+                    continue
+                widths = (w_wide,) * wide + (w_low,) * (m - wide)
+                radii = (low + 1,) * wide + (low,) * (m - wide)
+                cost = sum(_block_cost(n, w, r) for w, r in zip(widths, radii, strict=True))
+                if best is None or cost < best[0]:
+                    capacities = tuple(_capacity(n / 2**w) for w in widths)
+                    best = (cost, _MihPlan(widths, radii, capacities))
     assert best is not None
-    # Each lookup and candidate costs a few numpy passes; a compared pair costs about one.
-    return best[1] if 4 * best[0] < n * n / 2 else None
+    return best[1] if best[0] < n * n / 2 else None
+
+
+@dataclass(frozen=True)
+class _Block:
+    """One block's index: the hashes sorted by the block's value (their key), so that a
+    key's hashes are one run; a key holds at most ``capacity`` of them in the dense
+    comparison, the rest overflow to the ragged path."""
+
+    width: int
+    hashes: np.ndarray  # in key order, then ``capacity`` zeros (what a padded cell reads)
+    keys: np.ndarray  # in key order
+    order: np.ndarray  # the index of each hash in the input, in key order
+    starts: np.ndarray  # (2**width + 1,): first position of each key
+    capacity: int
+    quantum: int  # see _quantum
+    overflow: np.ndarray  # positions (key order) of hashes past their key's capacity
+
+
+def _block(hashes: np.ndarray, shift: int, width: int, capacity: int) -> _Block:
+    n = len(hashes)
+    capacity = min(capacity, _MAX_CAPACITY)
+    keys = ((hashes >> np.uint64(shift)) & np.uint64((1 << width) - 1)).astype(np.intp)
+    order = np.argsort(keys, kind="stable")
+    keys = keys[order]
+    ordered = np.zeros(n + capacity, dtype=np.uint64)
+    ordered[:n] = hashes[order]
+    starts = np.zeros((1 << width) + 1, dtype=np.intp)
+    np.cumsum(np.bincount(keys, minlength=1 << width), out=starts[1:])
+    overflow = np.flatnonzero(np.arange(n) - starts[keys] >= capacity)
+    quantum = _quantum(n / 2**width)
+    return _Block(width, ordered, keys, order, starts, capacity, quantum, overflow)
 
 
 def _mih_pairs(hashes: np.ndarray, radius: int, plan: _MihPlan, workers: int) -> np.ndarray:
-    """Multi-index hashing: per block, sort by the block's value, probe every value within
-    the sub-radius, and compare the full hashes of what the probes find; no pair loop.
-    """
+    """Multi-index hashing (see :func:`_mih_plan`), one job per block and probe mask."""
     n = len(hashes)
-    jobs: list[tuple[int, int, int]] = []  # (shift, width, probe mask)
-    shift = 64
-    for width in plan.widths:
-        shift -= width
-        for mask in _masks(width, plan.sub_radius):
-            jobs.append((shift, width, mask))
-    indexes: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
-    shift = 64
-    for width in plan.widths:
-        shift -= width
-        keys = ((hashes >> np.uint64(shift)) & np.uint64((1 << width) - 1)).astype(np.int64)
-        order = np.argsort(keys, kind="stable")
-        starts = np.zeros((1 << width) + 1, dtype=np.int64)
-        np.cumsum(np.bincount(keys, minlength=1 << width), out=starts[1:])
-        indexes[shift] = (keys[order], hashes[order], order, starts)
-
-    def probe(job: tuple[int, int, int]) -> list[np.ndarray]:
-        shift, _, mask = job
-        keys, sorted_hashes, order, starts = indexes[shift]
-        found = []
-        step = _MIH_STEP
-        for a in range(0, n, step):
-            own = keys[a : a + step]
-            other = own ^ mask
-            lo = starts[other]
-            hi = starts[other + 1]
-            positions = np.arange(a, a + len(own))
-            if mask == 0:
-                lo = np.maximum(lo, positions + 1)  # same bucket: each pair once, i < j
-            else:
-                hi = np.where(own < other, hi, lo)  # two buckets: visit the pair from one side
-            lengths = np.maximum(hi - lo, 0)
-            total = int(lengths.sum())
-            if total == 0:
-                continue
-            left = np.repeat(positions, lengths)
-            right = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths - lo, lengths)
-            near = _popcount(sorted_hashes[left] ^ sorted_hashes[right]) <= radius
-            i, j = order[left[near]], order[right[near]]
-            found.append(np.stack([np.minimum(i, j), np.maximum(i, j)], axis=1))
-        return found
-
+    shifts = (64 - np.cumsum(plan.widths)).tolist()
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        found = [p for ps in pool.map(probe, jobs) for p in ps]
+        blocks = list(
+            pool.map(_block, itertools.repeat(hashes), shifts, plan.widths, plan.capacities)
+        )
+        jobs = [
+            (block, mask)
+            for block, r in zip(blocks, plan.radii, strict=True)
+            for mask in _masks(block.width, r)
+        ]
+        found = [p for ps in pool.map(lambda job: _probe_pairs(*job, radius), jobs) for p in ps]
     if not found:
         return np.empty((0, 2), dtype=np.int64)
-    # A pair close in several blocks is found once per such block.
-    return np.unique(np.concatenate(found).astype(np.int64), axis=0)
+    # A pair close in several blocks is found once per such block: one int64 code per pair
+    # makes the deduplication a 1-D unique (and sorts by i, then j).
+    codes = np.unique(np.concatenate(found))
+    return np.stack([codes // n, codes % n], axis=1)
 
 
-_MIH_STEP = 1 << 16  # hashes per probe step: bounds the candidates held at once
+def _probe_pairs(block: _Block, mask: int, radius: int) -> list[np.ndarray]:
+    """Codes ``i * n + j`` (i < j) of the pairs within ``radius`` whose keys differ by
+    ``mask``; each pair of keys is visited once (from the key whose top bit of mask is 0).
+
+    The pairs of keys are sorted by their two sizes (rounded up to the block's quantum),
+    so each group of equal sizes compares the two keys' runs of hashes padded only to its
+    own sizes, all cells at once, with no per-pair index arithmetic. Hashes past the
+    capacity take the ragged path.
+    """
+    starts, quantum, capacity = block.starts, block.quantum, block.capacity
+    sizes = np.minimum(np.diff(starts), capacity)
+    keys = np.arange(1 << block.width)
+    top = 1 << (mask.bit_length() - 1) if mask else 0
+    own = keys[(keys & top) == 0]
+    classes = -(-capacity // quantum) + 1
+    group = (-(-sizes[own] // quantum) * classes + -(-sizes[own ^ mask] // quantum)).astype(
+        np.int16
+    )
+    counts = np.bincount(group, minlength=classes * classes)
+    ends = np.cumsum(counts).tolist()
+    own = own[np.argsort(group, kind="stable")]  # a radix sort
+    other = own ^ mask
+    first, second = starts[own], starts[other]
+    found = []
+    for g in np.flatnonzero(counts).tolist():
+        c1, c2 = divmod(g, classes)
+        if c1 == 0 or c2 == 0:
+            continue  # an empty key
+        k1, k2 = min(c1 * quantum, capacity), min(c2 * quantum, capacity)
+        step = max(1, _CELLS // (k1 * k2))
+        for a in range(ends[g] - int(counts[g]), ends[g], step):
+            b = min(a + step, ends[g])
+            found += _dense_pairs(
+                block, (own[a:b], first[a:b], k1), (other[a:b], second[a:b], k2), radius, mask == 0
+            )
+    # Each hash past the capacity against every hash of the other key that the dense
+    # comparison did not pair it with: all of them, or (for the key visited second) the
+    # ones within the capacity.
+    for a in range(0, len(block.overflow), _MIH_STEP):
+        left = block.overflow[a : a + _MIH_STEP]
+        key = block.keys[left]
+        lo = starts[key ^ mask]
+        if mask == 0:
+            hi = left  # the same key: every hash before it
+        else:
+            hi = starts[(key ^ mask) + 1]
+            hi = np.where(key & top, np.minimum(hi, lo + capacity), hi)
+        found += _ragged_pairs(block, left, lo, hi, radius)
+    return found
+
+
+def _dense_pairs(
+    block: _Block,
+    left: tuple[np.ndarray, np.ndarray, int],
+    right: tuple[np.ndarray, np.ndarray, int],
+    radius: int,
+    same: bool,
+) -> list[np.ndarray]:
+    """Codes of the pairs within ``radius`` between the keys of ``left`` and ``right``,
+    pair by pair: (keys, their first positions, hashes compared per key) each; every one
+    of the k1 hashes against every one of the k2 (only later ones if ``same``)."""
+    own, first, k1 = left
+    other, second, k2 = right
+    hashes = block.hashes
+    if k2 >= _BY_ROW:  # (rows, k1, k2): numpy's inner loop runs over a key's hashes
+        a = hashes[first[:, None] + _OFFSETS[:k1]]
+        b = hashes[second[:, None] + _OFFSETS[:k2]]
+        diff = a[:, :, None] ^ b[:, None, :]
+    else:  # (k1, k2, rows): over the pairs of keys
+        a = hashes[_OFFSETS[:k1, None] + first]
+        b = hashes[_OFFSETS[:k2, None] + second]
+        diff = a[:, None, :] ^ b[None, :, :]
+    count = _popcount(diff)
+    if count.min() > radius:  # the usual case: one fast reduction instead of two passes
+        return []
+    hits = np.flatnonzero(count <= radius)
+    if k2 >= _BY_ROW:
+        row, c1, c2 = np.unravel_index(hits, diff.shape)
+    else:
+        c1, c2, row = np.unravel_index(hits, diff.shape)
+    key1, key2 = own[row], other[row]
+    starts = block.starts
+    real = (c1 < starts[key1 + 1] - starts[key1]) & (c2 < starts[key2 + 1] - starts[key2])
+    if same:
+        real &= c1 < c2
+    i = block.order[starts[key1[real]] + c1[real]]
+    j = block.order[starts[key2[real]] + c2[real]]
+    return [_codes(i, j, len(block.order))]
+
+
+_BY_ROW = 48  # keys holding this many hashes are compared row-wise, fewer column-wise
+_OFFSETS = np.arange(_MAX_CAPACITY)  # positions within a key's run
+
+
+def _ragged_pairs(
+    block: _Block, left: np.ndarray, lo: np.ndarray, hi: np.ndarray, radius: int
+) -> list[np.ndarray]:
+    """Codes of the pairs within ``radius`` of each ``left[k]`` with positions lo[k]..hi[k]."""
+    lengths = np.maximum(hi - lo, 0)
+    total = int(lengths.sum())
+    if total == 0:
+        return []
+    lefts = np.repeat(left, lengths)
+    rights = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths - lo, lengths)
+    near = _popcount(block.hashes[lefts] ^ block.hashes[rights]) <= radius
+    i, j = block.order[lefts[near]], block.order[rights[near]]
+    return [_codes(i, j, len(block.order))]
+
+
+def _codes(i: np.ndarray, j: np.ndarray, n: int) -> np.ndarray:
+    """One int64 per pair: ``min * n + max``."""
+    return np.minimum(i, j).astype(np.int64) * n + np.maximum(i, j)
+
+
+_MIH_STEP = 1 << 12  # overflowing hashes per ragged step: bounds the candidates held at once
 
 
 def _masks(width: int, radius: int) -> list[int]:
