@@ -436,7 +436,7 @@ class _Images:
 
     def __init__(self) -> None:
         self._db = sqlite3.connect("")
-        self._db.execute("PRAGMA cache_size = -8192")  # KiB
+        self._db.execute("PRAGMA cache_size = -4096")  # KiB: what it holds in memory at most
         self._db.executescript(_SCHEMA)
         self._marked: list[tuple] = []  # rows marked, waiting for one insert of many
         self._split: list[tuple[str, str]] = []

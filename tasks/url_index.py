@@ -17,7 +17,7 @@ from types import TracebackType
 
 from tasks.manifest import UrlRow
 
-_CACHE_KIB = 8 * 1024  # SQLite's page cache for this database: what it holds in memory at most
+_CACHE_KIB = 4 * 1024  # SQLite's page cache for this database: what it holds in memory at most
 
 _SCHEMA = """
 CREATE TABLE settled (url TEXT PRIMARY KEY, row TEXT NOT NULL) WITHOUT ROWID;

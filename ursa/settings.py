@@ -18,9 +18,9 @@ from ursa.registry import CHAMPION
 T = TypeVar("T")
 
 # Rows an ingest stage works through at once (URSA_INGEST_CHUNK_ROWS). At about 1.5 KiB a row
-# in memory, 5,000 rows are a few MiB; the downloader holds at most two chunks (a slow URL at
+# in memory, 2,000 rows are a few MiB; the downloader holds at most two chunks (a slow URL at
 # the head of the window holds back the rows after it, never more than that).
-INGEST_CHUNK_ROWS = 5_000
+INGEST_CHUNK_ROWS = 2_000
 
 
 class SettingsError(ValueError):
