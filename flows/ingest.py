@@ -15,12 +15,12 @@ from tasks.dedup import dedup_task
 from tasks.download import DownloadOptions, download_task
 from tasks.feedback import feedback_rows
 from tasks.ledger import load_ledger
-from tasks.manifest import Dataset, UrlRow, write_rows
+from tasks.manifest import Dataset, UrlRow, count_rows, iter_rows, write_rows
 from tasks.policies import HOUR
 from tasks.reports import dataset_status_counts, outcome_counts, publish_ingest
-from tasks.shards import downloaded_rows, record_worker
-from tasks.sources import EMBEDDED, read_csv_urls, read_source
-from tasks.url_lists import read_url_lists
+from tasks.shards import downloaded_manifest, record_worker
+from tasks.sources import EMBEDDED, iter_source
+from tasks.url_lists import iter_url_lists
 from tasks.verify import verify_task
 from ursa.layout import Layout
 from ursa.ledger import ledger_path
@@ -73,39 +73,48 @@ def ingest(
     """
     settings = Settings.from_env()
     data_dir = settings.data_dir
+    layout = Layout(data_dir)
+    chunk_rows = settings.ingest_chunk_rows
     options = DownloadOptions(concurrency=concurrency, per_host=per_host, timeout_s=timeout_s)
+    # The stages hand each other manifest files, never lists of rows: each works through its
+    # file a chunk at a time, so memory does not grow with the number of URLs.
     # The embedded default is served by a local image host for as long as downloads run.
     served = embedded_url_lists(data_dir, max_per_class) if source == EMBEDDED else nullcontext()
     with served as lists:  # the URL source stays up while the download or its shards run
-        rows = read_url_lists(lists) if lists else read_source(source, data_dir, max_per_class)
-        downloaded = downloaded_rows(rows, data_dir, options, fresh, shards, ingest_shard)
+        rows = iter_url_lists(lists) if lists else iter_source(source, data_dir, max_per_class)
+        listed = write_rows(layout.listed_manifest, rows, UrlRow)
+        downloaded = downloaded_manifest(
+            listed, data_dir, options, fresh, shards, chunk_rows, ingest_shard
+        )
     ledger_file = Path(ledger) if ledger else ledger_path(data_dir)
     added = feedback_rows(data_dir, ledger_file)  # accepted feedback: source=feedback
-    verified = verify_task(
-        downloaded.unverified + added,
+    url_manifest = verify_task(
+        downloaded,
         data_dir,
+        layout.url_manifest,
+        extra=added,
         max_pixels=settings.max_image_pixels,
         workers=None,
+        chunk_rows=chunk_rows,
     )
-    rows = downloaded.verified + verified
-    url_manifest = write_rows(Layout(data_dir).url_manifest, rows, UrlRow)
     decisions = load_ledger(ledger_file)
     dataset = dedup_task(
-        rows,
+        url_manifest,
         data_dir,
         valid_pct=valid_pct,
         seed=seed,
         ledger=decisions,
         feedback_to_valid=feedback_to_valid,
     )
-    publish_ingest(rows, dataset, url_manifest)
+    publish_ingest(iter_rows(url_manifest, UrlRow), dataset, url_manifest)
     result = IngestResult(
         dataset=dataset,
         url_manifest=str(Path(url_manifest).resolve()),
-        outcomes=outcome_counts(rows),
+        outcomes=outcome_counts(iter_rows(url_manifest, UrlRow)),
         statuses=dataset_status_counts(dataset),
     )
-    print(f"ingest: {len(rows)} URLs -> {result.statuses.get('kept', 0)} images; {result.outcomes}")
+    urls = sum(result.outcomes.values())
+    print(f"ingest: {urls} URLs -> {result.statuses.get('kept', 0)} images; {result.outcomes}")
     if added:
         print(f"ingest: {len(added)} images from accepted feedback (source=feedback)")
     if decisions.digest:
@@ -140,8 +149,15 @@ def ingest_shard(
     data_dir = Path(folder)
     record_worker(data_dir)
     options = DownloadOptions(concurrency=concurrency, per_host=per_host, timeout_s=timeout_s)
-    rows = download_task(read_csv_urls(Path(urls_csv)), data_dir, options, resume=not fresh)
-    rows = verify_task(rows, data_dir, max_pixels=settings.max_image_pixels, workers=None)
-    part = write_rows(Layout(data_dir).url_manifest, rows, UrlRow)
-    print(f"ingest-shard: {len(rows)} URLs -> {part}")
+    chunk_rows = settings.ingest_chunk_rows
+    downloaded = download_task(Path(urls_csv), data_dir, options, not fresh, chunk_rows)
+    part = verify_task(
+        downloaded,
+        data_dir,
+        Layout(data_dir).url_manifest,
+        max_pixels=settings.max_image_pixels,
+        workers=None,
+        chunk_rows=chunk_rows,
+    )
+    print(f"ingest-shard: {count_rows(part)} URLs -> {part}")
     return str(part)

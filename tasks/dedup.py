@@ -13,10 +13,12 @@ import functools
 import itertools
 import logging
 import math
+import sqlite3
+from array import array
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +28,8 @@ from prefect.cache_policies import NONE
 
 from tasks.checks import phash, pixel_hash
 from tasks.ledger import REMOVED, Ledger, apply_ledger
-from tasks.manifest import OK, Dataset, ImageRow, UrlRow, write_dataset
-from tasks.splits import assign_split
+from tasks.manifest import OK, Dataset, ImageRow, UrlRow, batches, iter_rows, write_dataset
+from tasks.splits import group_rank, valid_group_count
 from ursa.feedback import FEEDBACK, URL_SCHEME
 
 log = logging.getLogger(__name__)
@@ -458,18 +460,11 @@ def same_picture(a: Image.Image, b: Image.Image, tolerance: float = SAME_PICTURE
     return bool(_differences(_base(a)[None], _base(b)[None])[0] <= tolerance)
 
 
-@dataclass
-class _Image:
-    """One distinct (file, label) with what dedup needs to know about it."""
-
-    row: ImageRow
-    phash: int
-    base: np.ndarray | None = None  # loaded only for images that a hash pair proposes
-
-
 class _UnionFind:
+    """Groups of 0..n-1, in a flat array (8 bytes an image) rather than a list of ints."""
+
     def __init__(self, n: int) -> None:
-        self.parent = list(range(n))
+        self.parent = array("q", range(n))
 
     def find(self, i: int) -> int:
         while self.parent[i] != i:
@@ -484,7 +479,7 @@ class _UnionFind:
 
 
 def build_dataset(
-    rows: list[UrlRow],
+    rows: Iterable[UrlRow],
     data_dir: Path,
     valid_pct: float = 0.2,
     seed: int = 0,
@@ -498,70 +493,71 @@ def build_dataset(
 
     Images from feedback (``source=feedback``) go to the training split, and the split of
     the others is what it would be without them, so the gate's validation data stays
-    comparable; ``feedback_to_valid`` splits them like any other image instead."""
+    comparable; ``feedback_to_valid`` splits them like any other image instead.
+
+    ``rows`` are read once, as a stream. What grows with the number of images lives in a
+    temporary SQLite database on disk (:class:`_Images`) and in flat arrays of a few bytes
+    an image (the perceptual hashes, the groups); Python objects are made for one duplicate
+    group at a time.
+    """
     if not 0.0 <= valid_pct < 1.0:
         raise ValueError(f"valid_pct must be in [0, 1), got {valid_pct}.")
     data_dir = Path(data_dir)
-    images = _load_images(rows, data_dir)
+    with _Images() as images:
+        images.add(rows)
+        phashes = images.number(data_dir)
 
-    groups = _UnionFind(len(images))
-    by_pixels: dict[str, int] = {}
-    for i, im in enumerate(images):
-        first = by_pixels.setdefault(im.row.pixel_hash, i)
-        groups.union(first, i)
-    for i, j in _confirmed_pairs(images, radius, data_dir):
-        groups.union(i, j)
+        groups = _UnionFind(len(phashes))
+        for first, i in images.same_pixels():
+            groups.union(first, i)
+        for i, j in _confirmed_pairs(phashes, images.image_path, radius, data_dir):
+            groups.union(i, j)
+        del phashes
+        images.set_groups(groups.find(i) for i in range(len(groups.parent)))
+        del groups
 
-    members: dict[int, list[ImageRow]] = defaultdict(list)
-    for i, im in enumerate(images):
-        members[groups.find(i)].append(im.row)
-    for group in members.values():
-        _mark(group)
-    image_rows = [im.row for im in images]
-    if ledger is not None and not ledger.empty:
-        image_rows = apply_ledger(image_rows, ledger.decisions)
-        regrouped: dict[str, list[ImageRow]] = defaultdict(list)
-        for r in image_rows:
-            if r.status != REMOVED:
-                regrouped[r.group].append(r)
-        for group in regrouped.values():
-            _mark(group)  # a relabel may have settled a label conflict
-    kept = [r for r in image_rows if r.status == "kept"]
-    if feedback_to_valid:
-        assign_split(kept, valid_pct=valid_pct, seed=seed)
-    else:
-        assign_split([r for r in kept if r.source != FEEDBACK], valid_pct=valid_pct, seed=seed)
-        for r in kept:
-            if r.source == FEEDBACK:
-                r.split = "train"
+        decisions = ledger.decisions if ledger is not None and not ledger.empty else {}
+        for members in images.groups():
+            _mark(members)
+            if any(r.sha256 in decisions for r in members):
+                members = apply_ledger(members, decisions)
+                alive = [r for r in members if r.status != REMOVED]
+                if alive:
+                    _mark(alive)  # a relabel may have settled a label conflict
+            images.add_marked(members, feedback_to_valid)
+        images.split(valid_pct, seed)
 
-    image_rows = sorted(image_rows, key=lambda r: (r.sha256, r.label))
-    conflicts = label_conflicts(image_rows)
-    if conflicts:
-        log.warning("%d duplicate groups carry more than one label: %s", len(conflicts), conflicts)
-    if ledger is None or not ledger.digest:
-        return write_dataset(data_dir, image_rows)
-    return write_dataset(data_dir, image_rows, ledger_path=ledger.path, ledger_digest=ledger.digest)
+        conflicts = label_conflicts(images.marked("label_conflict"))
+        if conflicts:
+            log.warning(
+                "%d duplicate groups carry more than one label: %s", len(conflicts), conflicts
+            )
+        if ledger is None or not ledger.digest:
+            return write_dataset(data_dir, images.marked())
+        return write_dataset(
+            data_dir, images.marked(), ledger_path=ledger.path, ledger_digest=ledger.digest
+        )
 
 
 def _confirmed_pairs(
-    images: list[_Image], radius: int, data_dir: Path, chunk: int = 128
+    phashes: np.ndarray,
+    image_path: Callable[[int], str],
+    radius: int,
+    data_dir: Path,
+    chunk: int = 128,
 ) -> list[tuple[int, int]]:
     """Perceptual-hash candidates that same_picture confirms: the hash only proposes."""
-    if not images:
+    if len(phashes) == 0:
         return []
-    candidates = hamming_pairs(np.array([im.phash for im in images], dtype=np.uint64), radius)
+    candidates = hamming_pairs(phashes, radius)
     if len(candidates) == 0:
         return []
     # Only the images in some candidate pair are opened again, for their bases (4 KiB each).
     proposed = np.unique(candidates)  # sorted
     bases = np.zeros((len(proposed), BASE_SIDE * BASE_SIDE), dtype=np.float32)
     for k, index in enumerate(proposed):
-        im = images[index]
-        if im.base is None:
-            with Image.open(data_dir / im.row.image_path) as opened:
-                im.base = _base(opened)
-        bases[k] = im.base
+        with Image.open(data_dir / image_path(int(index))) as opened:
+            bases[k] = _base(opened)
     confirmed: list[tuple[int, int]] = []
     # Bounded memory: each pair holds every crop's thumbnail of both images (~0.7 MiB).
     for start in range(0, len(candidates), chunk):
@@ -572,45 +568,227 @@ def _confirmed_pairs(
     return confirmed
 
 
-def _load_images(rows: list[UrlRow], data_dir: Path) -> list[_Image]:
-    """One entry per distinct (file, label); the same file under two labels is a conflict.
+_IMAGE_FIELDS = [f.name for f in fields(ImageRow)]
+_COLUMNS = ", ".join(f'"{name}"' for name in _IMAGE_FIELDS)  # "group" is an SQL keyword
+_SCHEMA = f"""
+CREATE TABLE chosen (
+    sha256 TEXT, label TEXT, url TEXT, image_path TEXT, pixel_hash TEXT, phash TEXT,
+    width INTEGER, height INTEGER, PRIMARY KEY (sha256, label)
+) WITHOUT ROWID;
+CREATE TABLE numbered (
+    position INTEGER PRIMARY KEY, sha256 TEXT, image_path TEXT, label TEXT, url TEXT,
+    width INTEGER, height INTEGER, pixel_hash TEXT, phash TEXT, source TEXT, root INTEGER
+);
+CREATE TABLE marked ({_COLUMNS});
+CREATE TABLE split_groups (label TEXT, "group" TEXT, PRIMARY KEY (label, "group"))
+    WITHOUT ROWID;
+CREATE TABLE valid_groups (label TEXT, "group" TEXT, PRIMARY KEY (label, "group"))
+    WITHOUT ROWID;
+"""
+_BATCH = 5_000  # rows per executemany
 
-    Verification computes the hashes in its worker processes and leaves them on the rows;
-    a row without them (an older manifest) is decoded here.
-    """
-    chosen: dict[tuple[str, str], UrlRow] = {}
-    for row in rows:
-        if row.outcome != OK or not row.image_path:
-            continue
-        key = (row.sha256, row.label)
-        # Of several URLs with the same bytes, record the smallest: independent of row order.
-        if key not in chosen or row.url < chosen[key].url:
-            chosen[key] = row
-    decoded: dict[str, tuple[str, int, np.ndarray | None, int, int]] = {}
-    images: list[_Image] = []
-    for (sha, label), row in sorted(chosen.items()):
-        if sha not in decoded:
-            if row.pixel_hash and row.phash and row.width and row.height:
-                decoded[sha] = (row.pixel_hash, int(row.phash, 16), None, row.width, row.height)
-            else:
-                with Image.open(data_dir / row.image_path) as im:
-                    im = im.convert("RGB")
-                    decoded[sha] = (pixel_hash(im), phash(im), _base(im), *im.size)
-        pix, ph, base, width, height = decoded[sha]
-        image_row = ImageRow(
-            sha256=sha,
-            image_path=row.image_path,
-            label=label,
-            url=row.url,
-            width=width,
-            height=height,
-            pixel_hash=pix,
-            phash=f"{ph:016x}",
-            group="",
-            source=FEEDBACK if row.url.startswith(URL_SCHEME) else "",
+
+class _Images:
+    """The distinct (file, label) pairs of a dataset being built, in a private temporary
+    SQLite database: in its page cache up to a few MiB, in a temporary file past that
+    (deleted when closed). Stages: :meth:`add` the URL rows, :meth:`number` the distinct
+    images in (sha256, label) order (the manifest's order), :meth:`set_groups`, then
+    :meth:`add_marked` every group as :func:`_mark` and the ledger leave it, :meth:`split`,
+    and read the result back with :meth:`marked`."""
+
+    def __init__(self) -> None:
+        self._db = sqlite3.connect("")
+        self._db.execute("PRAGMA cache_size = -4096")  # KiB: what it holds in memory at most
+        self._db.executescript(_SCHEMA)
+        self._marked: list[tuple] = []  # rows marked, waiting for one insert of many
+        self._split: list[tuple[str, str]] = []
+
+    def __enter__(self) -> _Images:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._db.close()
+
+    def add(self, rows: Iterable[UrlRow]) -> None:
+        """One entry per distinct (file, label); the same file under two labels is a
+        conflict. Of several URLs with the same bytes, the smallest is recorded: independent
+        of row order."""
+        values = (
+            (r.sha256, r.label, r.url, r.image_path, r.pixel_hash, r.phash, r.width, r.height)
+            for r in rows
+            if r.outcome == OK and r.image_path
         )
-        images.append(_Image(row=image_row, phash=ph, base=base))
-    return images
+        for batch in batches(values, _BATCH):
+            self._db.executemany(
+                "INSERT INTO chosen VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (sha256, label) DO UPDATE SET url = excluded.url, "
+                "image_path = excluded.image_path, pixel_hash = excluded.pixel_hash, "
+                "phash = excluded.phash, width = excluded.width, height = excluded.height "
+                "WHERE excluded.url < chosen.url",
+                batch,
+            )
+        self._db.commit()
+
+    def number(self, data_dir: Path) -> np.ndarray:
+        """Number the images 0..n-1 in (sha256, label) order; return their perceptual hashes.
+
+        Verification computes the hashes in its worker processes and leaves them on the rows;
+        a row without them (an older manifest) is decoded here.
+        """
+        phashes = array("Q")
+        decoded: tuple[str, tuple[str, int, int, int]] | None = None  # the last file decoded
+        found = self._db.execute(
+            "SELECT sha256, label, url, image_path, pixel_hash, phash, width, height "
+            "FROM chosen ORDER BY sha256, label"
+        )
+        numbered = []
+        for sha, label, url, image_path, pix, ph, width, height in found:
+            if not (pix and ph and width and height):
+                if decoded is None or decoded[0] != sha:
+                    with Image.open(data_dir / image_path) as im:
+                        im = im.convert("RGB")
+                        decoded = (sha, (pixel_hash(im), phash(im), *im.size))
+                pix, ph_int, width, height = decoded[1]
+            else:
+                ph_int = int(ph, 16)
+            source = FEEDBACK if url.startswith(URL_SCHEME) else ""
+            numbered.append(
+                (
+                    len(phashes),
+                    sha,
+                    image_path,
+                    label,
+                    url,
+                    width,
+                    height,
+                    pix,
+                    f"{ph_int:016x}",
+                    source,
+                )
+            )
+            phashes.append(ph_int)
+            if len(numbered) == _BATCH:
+                self._insert_numbered(numbered)
+                numbered = []
+        self._insert_numbered(numbered)
+        self._db.execute("DELETE FROM chosen")
+        self._db.commit()
+        return np.frombuffer(phashes, dtype=np.uint64) if phashes else np.zeros(0, np.uint64)
+
+    def _insert_numbered(self, values: list[tuple]) -> None:
+        self._db.executemany(
+            "INSERT INTO numbered VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)", values
+        )
+
+    def same_pixels(self) -> Iterator[tuple[int, int]]:
+        """(first, i) for each image whose pixels an earlier-numbered image has: exact
+        duplicates across encodings."""
+        first, last = -1, None
+        found = self._db.execute(
+            "SELECT position, pixel_hash FROM numbered ORDER BY pixel_hash, position"
+        )
+        for position, pix in found:
+            if pix != last:
+                first, last = position, pix
+            else:
+                yield first, position
+
+    def image_path(self, position: int) -> str:
+        found = self._db.execute(
+            "SELECT image_path FROM numbered WHERE position = ?", (position,)
+        ).fetchone()
+        return found[0]
+
+    def set_groups(self, roots: Iterable[int]) -> None:
+        """Each image's duplicate group, in numbering order: the number of one member."""
+        numbered = ((root, position) for position, root in enumerate(roots))
+        for batch in batches(numbered, _BATCH):
+            self._db.executemany("UPDATE numbered SET root = ? WHERE position = ?", batch)
+        self._db.commit()
+
+    def groups(self) -> Iterator[list[ImageRow]]:
+        """The images, one duplicate group at a time, members in numbering order."""
+        found = self._db.execute(
+            "SELECT root, sha256, image_path, label, url, width, height, pixel_hash, phash, "
+            "source FROM numbered ORDER BY root, position"
+        )
+        members: list[ImageRow] = []
+        current = None
+        for root, sha, image_path, label, url, width, height, pix, ph, source in found:
+            if root != current and members:
+                yield members
+                members = []
+            current = root
+            members.append(
+                ImageRow(
+                    sha256=sha,
+                    image_path=image_path,
+                    label=label,
+                    url=url,
+                    width=width,
+                    height=height,
+                    pixel_hash=pix,
+                    phash=ph,
+                    group="",
+                    source=source,
+                )
+            )
+        if members:
+            yield members
+
+    def add_marked(self, rows: list[ImageRow], feedback_to_valid: bool) -> None:
+        """The rows of one group as marked. Its kept row takes part in the train/valid split
+        unless it came from feedback (then it trains) and ``feedback_to_valid`` is off."""
+        self._marked += [tuple(vars(r).values()) for r in rows]
+        self._split += [
+            (r.label, r.group)
+            for r in rows
+            if r.status == "kept" and (feedback_to_valid or r.source != FEEDBACK)
+        ]
+        if len(self._marked) >= _BATCH:
+            self._flush_marked()
+
+    def _flush_marked(self) -> None:
+        marks = ", ".join("?" * len(_IMAGE_FIELDS))
+        self._db.executemany(f"INSERT INTO marked VALUES ({marks})", self._marked)
+        self._db.executemany("INSERT OR IGNORE INTO split_groups VALUES (?, ?)", self._split)
+        self._marked, self._split = [], []
+
+    def split(self, valid_pct: float, seed: int) -> None:
+        """Set the split of every kept row: per label, the first groups in seeded order go
+        to validation (:mod:`tasks.splits`), every other kept row trains. SQLite sorts the
+        groups, by their rank, on disk rather than in Python memory."""
+        self._flush_marked()
+        self._db.create_function(
+            "group_rank", 1, lambda group: group_rank(group, seed), deterministic=True
+        )
+        labels = [label for (label,) in self._db.execute("SELECT DISTINCT label FROM split_groups")]
+        for label in labels:  # a class at a time: few
+            (n_groups,) = self._db.execute(
+                "SELECT COUNT(*) FROM split_groups WHERE label = ?", (label,)
+            ).fetchone()
+            self._db.execute(
+                'INSERT INTO valid_groups SELECT label, "group" FROM split_groups '
+                'WHERE label = ? ORDER BY group_rank("group") LIMIT ?',
+                (label, valid_group_count(n_groups, valid_pct)),
+            )
+        self._db.execute(
+            "UPDATE marked SET split = CASE WHEN EXISTS (SELECT 1 FROM valid_groups AS v "
+            'WHERE v.label = marked.label AND v."group" = marked."group") '
+            "THEN 'valid' ELSE 'train' END WHERE status = 'kept'"
+        )
+        self._db.commit()
+
+    def marked(self, status: str = "") -> Iterator[ImageRow]:
+        """The marked rows in (sha256, label) order, the manifest's (only those of
+        ``status``, if given)."""
+        where = "WHERE status = ?" if status else ""
+        found = self._db.execute(
+            f"SELECT {_COLUMNS} FROM marked {where} ORDER BY sha256, label",
+            (status,) if status else (),
+        )
+        for values in found:
+            yield ImageRow(*values)
 
 
 def _mark(group: list[ImageRow]) -> None:
@@ -650,4 +828,24 @@ def label_conflicts(rows: Iterable[ImageRow]) -> dict[str, list[str]]:
     return {group: sorted(found) for group, found in sorted(labels.items())}
 
 
-dedup_task = task(name="dedup", cache_policy=NONE)(build_dataset)
+def dedup_manifest(
+    url_manifest: Path,
+    data_dir: Path,
+    valid_pct: float = 0.2,
+    seed: int = 0,
+    ledger: Ledger | None = None,
+    feedback_to_valid: bool = False,
+) -> Dataset:
+    """:func:`build_dataset` from the URL manifest at ``url_manifest``, read as a stream."""
+    rows = iter_rows(Path(url_manifest), UrlRow)
+    return build_dataset(
+        rows,
+        data_dir,
+        valid_pct=valid_pct,
+        seed=seed,
+        ledger=ledger,
+        feedback_to_valid=feedback_to_valid,
+    )
+
+
+dedup_task = task(name="dedup", cache_policy=NONE)(dedup_manifest)

@@ -36,7 +36,7 @@ from uuid import UUID
 from prefect.exceptions import ObjectNotFound
 
 from tasks.download import DownloadOptions, download_task
-from tasks.manifest import UrlRow, iter_rows
+from tasks.manifest import UrlRow, iter_rows, write_rows
 from ursa.files import atomic_writer
 from ursa.layout import Layout
 
@@ -54,35 +54,29 @@ class Shard:
     urls_csv: str  # absolute: its URL list
 
 
-@dataclass(frozen=True)
-class Downloaded:
-    """An ingest's URL rows after the download: those its shards already verified, and those
-    still to verify (all of them when the download ran in one piece, here)."""
-
-    verified: list[UrlRow]
-    unverified: list[UrlRow]
-
-
-def downloaded_rows(
-    rows: list[UrlRow],
+def downloaded_manifest(
+    listed: Path,
     data_dir: Path,
     options: DownloadOptions,
     fresh: bool,
     shards: int,
+    chunk_rows: int,
     run_here: Callable[..., str],
-) -> Downloaded:
-    """``rows`` downloaded: in this flow run when ``shards`` is 1, else cut into that many
-    shards, each downloaded and verified by a shard flow run, and merged.
+) -> Path:
+    """The URL manifest ``listed``, downloaded, as the data folder's downloaded manifest: in
+    this flow run when ``shards`` is 1, else cut into that many shards, each downloaded and
+    verified by a shard flow run (verification then passes their rows through), and merged.
 
     ``run_here`` is the shard flow, run in this process, one shard after another, when there
     is no shard deployment to start runs of; the ingest flow hands it in (tasks never import
     flows). A rerun resumes from the download journals unless ``fresh``.
     """
     if shards == 1:
-        return Downloaded([], download_task(rows, data_dir, options, resume=not fresh))
-    parts = write_shards(rows, data_dir, shards)
+        return download_task(listed, data_dir, options, not fresh, chunk_rows)
+    parts = write_shards(iter_rows(listed, UrlRow), data_dir, shards)
     _run_shards(parts, options, fresh, run_here)
-    return Downloaded(list(merged_rows(data_dir, parts)), [])
+    target = Layout(data_dir).downloaded_manifest
+    return write_rows(target, merged_rows(data_dir, parts), UrlRow)
 
 
 def shard_of(url: str, shards: int) -> int:

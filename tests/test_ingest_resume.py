@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from standins.imagehost import ImageHost
-from tasks.download import DownloadOptions, download_urls
-from tasks.manifest import UrlRow, data_dir_lock
+from tasks.download import DownloadOptions, download_manifest, download_urls
+from tasks.manifest import UrlRow, data_dir_lock, read_rows, write_rows
 from tasks.url_lists import read_url_lists
 from ursa.embedded import write_embedded_images
 from ursa.layout import Layout
@@ -197,7 +197,12 @@ def test_a_10000_url_download_killed_half_way_resumes(
     reported: list[str] = []
     # Deadlines far above need: on a busy machine an answer may wait, and this is no timing test.
     options = DownloadOptions(concurrency=32, timeout_s=300, attempt_timeout_s=120)
-    out = download_urls(rows, data_dir, options, progress=reported.append)
+    # The rerun streams from file to file as the ingest flow does, in chunks of 1,000 rows.
+    listed = write_rows(tmp_path / "listed.csv", rows, UrlRow)
+    target = tmp_path / "downloaded.csv"
+    download_manifest(listed, data_dir, target, options, reported.append, chunk_rows=1_000)
+    out = read_rows(target, UrlRow)
+    assert [r.url for r in out] == [r.url for r in rows]  # in order
     failed = [r for r in out if r.outcome != "ok"]
     assert not failed and len(out) == 10_000, failed[:3]
     assert sorted(r.url for r in reported) == sorted(r.url for r in rows)  # progress: each once
