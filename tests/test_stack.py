@@ -93,7 +93,7 @@ def test_up_runs_the_pipeline_deployment_through_the_real_servers(data_dir: Path
         assert down.returncode == 0
         said = " ".join(down.stdout.read().split())  # the console may wrap the line
         assert said == f"stopped: {', '.join(reversed(names))}"
-        assert all(service.process.poll() is not None for service in stack.services)
+        assert [s.name for s in stack.services if s.process.poll() is None] == []  # all stopped
         assert not (data_dir / "stack.json").exists()
         for port in (ports.prefect, ports.mlflow, ports.serve):
             check_port_free(port, "stopped service")  # every service let go of its port
