@@ -134,12 +134,22 @@ def test_a_row_is_shown_done_only_once_its_journal_line_is_written(
 
 
 def test_transient_failures_are_tried_again_on_resume(slow_host: ImageHost, data_dir: Path) -> None:
-    url = f"{slow_host.base_url}/flaky/1/0001.png?status=503&times=1"
+    # 5xx and throttling (408, 425, 429) may pass on a later run; a 404 is final.
+    statuses = [503, 408, 425, 429]
+    files = ["0001.png", "0011.png", "0021.png", "0042.png"]  # digits labelled 1
+    urls = [
+        f"{slow_host.base_url}/flaky/1/{name}?status={status}&times=1"
+        for name, status in zip(files, statuses, strict=True)
+    ]
+    urls.append(f"{slow_host.base_url}/img/1/gone.png")
     options = DownloadOptions(retries=0)
-    [first] = download_urls([_row(url)], data_dir, options)
-    assert (first.outcome, first.http_status) == ("http_error", 503)
-    [second] = download_urls([_row(url)], data_dir, options)
-    assert second.outcome == "ok" and slow_host.requests_for(url) == 2
+    first = download_urls([_row(url) for url in urls], data_dir, options)
+    assert [(r.outcome, r.http_status) for r in first] == [
+        ("http_error", status) for status in [*statuses, 404]
+    ]
+    second = download_urls([_row(url) for url in urls], data_dir, options)
+    assert [r.outcome for r in second] == ["ok"] * 4 + ["http_error"]
+    assert [slow_host.requests_for(url) for url in urls] == [2, 2, 2, 2, 1]
 
 
 def test_a_second_ingest_on_the_same_folder_is_refused(data_dir: Path) -> None:
