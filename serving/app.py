@@ -266,6 +266,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             if health is not None:
                 health.state.beat(loaded_model(holder))
 
+        beat()  # the page says which model is loaded before the first probe can ask
         loop_watch = asyncio.create_task(watch_event_loop(metrics, beat))
         yield
         if health is not None:
