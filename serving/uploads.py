@@ -133,26 +133,12 @@ def replay(body: bytes):
     return receive
 
 
-# Uploads this small are decoded on the event loop: it costs the loop about what answering a
-# request does, where a hop to the decode pool and back costs the request two turns of the
-# loop, and under a burst each turn waits behind every refusal in flight (BENCHMARKS.md).
-INLINE_BYTES = 64 * 1024
-INLINE_PIXELS = 128 * 128
-
-
 async def decode(
     data: bytes, max_image_pixels: int, decoding: Executor, describe: bool = False
 ) -> Upload:
-    """``open_image`` on the loop for a small upload, else off it; an empty upload is a 400,
-    an unusable image a 422."""
+    """``open_image`` off the event loop; an empty upload is a 400, an unusable image a 422."""
     loop = asyncio.get_running_loop()
     try:
-        if len(data) <= INLINE_BYTES:
-            try:  # the pixel guard reads the header: a small file of many pixels goes on
-                return _upload(data, min(max_image_pixels, INLINE_PIXELS), describe)
-            except ImageError as exc:
-                if exc.reason != "too_many_pixels" or max_image_pixels <= INLINE_PIXELS:
-                    raise
         return await loop.run_in_executor(decoding, _upload, data, max_image_pixels, describe)
     except ImageError as exc:
         status_code = 400 if exc.reason == "empty" else 422

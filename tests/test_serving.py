@@ -36,7 +36,7 @@ from app.demo import free_port
 from serving.app import create_app
 from serving.health import STALL_S, HealthState, health_answer
 from serving.models import ModelHolder, NoChampion
-from serving.uploads import INLINE_BYTES, UploadError, decode, read_body
+from serving.uploads import UploadError, read_body
 from tests.images import encode, png_header_only
 from tests.live import LiveServer
 from ursa.package import PIP_REQUIREMENTS, log_package
@@ -898,27 +898,3 @@ def test_the_health_page_reports_a_stuck_loop_and_a_missing_model() -> None:
     state.beat(("m", "2"))
     ready = {"status": "ready", "model": "m", "version": "2"}
     assert health_answer("/readyz", *state.read()) == (200, ready)
-
-
-def test_small_uploads_are_decoded_on_the_loop_and_many_pixels_in_the_pool() -> None:
-    class Counting(ThreadPoolExecutor):
-        submitted = 0
-
-        def submit(self, *args, **kwargs):
-            Counting.submitted += 1
-            return super().submit(*args, **kwargs)
-
-    small = encode(Image.new("RGB", (32, 32), "red"), "PNG")
-    many = encode(Image.new("RGB", (1000, 1000), "red"), "PNG")  # a few KB, a million pixels
-    assert len(many) <= INLINE_BYTES
-
-    async def decoded() -> list[tuple[int, int]]:
-        with Counting(1) as pool:
-            sizes = [(await decode(data, 40_000_000, pool)).image.size for data in (small, many)]
-            assert Counting.submitted == 1  # only the million pixels went to the pool
-            with pytest.raises(UploadError) as refused:
-                await decode(many, 500_000, pool)  # and the real limit still holds
-            assert refused.value.status_code == 422 and refused.value.reason == "too_many_pixels"
-            return sizes
-
-    assert asyncio.run(decoded()) == [(32, 32), (1000, 1000)]
