@@ -26,6 +26,7 @@ from tasks.dedup import (
 )
 from tasks.manifest import Dataset, ImageRow, UrlRow, read_rows
 from tests.images import encode
+from ursa.feedback import FEEDBACK, URL_SCHEME
 
 
 def decode(data: bytes) -> Image.Image:
@@ -369,3 +370,24 @@ def test_every_multi_index_plan_finds_exactly_the_all_pairs_result(n: int, radiu
     for plan in plans:
         assert np.array_equal(_mih_pairs(hashes, radius, plan, workers=2), expected), plan
     assert np.array_equal(hamming_pairs(hashes, radius), expected)
+
+
+def test_feedback_images_train_and_leave_the_split_alone_unless_feedback_to_valid(
+    tmp_path: Path,
+) -> None:
+    """The gate compares champion and candidate on the validation split: images added from
+    accepted feedback train, and the other images' split is what it was without them;
+    ``feedback_to_valid`` splits them like any other image."""
+    d = tmp_path / "without"
+    before = {r.sha256: r.split for r in manifest(build_dataset(split_rows(d), d, seed=0))}
+    for to_valid in (False, True):
+        d = tmp_path / f"to_valid_{to_valid}"
+        fed = [verified(d, noise(500 + k), "cat", f"{URL_SCHEME}{k}") for k in range(10)]
+        out = manifest(build_dataset(split_rows(d) + fed, d, seed=0, feedback_to_valid=to_valid))
+        added = [r for r in out if r.source == FEEDBACK]
+        assert len(added) == 10 and all(r.status == "kept" for r in added)
+        if to_valid:
+            assert {r.split for r in added} == {"train", "valid"}
+        else:
+            assert {r.split for r in added} == {"train"}
+            assert {r.sha256: r.split for r in out if r.source != FEEDBACK} == before

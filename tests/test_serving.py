@@ -36,6 +36,7 @@ from app.demo import free_port
 from serving.app import create_app
 from serving.health import STALL_S, HealthState, health_answer
 from serving.models import ModelHolder, NoChampion
+from serving.server import inference_threads
 from serving.uploads import UploadError, read_body
 from tests.images import encode, png_header_only
 from tests.live import LiveServer
@@ -898,3 +899,11 @@ def test_the_health_page_reports_a_stuck_loop_and_a_missing_model() -> None:
     state.beat(("m", "2"))
     ready = {"status": "ready", "model": "m", "version": "2"}
     assert health_answer("/readyz", *state.read()) == (200, ready)
+
+
+def test_inference_threads_are_as_configured_else_every_usable_core() -> None:
+    assert Settings.from_env({"URSA_INFERENCE_THREADS": "1"}).inference_threads == 1
+    assert inference_threads(1) == 1 and inference_threads(3) == 3
+    assert inference_threads(Settings.from_env({}).inference_threads) == len(
+        os.sched_getaffinity(0)
+    )
