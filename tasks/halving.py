@@ -14,8 +14,9 @@ So a rung promotes its best 1/eta and, beside them, the next ones whose accuracy
 noise of the last promoted one (:func:`noise`), as long as the epochs this may cost stay
 within ``max_fraction`` of the full grid's (:func:`projected_epochs`). Cutting on noise
 alone dropped the rate that won the grid at the first rung (1 epoch at 16 px), measured in
-BENCHMARKS.md. And when the epochs left can train every survivor for the grid's longest count,
-the middle rungs are skipped (:func:`final_rung_fits`).
+BENCHMARKS.md. And when the epochs left can train at least as many survivors for the grid's
+longest count as the middle rungs would let through, the best of them go straight there
+(:func:`direct_finalists`): a middle rung cut the grid's winner twice in BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -136,22 +137,34 @@ def successive_halving(
         if not alive:
             break
         i += 1
-        if final_rung_fits(len(alive), schedule[i:], spare):
+        direct = direct_finalists(len(alive), schedule[i:], spare, eta)
+        if direct:
+            alive = alive[:direct]
             log(
-                f"halving: the budget trains them all for {schedule[-1]} epochs: "
+                f"halving: the budget trains {alive} for {schedule[-1]} epochs: "
                 f"skipping rungs {schedule[i:-1]}"
             )
             i = len(schedule) - 1
     return results
 
 
-def final_rung_fits(alive: int, later: list[int], spare_epochs: int) -> bool:
-    """Whether the ``alive`` rates can all go straight to the last of the ``later`` rungs.
+def direct_finalists(alive: int, later: list[int], spare_epochs: int, eta: int) -> int:
+    """How many of the ``alive`` rates (best first) to train straight at the last of the
+    ``later`` rungs, skipping the middle ones; 0 to run the next rung instead.
 
-    Middle rungs exist to cut survivors the budget cannot train to the end. When it can, a
-    middle rung would only cut on a shorter, noisier score: at 2 epochs the rate that won the
-    grid at 4 ranked second by 1.7 points and was dropped (BENCHMARKS.md, issue 20)."""
-    return len(later) > 1 and alive * later[-1] <= spare_epochs
+    Middle rungs exist to choose, on a shorter and noisier score, which survivors the budget
+    trains to the end. When ``spare_epochs`` can train at least as many of them to the end as
+    the middle rungs would let through (``alive // eta`` per rung, at least one), they would
+    only cut on that noisier score: at 2 epochs the rate that won the grid at 4 ranked second
+    and was dropped, twice (BENCHMARKS.md, issue 20), while the first rung's best two held it
+    each time."""
+    if len(later) < 2:
+        return 0
+    fit = min(alive, spare_epochs // later[-1])
+    through = alive
+    for _ in later[:-1]:
+        through = max(1, through // eta)
+    return fit if fit >= through else 0
 
 
 def budget(lrs: list[float], epochs: list[int], results: list[TrialResult]) -> Budget:
