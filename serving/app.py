@@ -41,7 +41,7 @@ from serving.page import upload_page
 from serving.predictionlog import LogOptions, PredictionLog, prediction_record
 from serving.responses import STATIC_DIR, error
 from serving.review import review_routes
-from serving.shedding import Admission, LoadShedding, overloaded
+from serving.shedding import Admission, LoadShedding, Shedding, overloaded
 from serving.uploads import UploadError, read_upload
 from ursa.package import PackageError
 from ursa.settings import Settings
@@ -310,9 +310,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             )
         )
     # Innermost, so that refusals are counted and carry CORS headers like any answer.
-    middleware.append(
-        Middleware(LoadShedding, admission=admission, metrics=metrics, route=predict_route)
-    )
+    shedding = Shedding(admission, metrics, predict_route)
+    middleware.append(Middleware(LoadShedding, shedding=shedding))
 
     app = Starlette(
         routes=routes,
@@ -328,6 +327,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.state.holder = holder
     app.state.metrics = metrics
     app.state.admission = admission
+    app.state.shedding = shedding
     app.state.prediction_log = prediction_log
     app.state.feedback_limiter = RateLimiter(settings.feedback_per_minute)
     return app

@@ -96,6 +96,11 @@ class Metrics:
         counter = self.prediction_log if kind == "records" else self.kept_images
         counter.labels(outcome).inc(n)
 
+    def answered(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Count one HTTP request answered, under its route template."""
+        self.requests.labels(route, method, str(status)).inc()
+        self.latency.labels(route).observe(seconds)
+
     def serving(self, model: str, version: str) -> None:
         """Record that ``model`` ``version`` is now the one served."""
         self.model_version.clear()
@@ -141,9 +146,9 @@ class MetricsMiddleware:
             route = scope.get("route")
             # Unmatched paths share one label, so a scan cannot blow up the series count.
             label = getattr(route, "path", None) or "(unmatched)"
-            status = str(send_and_record.status)
-            self.metrics.requests.labels(label, scope["method"], status).inc()
-            self.metrics.latency.labels(label).observe(time.perf_counter() - started)
+            self.metrics.answered(
+                label, scope["method"], send_and_record.status, time.perf_counter() - started
+            )
 
 
 async def watch_event_loop(

@@ -10,8 +10,10 @@ import asyncio
 import contextlib
 import dataclasses
 import io
+import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -806,6 +808,105 @@ def test_a_full_queue_refuses_at_once_with_retry_after(registry: Registry) -> No
         with server.client() as client:
             text = client.get("/metrics").text
         assert 'ursa_http_requests_total{method="POST",route="/predict",status="503"} 1.0' in text
+
+
+def raw_request(method: str, path: str, body: bytes = b"", close: bool = False) -> bytes:
+    head = f"{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Length: {len(body)}\r\n"
+    if body:
+        head += "Content-Type: image/png\r\n"
+    if close:
+        head += "Connection: close\r\n"
+    return (head + "\r\n").encode() + body
+
+
+def read_response(stream: io.BufferedReader) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 response off a raw connection: status, headers, body."""
+    status = int(stream.readline().split()[1])
+    headers = {}
+    while (line := stream.readline().decode().strip()) != "":
+        name, _, value = line.partition(":")
+        headers[name.lower()] = value.strip()
+    return status, headers, stream.read(int(headers["content-length"]))
+
+
+def test_refusals_come_before_the_app_and_keep_the_connection(registry: Registry) -> None:
+    """Served as ``ursa serve`` serves it, a refusal is written by the HTTP protocol, with
+    no request task and no app; the refused body is read and dropped, so the next request
+    on the same connection is answered; ``Connection: close`` closes it."""
+    with (
+        held_server(registry, max_queue=1, request_timeout_s=0) as (server, held),
+        ThreadPoolExecutor(1) as pool,
+    ):
+        shedding = server.app.state.shedding
+        early: list[float] = []
+        counted = shedding.counted
+        shedding.counted = lambda seconds: (early.append(seconds), counted(seconds))
+        first = pool.submit(post_image, server.client())
+        wait_until(lambda: shedding.admission.in_flight == 1, "the first request to take the place")
+        host, port = server.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=30) as conn:
+            stream = conn.makefile("rb")
+            conn.sendall(raw_request("POST", "/predict", image_bytes()))
+            status, headers, body = read_response(stream)
+            assert status == 503 and int(headers["retry-after"]) >= 1, body
+            assert headers["content-type"] == "application/json" and "date" in headers
+            assert json.loads(body)["reason"] == "queue_full"
+            assert len(early) == 1  # refused by the protocol, before the app
+            conn.sendall(raw_request("GET", "/healthz"))
+            assert read_response(stream)[0] == 200  # the same connection, still in step
+            conn.sendall(raw_request("POST", "/predict", image_bytes(), close=True))
+            assert read_response(stream)[0] == 503
+            assert stream.read() == b""  # and then closed, as asked
+        held.release.set()
+        check_prediction(first.result(timeout=60).json(), version="1")
+        assert shed_count(server, "queue_full") == 2 and len(early) == 2
+        with server.client() as client:
+            text = client.get("/metrics").text
+        assert 'ursa_http_requests_total{method="POST",route="/predict",status="503"} 2.0' in text
+
+
+def test_a_pipelined_request_is_answered_in_order(registry: Registry) -> None:
+    """A second request sent behind one still being answered is not refused ahead of it
+    (its 503 would reach the client as the first one's answer): it waits its turn."""
+    with held_server(registry, max_queue=1, request_timeout_s=0) as (server, held):
+        host, port = server.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=30) as conn:
+            stream = conn.makefile("rb")
+            conn.sendall(raw_request("POST", "/predict", image_bytes()))
+            admission = server.app.state.admission
+            wait_until(lambda: admission.in_flight == 1, "the first request to take the place")
+            conn.sendall(raw_request("POST", "/predict", image_bytes()))
+            time.sleep(0.2)  # time for the second to be parsed while the place is held
+            held.release.set()
+            for _ in range(2):
+                status, _, body = read_response(stream)
+                assert status == 200, body
+                check_prediction(json.loads(body), version="1")
+        assert shed_count(server, "queue_full") == 0
+
+
+def test_with_cors_refusals_go_through_the_app_and_carry_its_headers(registry: Registry) -> None:
+    origin = "https://example.org"
+    with (
+        held_server(registry, max_queue=1, request_timeout_s=0, cors_origins=(origin,)) as (
+            server,
+            held,
+        ),
+        ThreadPoolExecutor(1) as pool,
+    ):
+        first = pool.submit(post_image, server.client())
+        admission = server.app.state.admission
+        wait_until(lambda: admission.in_flight == 1, "the first request to take the place")
+        with server.client() as client:
+            refused = client.post(
+                "/predict",
+                content=image_bytes(),
+                headers={"content-type": "image/png", "origin": origin},
+            )
+        check_overloaded(refused, "queue_full")
+        assert refused.headers["access-control-allow-origin"] == origin
+        held.release.set()
+        check_prediction(first.result(timeout=60).json(), version="1")
 
 
 def test_a_request_past_its_deadline_is_refused(registry: Registry) -> None:
