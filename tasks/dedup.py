@@ -544,7 +544,7 @@ def _confirmed_pairs(
     image_path: Callable[[int], str],
     radius: int,
     data_dir: Path,
-    chunk: int = 128,
+    chunk: int = 16,
 ) -> list[tuple[int, int]]:
     """Perceptual-hash candidates that same_picture confirms: the hash only proposes."""
     if len(phashes) == 0:
@@ -559,7 +559,8 @@ def _confirmed_pairs(
         with Image.open(data_dir / image_path(int(index))) as opened:
             bases[k] = _base(opened)
     confirmed: list[tuple[int, int]] = []
-    # Bounded memory: each pair holds every crop's thumbnail of both images (~0.7 MiB).
+    # Bounded memory: each pair holds every crop's thumbnail of both images, so a chunk's
+    # peak is its pairs times that; 16 pairs compare as fast as 128 (BENCHMARKS.md, issue 15).
     for start in range(0, len(candidates), chunk):
         pairs = candidates[start : start + chunk]
         rows = np.searchsorted(proposed, pairs)
