@@ -76,7 +76,7 @@ def lr_find(
             lr = start_lr * ratio**step
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            x = model_inputs(data.x_train[idx], device)
+            x = model_inputs(data.x_train[idx], device, size=config.image_size)
             y = data.y_train[idx].to(device)
             with autocast_for(device):
                 loss = criterion(model(x).float(), y)
