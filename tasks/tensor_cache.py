@@ -71,10 +71,15 @@ class Selection:
     def nbytes(self) -> int:
         return math.prod(self.shape) * self.parts[0].element_size()
 
-    def __getitem__(self, key: slice | torch.Tensor) -> Selection | torch.Tensor:
+    def __getitem__(self, key: int | slice | torch.Tensor) -> Selection | torch.Tensor:
         if isinstance(key, slice):
             return Selection(self.parts, self.index[key])
-        positions = self.index[key]
+        positions = self.index[key]  # an IndexError past the end ends an iteration
+        if positions.dim() == 0:  # one image, as a tensor's x[i]
+            return self._gathered(positions.view(1))[0]
+        return self._gathered(positions)
+
+    def _gathered(self, positions: torch.Tensor) -> torch.Tensor:
         out = torch.empty(
             (len(positions), *self.shape[1:]), dtype=self.parts[0].dtype, device=self.device
         )

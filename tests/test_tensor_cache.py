@@ -79,3 +79,4 @@ def test_a_selection_reads_the_maps_as_their_concatenation_would(data_dir: Path)
     assert isinstance(every_other, Selection)
     assert torch.equal(every_other[torch.arange(3)], whole[index[::2]])
     assert torch.equal(picked.to(torch.device("cpu")), whole[index])
+    assert [torch.equal(a, b) for a, b in zip(picked, whole[index], strict=True)] == [True] * 5
