@@ -585,17 +585,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_ingest)
 
-    # Options a recipe chooses default to None: not given, the recipe's value applies.
-    def sweep_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument(
-            "--recipe",
-            choices=tuple(RECIPES),
-            help="defaults for every option below: digits (small scans, resnet18 at 32 px "
-            "from scratch) or photos (lesson 2: resnet34 pretrained at 224 px, lr from "
-            "lr_find, photo augmentation, cropped to the square)",
-        )
-        p.add_argument("--lr", dest="lrs", type=_floats, help="learning rates, comma-separated")
-        p.add_argument("--epochs", type=_ints, help="epoch counts, comma-separated")
+    def arch_arg(p: argparse.ArgumentParser) -> None:
         p.add_argument(
             "--arch",
             type=_arch,
@@ -603,6 +593,33 @@ def build_parser() -> argparse.ArgumentParser:
             help="any torchvision classification model: resnet18 (digits), resnet34 "
             "(photos), resnet50, convnext_tiny, efficientnet_b0, mobilenet_v3_large, ...",
         )
+
+    def dataset_arg(p: argparse.ArgumentParser, help: str) -> None:
+        p.add_argument("--dataset", dest="dataset_manifest", metavar="CSV", help=help)
+
+    # What train and clean share: the dataset, and how its images become model input.
+    def dataset_args(p: argparse.ArgumentParser) -> None:
+        dataset_arg(p, "dataset manifest (default: the data folder's last ingest)")
+        p.add_argument("--image-size", type=int, help="training resolution in px")
+        p.add_argument(
+            "--resize",
+            choices=RESIZE_POLICIES,
+            help="how pictures become squares: squash (digits), crop (photos) or pad",
+        )
+        p.add_argument("--seed", type=int)
+
+    # Options a recipe chooses default to None: not given, the recipe's value applies.
+    def sweep_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--recipe",
+            choices=tuple(RECIPES),
+            help="defaults for the training options: digits (small scans, resnet18 at 32 px "
+            "from scratch) or photos (lesson 2: resnet34 pretrained at 224 px, lr from "
+            "lr_find, photo augmentation, cropped to the square)",
+        )
+        p.add_argument("--lr", dest="lrs", type=_floats, help="learning rates, comma-separated")
+        p.add_argument("--epochs", type=_ints, help="epoch counts, comma-separated")
+        arch_arg(p)
         p.add_argument(
             "--pretrained",
             action=argparse.BooleanOptionalAction,
@@ -611,16 +628,9 @@ def build_parser() -> argparse.ArgumentParser:
         )
 
     p = sub.add_parser("train", help="sweep learning rates x epochs, tracked in MLflow")
-    p.add_argument(
-        "--dataset",
-        dest="dataset_manifest",
-        metavar="CSV",
-        help="dataset manifest (default: the data folder's last ingest)",
-    )
+    dataset_args(p)
     sweep_args(p)
-    p.add_argument("--image-size", type=int, help="training resolution in px")
     p.add_argument("--batch-size", type=int)
-    p.add_argument("--seed", type=int)
     p.add_argument(
         "--weights",
         dest="weights_path",
@@ -643,11 +653,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--flip",
         action=argparse.BooleanOptionalAction,
         help="also flip images horizontally (photos: yes)",
-    )
-    p.add_argument(
-        "--resize",
-        choices=RESIZE_POLICIES,
-        help="how pictures become squares: squash (digits), crop (photos) or pad",
     )
     p.add_argument(
         "--compile",
@@ -696,12 +701,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("release", help="register a model; promote it if it beats the champion")
     p.add_argument("--model-uri", help="model to release (default: the latest sweep's best)")
-    p.add_argument(
-        "--dataset",
-        dest="dataset_manifest",
-        metavar="CSV",
-        help="dataset manifest to compare on (default: last ingest)",
-    )
+    dataset_arg(p, "dataset manifest to compare on (default: last ingest)")
     release_args(p)
     p.set_defaults(func=cmd_release)
 
@@ -717,19 +717,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_pipeline)
 
     p = sub.add_parser("clean", help="rank the images most likely mislabelled, for review")
-    p.add_argument(
-        "--dataset",
-        dest="dataset_manifest",
-        metavar="CSV",
-        help="dataset manifest (default: the data folder's last ingest)",
-    )
+    dataset_args(p)
     p.add_argument("--folds", type=int, help="k of the k-fold")
     p.add_argument("--epochs", type=int, help="epochs per fold model")
     p.add_argument("--lr", type=float, help="learning rate")
-    p.add_argument("--arch", type=_arch, metavar="NAME")
-    p.add_argument("--image-size", type=int, help="training resolution in px")
-    p.add_argument("--resize", choices=RESIZE_POLICIES)
-    p.add_argument("--seed", type=int)
+    arch_arg(p)
     p.add_argument(
         "--review-url",
         dest="review",
@@ -742,12 +734,7 @@ def build_parser() -> argparse.ArgumentParser:
         "monitor", help="compare recent predictions with the champion's data: drift verdict"
     )
     p.add_argument("--window-hours", type=float, help="how far back the prediction log is read")
-    p.add_argument(
-        "--dataset",
-        dest="dataset_manifest",
-        metavar="CSV",
-        help="the champion's dataset (default: the data folder's last ingest)",
-    )
+    dataset_arg(p, "the champion's dataset (default: the data folder's last ingest)")
     p.add_argument("--min-predictions", type=int, help="fewer answers give no verdict")
     p.add_argument(
         "--min-accepted-feedback", type=int, help="accepted feedback images that start a retrain"

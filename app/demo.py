@@ -45,6 +45,7 @@ def server_process(settings: Settings, startup_s: float = 120.0) -> Iterator[str
         "URSA_SERVE_HOST": settings.serve_host,
         "URSA_SERVE_PORT": str(settings.serve_port),
         "URSA_REQUEST_TIMEOUT_S": str(settings.request_timeout_s),
+        "URSA_HEALTH_PORT": str(settings.health_port),
     }
     if settings.max_queue is not None:  # unset: the server sizes its queue itself
         env["URSA_MAX_QUEUE"] = str(settings.max_queue)

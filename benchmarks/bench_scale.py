@@ -13,8 +13,10 @@ only, and the kernel can drop them at any time.
 1. **Ingest**: N distinct small images (16x16 PNGs) served by the local image host in a
    process of its own with ``--latency`` added per response; download (concurrency 64),
    verify (one process per core), the URL manifest, dedup and the dataset build, as the
-   ingest flow runs them. Reports wall time, URLs/s, peak RSS of the ingest process and of
-   its workers, and the manifests' size on disk.
+   ingest flow runs them: from file to file (a URL list written by the parent, the
+   downloaded rows, the URL manifest, the dataset), a chunk at a time. Reports wall time,
+   URLs/s, peak RSS of the ingest process and of its workers, and the manifests' size on
+   disk (URL manifest, journal, dataset). Progress notes go to stderr as it runs.
 2. **Training cache**: a dataset of N photo-like JPEGs (320x240; ``--photos`` distinct
    files listed again under other names past that, as decoding is what is measured), decoded
    at ``--size`` into the memory-mapped cache, in one process and on every core; then one
@@ -37,6 +39,7 @@ The goals compare the largest size run against the smallest, in the same run.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import resource
@@ -46,6 +49,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -146,40 +150,65 @@ class Peaks:
 # ---- the stages, each run in a child ----------------------------------------------------
 
 
-def child_ingest(n: int, base_url: str, image_root: Path, work: Path) -> dict:
-    from tasks.dedup import build_dataset
-    from tasks.download import DownloadOptions, download_urls
-    from tasks.manifest import UrlRow, write_rows
-    from tasks.verify import verify_rows
+def child_ingest(n: int, urls_csv: Path, work: Path) -> dict:
+    """The ingest flow's stages, from file to file as the flow runs them (the URL list, the
+    downloaded rows, the URL manifest, the dataset)."""
+    from tasks.dedup import dedup_manifest
+    from tasks.download import DownloadOptions, download_manifest
+    from tasks.manifest import UrlRow, iter_rows
+    from tasks.verify import verify_manifest
     from ursa.layout import Layout
 
-    names = sorted(p.relative_to(image_root).as_posix() for p in image_root.glob("*/*.png"))[:n]
-    assert len(names) == n, f"only {len(names)} images for {n} URLs"
-    rows = [UrlRow(url=f"{base_url}/img/{name}", label=name.split("/")[0]) for name in names]
-    del names
     data = work / f"ingest-{n}"
+    layout = Layout(data)
     seconds = {}
     with Peaks() as peaks:
         started = time.perf_counter()
         options = DownloadOptions(concurrency=64, per_host=64)
-        rows = download_urls(rows, data, options, resume=False)
+        tick = _progress(f"{n:,} URLs: download", n)
+        download_manifest(urls_csv, data, layout.downloaded_manifest, options, tick, resume=False)
         seconds["download"] = time.perf_counter() - started
-        assert all(r.outcome == "ok" for r in rows), "a download failed"
+        failed = sum(r.outcome != "ok" for r in iter_rows(layout.downloaded_manifest, UrlRow))
+        assert failed == 0, f"{failed} downloads failed"
         mark = time.perf_counter()
-        rows = verify_rows(rows, data, workers=None)
+        verify_manifest(layout.downloaded_manifest, data, layout.url_manifest, workers=None)
         seconds["verify"] = time.perf_counter() - mark
+        _note(f"{n:,} URLs: verified in {seconds['verify']:.0f} s")
         mark = time.perf_counter()
-        write_rows(data / "manifests" / "urls.csv", rows, UrlRow)
-        dataset = build_dataset(rows, data)
+        dataset = dedup_manifest(layout.url_manifest, data)
         seconds["dedup+build"] = time.perf_counter() - mark
         seconds["total"] = time.perf_counter() - started
-    manifests = [Layout(data).url_manifest, Layout(data).journal, Path(dataset.manifest_path)]
+    manifests = [
+        layout.url_manifest,
+        layout.journal,
+        Path(dataset.manifest_path),
+    ]
     return {
         **peaks.as_dict(),
         "seconds": seconds,
         "kept": dataset.n_train + dataset.n_valid,
         "manifest_mib": sum(p.stat().st_size for p in manifests) / 2**20,
     }
+
+
+def _note(text: str) -> None:
+    """A progress line on stderr, which the parent passes through: a long run shows it is alive."""
+    print(f"    ({text})", file=sys.stderr, flush=True)
+
+
+def _progress(what: str, total: int) -> Callable[[object], None]:
+    """``tick(item)`` for each finished item; notes every tenth of ``total``."""
+    done = 0
+    step = max(total // 10, 1)
+    started = time.perf_counter()
+
+    def tick(_item: object = None) -> None:
+        nonlocal done
+        done += 1
+        if done % step == 0:
+            _note(f"{what} {done:,}/{total:,}, {time.perf_counter() - started:.0f} s")
+
+    return tick
 
 
 def child_cache(n: int, photos: Path, work: Path, size: int, workers: int) -> dict:
@@ -342,10 +371,12 @@ def child_cleaning(manifest: str, size: int, copies: bool) -> dict:
 
 
 def _child(stage: str, **kwargs: object) -> dict:
+    """Run a stage in a child process; its stdout's last line is its result, its stderr (its
+    progress notes) goes straight to ours."""
     argv = [sys.executable, __file__, "--child", stage, "--kwargs", json.dumps(kwargs)]
-    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True)
+    done = subprocess.run(argv, cwd=REPO, stdout=subprocess.PIPE, text=True)
     if done.returncode != 0:
-        raise RuntimeError(f"{stage} {kwargs} failed:\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
+        raise RuntimeError(f"{stage} {kwargs} failed (its stderr is above):\n{done.stdout[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -359,6 +390,8 @@ def _tiny_images(root: Path, n: int) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         pixels = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
         Image.fromarray(pixels).save(folder / f"{i:07d}.png")
+        if (i + 1) % 25_000 == 0:
+            print(f"  ({i + 1:,} tiny images written)", flush=True)
 
 
 def _photo_files(root: Path, n: int) -> None:
@@ -384,6 +417,18 @@ def _growth(
     ]
 
 
+def _url_list(root: Path, base_url: str, n: int, path: Path) -> Path:
+    """The first ``n`` tiny images as a URL list (url and label columns), written here so
+    that the measured child reads it as a stream, as the ingest flow does."""
+    names = sorted(p.relative_to(root).as_posix() for p in root.glob("*/*.png"))[:n]
+    assert len(names) == n, f"only {len(names)} images for {n} URLs"
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(["url", "label"])
+        writer.writerows([f"{base_url}/img/{name}", name.split("/")[0]] for name in names)
+    return path
+
+
 def bench_ingest(sizes: list[int], latency_s: float, work: Path) -> list[str]:
     from benchmarks._host import host_process
 
@@ -398,7 +443,8 @@ def bench_ingest(sizes: list[int], latency_s: float, work: Path) -> list[str]:
     )
     with host_process(root, latency_s) as base:
         for n in sizes:
-            r = _child("ingest", n=n, base_url=base, image_root=str(root), work=str(work))
+            urls = _url_list(root, base, n, work / f"urls-{n}.csv")
+            r = _child("ingest", n=n, urls_csv=str(urls), work=str(work))
             shutil.rmtree(work / f"ingest-{n}", ignore_errors=True)
             results[n] = r
             s = r["seconds"]
@@ -419,12 +465,15 @@ def bench_ingest(sizes: list[int], latency_s: float, work: Path) -> list[str]:
     if len(sizes) > 1:
         per_item = {n: 1 / rate[n] for n in sizes}
         lines += _growth("ingest", sizes, per_item, {n: results[n]["rss_mib"] for n in sizes})
-        workers = {n: results[n]["worker_rss_mib"] for n in sizes}
-        small, large = sizes[0], sizes[-1]
-        lines.append(
-            f"ingest worker peak RSS at {large:,}: {workers[large] / workers[small]:.2f}x of at "
-            f"{small:,} ({workers[large]:.0f} vs {workers[small]:.0f} MiB) (goal <= 1.5x)"
-        )
+        # A small ingest may verify before the sampler sees its worker: compare with the
+        # smallest size where one was seen.
+        workers = {n: results[n]["worker_rss_mib"] for n in sizes if results[n]["worker_rss_mib"]}
+        if len(workers) > 1:
+            small, large = min(workers), max(workers)
+            lines.append(
+                f"ingest worker peak RSS at {large:,}: {workers[large] / workers[small]:.2f}x of "
+                f"at {small:,} ({workers[large]:.0f} vs {workers[small]:.0f} MiB) (goal <= 1.5x)"
+            )
     return lines
 
 
@@ -556,7 +605,7 @@ def bench_dedup_1m() -> list[str]:
     from benchmarks.bench_dedup import bench_search
 
     started = time.perf_counter()
-    bench_search([1_000_000], 10, baseline_max=0)
+    bench_search([1_000_000], 10, baseline_max=0, peak=False)  # the peak: bench_dedup.py
     seconds = time.perf_counter() - started
     return [f"1M-hash near-duplicate search: {seconds:.1f} s (goal < 30 s)"]
 
@@ -579,7 +628,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         kwargs = json.loads(args.kwargs)
-        for key in ("image_root", "work", "photos", "cache"):
+        for key in ("urls_csv", "work", "photos", "cache"):
             if key in kwargs:
                 kwargs[key] = Path(kwargs[key])
         print(json.dumps(globals()[f"child_{args.child}"](**kwargs)))

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Annotated
 
 from prefect import flow
-from prefect.exceptions import ObjectNotFound
 from pydantic import Field
 
 from standins.imagehost import embedded_url_lists
@@ -16,19 +15,16 @@ from tasks.dedup import dedup_task
 from tasks.download import DownloadOptions, download_task
 from tasks.feedback import feedback_rows
 from tasks.ledger import load_ledger
-from tasks.manifest import Dataset, UrlRow, write_rows
+from tasks.manifest import Dataset, UrlRow, count_rows, iter_rows, write_rows
 from tasks.policies import HOUR
 from tasks.reports import dataset_status_counts, outcome_counts, publish_ingest
-from tasks.shards import Shard, merged_rows, record_worker, wait_for_runs, write_shards
-from tasks.sources import EMBEDDED, read_csv_urls, read_source
-from tasks.url_lists import read_url_lists
+from tasks.shards import downloaded_manifest, record_worker
+from tasks.sources import EMBEDDED, iter_source
+from tasks.url_lists import iter_url_lists
 from tasks.verify import verify_task
 from ursa.layout import Layout
 from ursa.ledger import ledger_path
 from ursa.settings import Settings
-
-SHARD_DEPLOYMENT = "ingest-shard/ingest-shard"  # prefect.yaml
-SHARD_POLL_S = 2.0
 
 
 @dataclass
@@ -77,40 +73,48 @@ def ingest(
     """
     settings = Settings.from_env()
     data_dir = settings.data_dir
+    layout = Layout(data_dir)
+    chunk_rows = settings.ingest_chunk_rows
     options = DownloadOptions(concurrency=concurrency, per_host=per_host, timeout_s=timeout_s)
+    # The stages hand each other manifest files, never lists of rows: each works through its
+    # file a chunk at a time, so memory does not grow with the number of URLs.
     # The embedded default is served by a local image host for as long as downloads run.
     served = embedded_url_lists(data_dir, max_per_class) if source == EMBEDDED else nullcontext()
-    with served as lists:
-        rows = read_url_lists(lists) if lists else read_source(source, data_dir, max_per_class)
-        if shards == 1:
-            rows = download_task(rows, data_dir, options, resume=not fresh)
-        else:  # the URL source (a local host for "embedded") stays up while the shards run
-            parts = write_shards(rows, data_dir, shards)
-            _run_shards(parts, concurrency, per_host, timeout_s, fresh)
-            rows = list(merged_rows(data_dir, parts))  # verified by their shards
+    with served as lists:  # the URL source stays up while the download or its shards run
+        rows = iter_url_lists(lists) if lists else iter_source(source, data_dir, max_per_class)
+        listed = write_rows(layout.listed_manifest, rows, UrlRow)
+        downloaded = downloaded_manifest(
+            listed, data_dir, options, fresh, shards, chunk_rows, ingest_shard
+        )
     ledger_file = Path(ledger) if ledger else ledger_path(data_dir)
     added = feedback_rows(data_dir, ledger_file)  # accepted feedback: source=feedback
-    unverified = rows + added if shards == 1 else added
-    verified = verify_task(unverified, data_dir, max_pixels=settings.max_image_pixels, workers=None)
-    rows = verified if shards == 1 else rows + verified
-    url_manifest = write_rows(Layout(data_dir).url_manifest, rows, UrlRow)
+    url_manifest = verify_task(
+        downloaded,
+        data_dir,
+        layout.url_manifest,
+        extra=added,
+        max_pixels=settings.max_image_pixels,
+        workers=None,
+        chunk_rows=chunk_rows,
+    )
     decisions = load_ledger(ledger_file)
     dataset = dedup_task(
-        rows,
+        url_manifest,
         data_dir,
         valid_pct=valid_pct,
         seed=seed,
         ledger=decisions,
         feedback_to_valid=feedback_to_valid,
     )
-    publish_ingest(rows, dataset, url_manifest)
+    publish_ingest(iter_rows(url_manifest, UrlRow), dataset, url_manifest)
     result = IngestResult(
         dataset=dataset,
         url_manifest=str(Path(url_manifest).resolve()),
-        outcomes=outcome_counts(rows),
+        outcomes=outcome_counts(iter_rows(url_manifest, UrlRow)),
         statuses=dataset_status_counts(dataset),
     )
-    print(f"ingest: {len(rows)} URLs -> {result.statuses.get('kept', 0)} images; {result.outcomes}")
+    urls = sum(result.outcomes.values())
+    print(f"ingest: {urls} URLs -> {result.statuses.get('kept', 0)} images; {result.outcomes}")
     if added:
         print(f"ingest: {len(added)} images from accepted feedback (source=feedback)")
     if decisions.digest:
@@ -145,45 +149,15 @@ def ingest_shard(
     data_dir = Path(folder)
     record_worker(data_dir)
     options = DownloadOptions(concurrency=concurrency, per_host=per_host, timeout_s=timeout_s)
-    rows = download_task(read_csv_urls(Path(urls_csv)), data_dir, options, resume=not fresh)
-    rows = verify_task(rows, data_dir, max_pixels=settings.max_image_pixels, workers=None)
-    part = write_rows(Layout(data_dir).url_manifest, rows, UrlRow)
-    print(f"ingest-shard: {len(rows)} URLs -> {part}")
+    chunk_rows = settings.ingest_chunk_rows
+    downloaded = download_task(Path(urls_csv), data_dir, options, not fresh, chunk_rows)
+    part = verify_task(
+        downloaded,
+        data_dir,
+        Layout(data_dir).url_manifest,
+        max_pixels=settings.max_image_pixels,
+        workers=None,
+        chunk_rows=chunk_rows,
+    )
+    print(f"ingest-shard: {count_rows(part)} URLs -> {part}")
     return str(part)
-
-
-def _run_shards(
-    shards: list[Shard], concurrency: int, per_host: int, timeout_s: float, fresh: bool
-) -> None:
-    """One flow run per shard on the shard deployment's workers, all at once; returns when
-    all have finished. Without that deployment (no Prefect server with Ursa's deployments),
-    the shards run here, one after another, as subflows."""
-    from prefect.deployments import run_deployment
-
-    def parameters(shard: Shard) -> dict:
-        return {
-            "folder": shard.folder,
-            "urls_csv": shard.urls_csv,
-            "concurrency": concurrency,
-            "per_host": per_host,
-            "timeout_s": timeout_s,
-            "fresh": fresh,
-        }
-
-    try:
-        runs = [
-            run_deployment(
-                SHARD_DEPLOYMENT,
-                parameters=parameters(s),
-                flow_run_name=f"ingest-shard-{s.index + 1}-of-{s.count}",
-                timeout=0,  # started, not awaited: the shards run side by side
-            )
-            for s in shards
-        ]
-    except ObjectNotFound:
-        print(f"ingest: no deployment {SHARD_DEPLOYMENT}; running {len(shards)} shards here")
-        for shard in shards:
-            ingest_shard(**parameters(shard))
-        return
-    print(f"ingest: {len(runs)} shard flow runs started on deployment {SHARD_DEPLOYMENT}")
-    wait_for_runs([run.id for run in runs], SHARD_POLL_S)

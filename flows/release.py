@@ -8,7 +8,7 @@ from typing import Annotated
 from prefect import flow
 from pydantic import Field
 
-from tasks.deploy import Aliases, DeployError, DeployResult, redeploy_task
+from tasks.deploy import DeployError, DeployResult, champion_deployment
 from tasks.manifest import load_dataset
 from tasks.policies import HOUR
 from tasks.registry import ReleaseResult, release_task
@@ -37,7 +37,8 @@ def release(
     aliases are put back before the flow fails.
 
     Args:
-        model_uri: The candidate, e.g. models:/m-<id> as printed by the train flow.
+        model_uri: The candidate: models:/m-<id> as printed by the train flow, or a
+            registered version, models:/<name>/<version>.
         dataset_manifest: The dataset whose validation split both models are scored on.
         margin: Accuracy the candidate must beat the champion by (empty: URSA_RELEASE_MARGIN).
         serve_url: Server to redeploy (empty: URSA_SERVE_URL, or none).
@@ -53,26 +54,11 @@ def release(
         margin,
         settings.release_min_valid,
     )
-    target = serve_url or settings.serve_url
-    deployed = None
-    if target:
-        put_back = (
-            Aliases(result.previous_version, result.prior_previous_version)
-            if result.promoted
-            else None
-        )
-        try:
-            deployed = redeploy_task(
-                target,
-                settings.admin_token,
-                result.champion_version,
-                settings.model_name,
-                settings.tracking_uri,
-                put_back,
-            )
-        except DeployError as exc:
-            publish_release(release_note(result, None, failure=str(exc)))
-            raise
+    try:
+        deployed = champion_deployment(result, serve_url, settings)
+    except DeployError as exc:
+        publish_release(release_note(result, None, failure=str(exc)))
+        raise
     note = release_note(result, deployed)
     publish_release(note)
     print(note)

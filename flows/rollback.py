@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from prefect import flow
 
-from tasks.deploy import Aliases, DeployResult, redeploy_task
+from tasks.deploy import DeployResult, champion_deployment
 from tasks.policies import HOUR
 from tasks.registry import RollbackResult, rollback_task
 from tasks.reports import publish_release
@@ -31,18 +31,12 @@ def rollback(serve_url: str = "") -> RollbackOutcome:
     """
     settings = Settings.from_env()
     result = rollback_task(settings.model_name, settings.tracking_uri)
-    target = serve_url or settings.serve_url
-    deployed = None
-    if target:
-        deployed = redeploy_task(
-            target,
-            settings.admin_token,
-            result.champion_version,
-            settings.model_name,
-            settings.tracking_uri,
-            Aliases(champion=result.replaced_version, previous=result.champion_version),
-        )
-    served = f"\n- served: version {deployed.served_version} at {target}\n" if deployed else ""
+    deployed = champion_deployment(result, serve_url, settings)
+    served = (
+        f"\n- served: version {deployed.served_version} at {deployed.serve_url}\n"
+        if deployed
+        else ""
+    )
     note = result.summary() + served
     publish_release(note, key="rollback-note")
     print(note)

@@ -33,6 +33,7 @@ from starlette.staticfiles import StaticFiles
 from serving.auth import bearer_matches, unauthorized
 from serving.batching import Batcher, NotLoaded
 from serving.feedback import RateLimiter, feedback_routes
+from serving.health import HealthProcess
 from serving.metrics import Metrics, MetricsMiddleware, metrics_endpoint, watch_event_loop
 from serving.models import ModelHolder, NoChampion, Reload
 from serving.openapi import openapi_endpoint
@@ -40,7 +41,7 @@ from serving.page import upload_page
 from serving.predictionlog import LogOptions, PredictionLog, prediction_record
 from serving.responses import STATIC_DIR, error
 from serving.review import review_routes
-from serving.shedding import Admission, LoadShedding, overloaded
+from serving.shedding import Admission, LoadShedding, Shedding, overloaded
 from serving.uploads import UploadError, read_upload
 from ursa.package import PackageError
 from ursa.settings import Settings
@@ -187,6 +188,12 @@ async def poll_champion(app: Starlette, interval_s: float) -> None:
                 last_problem = str(exc)
 
 
+def loaded_model(holder: ModelHolder) -> tuple[str, str] | None:
+    """The loaded model's name and version, or ``None`` before one is loaded."""
+    loaded = holder.current
+    return None if loaded is None else (loaded.name, loaded.version)
+
+
 def current_version(holder: ModelHolder) -> str | None:
     return holder.current.version if holder.current else None
 
@@ -251,8 +258,19 @@ def create_app(settings: Settings | None = None) -> Starlette:
         poller = None
         if settings.poll_interval_s > 0:
             poller = asyncio.create_task(poll_champion(app, settings.poll_interval_s))
-        loop_watch = asyncio.create_task(watch_event_loop(metrics))
+        health = None
+        if settings.health_port:
+            health = HealthProcess(settings.serve_host, settings.health_port)
+
+        def beat() -> None:
+            if health is not None:
+                health.state.beat(loaded_model(holder))
+
+        beat()  # the page says which model is loaded before the first probe can ask
+        loop_watch = asyncio.create_task(watch_event_loop(metrics, beat))
         yield
+        if health is not None:
+            health.stop()
         loop_watch.cancel()
         if poller is not None:
             poller.cancel()
@@ -292,9 +310,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             )
         )
     # Innermost, so that refusals are counted and carry CORS headers like any answer.
-    middleware.append(
-        Middleware(LoadShedding, admission=admission, metrics=metrics, route=predict_route)
-    )
+    shedding = Shedding(admission, metrics, predict_route)
+    middleware.append(Middleware(LoadShedding, shedding=shedding))
 
     app = Starlette(
         routes=routes,
@@ -310,6 +327,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.state.holder = holder
     app.state.metrics = metrics
     app.state.admission = admission
+    app.state.shedding = shedding
     app.state.prediction_log = prediction_log
     app.state.feedback_limiter = RateLimiter(settings.feedback_per_minute)
     return app

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -95,6 +96,11 @@ class Metrics:
         counter = self.prediction_log if kind == "records" else self.kept_images
         counter.labels(outcome).inc(n)
 
+    def answered(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Count one HTTP request answered, under its route template."""
+        self.requests.labels(route, method, str(status)).inc()
+        self.latency.labels(route).observe(seconds)
+
     def serving(self, model: str, version: str) -> None:
         """Record that ``model`` ``version`` is now the one served."""
         self.model_version.clear()
@@ -102,6 +108,23 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class StatusRecordingSend:
+    """An ASGI ``send`` that passes every message on and keeps the response's status code,
+    for a middleware to read once the app has answered. It is 500 until a response starts:
+    what the client gets if the app fails before one."""
+
+    __slots__ = ("send", "status")
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.status = 500
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+        await self.send(message)
 
 
 class MetricsMiddleware:
@@ -116,30 +139,28 @@ class MetricsMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        status = 500  # what the client gets if the app fails before a response starts
-
-        async def send_and_record(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+        send_and_record = StatusRecordingSend(send)
         try:
             await self.app(scope, receive, send_and_record)
         finally:
             route = scope.get("route")
             # Unmatched paths share one label, so a scan cannot blow up the series count.
             label = getattr(route, "path", None) or "(unmatched)"
-            self.metrics.requests.labels(label, scope["method"], str(status)).inc()
-            self.metrics.latency.labels(label).observe(time.perf_counter() - started)
+            self.metrics.answered(
+                label, scope["method"], send_and_record.status, time.perf_counter() - started
+            )
 
 
-async def watch_event_loop(metrics: Metrics, interval_s: float = 0.1) -> None:
-    """Observe the event loop's lag until cancelled (run it as a task in the lifespan)."""
+async def watch_event_loop(
+    metrics: Metrics, beat: Callable[[], None], interval_s: float = 0.1
+) -> None:
+    """Observe the event loop's lag, and ``beat`` each time the loop runs, until cancelled
+    (run it as a task in the lifespan)."""
     loop = asyncio.get_running_loop()
     while True:
         started = loop.time()
         await asyncio.sleep(interval_s)
+        beat()
         metrics.loop_lag.observe(max(0.0, loop.time() - started - interval_s))
 
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import torch
 import uvicorn
+from starlette.applications import Starlette
 
 from serving.app import create_app
+from serving.protocol import shedding_protocol
 from ursa.settings import Settings
 
 
@@ -24,13 +27,20 @@ def inference_threads(configured: int) -> int:
     return max(1, len(os.sched_getaffinity(0)))
 
 
+def uvicorn_options(app: Starlette) -> dict[str, Any]:
+    """The uvicorn options ``ursa serve`` runs an app of :func:`create_app` with."""
+    settings: Settings = app.state.settings
+    return {
+        # Refusals under overload before a request task exists; with CORS configured they go
+        # through the app, which adds the CORS headers.
+        "http": "auto" if settings.cors_origins else shedding_protocol(app.state.shedding),
+        "proxy_headers": False,  # no trusted proxy in front by default
+        "server_header": False,
+        "access_log": False,  # /metrics counts requests; a log line each costs the server CPU
+    }
+
+
 def run(settings: Settings) -> None:
     torch.set_num_threads(inference_threads(settings.inference_threads))
-    uvicorn.run(
-        create_app(settings),
-        host=settings.serve_host,
-        port=settings.serve_port,
-        proxy_headers=False,  # no trusted proxy in front by default
-        server_header=False,
-        access_log=False,  # /metrics counts requests; a log line each costs the server CPU
-    )
+    app = create_app(settings)
+    uvicorn.run(app, host=settings.serve_host, port=settings.serve_port, **uvicorn_options(app))

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 
 from starlette.responses import JSONResponse
 from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from serving.metrics import Metrics
+from serving.metrics import Metrics, StatusRecordingSend
 
 QUEUE_WAIT_S = 1.0  # longest a request should wait behind those admitted before it
 RATE_WINDOW_S = 2.0  # answers counted for the rate: long enough to smooth, short to follow
@@ -105,51 +105,86 @@ class Place:
     answered: bool = False
 
 
+OVERLOADED = "The server is overloaded: retry after the delay given."
+
+
 def overloaded(metrics: Metrics, reason: str, retry_after_s: int) -> JSONResponse:
     """503 with when to come back, counted in ``ursa_shed_requests_total{reason}``."""
     metrics.shed.labels(reason).inc()
     return JSONResponse(
-        {"error": "The server is overloaded: retry after the delay given.", "reason": reason},
+        {"error": OVERLOADED, "reason": reason},
         status_code=503,
         headers={"Retry-After": str(retry_after_s)},
     )
 
 
-class LoadShedding:
-    """Holds a queue place for each prediction; refuses one when there is none.
+class Shedding:
+    """Whether a request is a prediction to refuse now, and the refusal's bytes: what
+    :class:`LoadShedding` asks in the app, and :mod:`serving.protocol` before the app."""
 
-    A pure ASGI middleware in front of the router: a refusal reads not a byte of the body and
-    costs the app about what a ``/healthz`` does (52 against 46 µs of CPU, measured in-process).
-    Under a burst the event loop still spends its time on refusals (BENCHMARKS.md).
-    """
-
-    def __init__(self, app: ASGIApp, admission: Admission, metrics: Metrics, route: Route) -> None:
-        self.app = app
+    def __init__(self, admission: Admission, metrics: Metrics, route: Route) -> None:
         self.admission = admission
         self.metrics = metrics
         self.route = route
+        self._path = route.path.encode()
+        body = JSONResponse({"error": OVERLOADED, "reason": "queue_full"}).body
+        self._tail = (
+            b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body),
+            b"\r\n" + body,
+        )
+
+    def refusal(
+        self,
+        method: bytes,
+        path: bytes,
+        default_headers: list[tuple[bytes, bytes]],
+        keep_alive: bool,
+    ) -> bytes | None:
+        """The whole HTTP response refusing this request (counted as shed), or ``None`` when
+        it may go on to the app."""
+        if method != b"POST" or path != self._path or not self.admission.full():
+            return None
+        self.metrics.shed.labels("queue_full").inc()
+        head = [b"HTTP/1.1 503 Service Unavailable\r\n"]
+        head += [name + b": " + value + b"\r\n" for name, value in default_headers]
+        head.append(b"retry-after: %d\r\n" % self.admission.retry_after_s())
+        if not keep_alive:
+            head.append(b"connection: close\r\n")
+        return b"".join(head) + self._tail[0] + self._tail[1]
+
+    def counted(self, seconds: float) -> None:
+        """Count a refusal made before the app, as the app's metrics would have."""
+        self.metrics.answered(self.route.path, "POST", 503, seconds)
+
+
+class LoadShedding:
+    """Holds a queue place for each prediction; refuses one when there is none.
+
+    A pure ASGI middleware in front of the router: a refusal reads not a byte of the body.
+    Served by ``ursa serve``, most refusals are made earlier still, by
+    :mod:`serving.protocol`; this one holds the admitted requests' places.
+    """
+
+    def __init__(self, app: ASGIApp, shedding: Shedding) -> None:
+        self.app = app
+        self.shedding = shedding
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        shedding = self.shedding
         if not (
             scope["type"] == "http"
-            and scope["path"] == self.route.path
+            and scope["path"] == shedding.route.path
             and scope["method"] == "POST"
         ):
             await self.app(scope, receive, send)
             return
-        status = 500
-
-        async def send_and_record(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        if self.admission.full():
-            scope["route"] = self.route  # counted under its route, as the router would
-            response = overloaded(self.metrics, "queue_full", self.admission.retry_after_s())
+        send_and_record = StatusRecordingSend(send)
+        admission = shedding.admission
+        if admission.full():
+            scope["route"] = shedding.route  # counted under its route, as the router would
+            response = overloaded(shedding.metrics, "queue_full", admission.retry_after_s())
             await response(scope, receive, send)
             return
-        with self.admission.slot() as place:
+        with admission.slot() as place:
             await self.app(scope, receive, send_and_record)
-            place.answered = status == 200
+            place.answered = send_and_record.status == 200

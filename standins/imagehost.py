@@ -296,13 +296,10 @@ class ImageHost:
 
     async def _shutdown(self) -> None:
         assert self._stopping is not None and self._runner is not None
-        self._stopping.set()  # wakes every sleeping /slow handler
+        self._stopping.set()  # wakes every sleeping /slow and /drip handler: they answer now
+        # Then aiohttp waits shutdown_timeout for the handlers, cancels those still running
+        # (/endless, a stalled write) and awaits them: no task of the host outlives this.
         await self._runner.cleanup()
-        current = asyncio.current_task()
-        rest = [t for t in asyncio.all_tasks() if t is not current]
-        for task in rest:
-            task.cancel()
-        await asyncio.gather(*rest, return_exceptions=True)
 
     @web.middleware
     async def _count(self, request: web.Request, handler: web.Handler) -> web.StreamResponse:

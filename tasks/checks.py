@@ -1,7 +1,7 @@
 """Checking one downloaded file: decode it, hash it, store the verified image.
 
 This is the per-file work of verification (``tasks.verify``), kept apart so that the worker
-processes it runs in import only Pillow and numpy: a spawned worker imports the
+processes it runs in import only Pillow and numpy: a worker imports the
 module of the function it runs, and ``tasks.verify`` imports Prefect (about 4 s each).
 Nothing here may import Prefect, ``tasks.verify`` or ``tasks.dedup``.
 """

@@ -8,7 +8,8 @@ import httpx
 from prefect import task
 from prefect.cache_policies import NONE
 
-from tasks.registry import set_aliases
+from tasks.registry import ReleaseResult, RollbackResult, set_aliases
+from ursa.settings import Settings
 
 
 class DeployError(RuntimeError):
@@ -116,3 +117,32 @@ redeploy_task = task(
     retry_condition_fn=retry_unless_refused,
     cache_policy=NONE,
 )(redeploy_or_put_back)
+
+
+def aliases_before(result: ReleaseResult | RollbackResult) -> Aliases | None:
+    """Where ``champion`` and ``previous`` pointed before ``result`` moved them: what to put
+    back if the server refuses the new champion. None when a release promoted nothing."""
+    if isinstance(result, RollbackResult):
+        return Aliases(champion=result.replaced_version, previous=result.champion_version)
+    if not result.promoted:
+        return None
+    return Aliases(champion=result.previous_version, previous=result.prior_previous_version)
+
+
+def champion_deployment(
+    result: ReleaseResult | RollbackResult, serve_url: str, settings: Settings
+) -> DeployResult | None:
+    """The server at ``serve_url`` (empty: URSA_SERVE_URL) redeployed to serve the champion
+    that ``result`` left, the aliases put back if it refuses it as broken; None when there is
+    no server to redeploy. The release and rollback flows both end with it."""
+    target = serve_url or settings.serve_url
+    if not target:
+        return None
+    return redeploy_task(
+        target,
+        settings.admin_token,
+        result.champion_version,
+        settings.model_name,
+        settings.tracking_uri,
+        aliases_before(result),
+    )

@@ -8,6 +8,11 @@ and no partial file is ever left in ``raw/``.
 Resume: finished rows go to the journal (:mod:`tasks.journal`) and are reported once written
 there, so a run killed at any point and run again fetches no URL it reported as settled for
 good. Transient failures (timeouts, connection errors, 5xx, 429) are tried again.
+
+At scale: rows stream from a manifest file to another (:func:`download_manifest`), read a
+chunk at a time and written in input order, and the per-URL state of a run (URLs seen, rows
+settled by an earlier run) lives in a temporary SQLite database (:mod:`tasks.url_index`):
+memory is bounded by the chunk size, not by the number of URLs.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import dataclasses
 import email.utils
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,11 +32,21 @@ from prefect.cache_policies import NONE
 from yarl import URL
 
 from tasks.bodies import save_body
-from tasks.journal import Journal, read_journal, write_journal
-from tasks.manifest import UrlRow, data_dir_lock, with_outcome
+from tasks.journal import Compaction, Journal, settled_rows
+from tasks.manifest import (
+    UrlRow,
+    batches,
+    count_rows,
+    data_dir_lock,
+    iter_rows,
+    row_writer,
+    with_outcome,
+)
 from tasks.progress import progress as progress_bar
-from ursa.files import TEMP_PREFIX
+from tasks.url_index import UrlIndex
+from ursa.files import TEMP_PREFIX, atomic_writer
 from ursa.layout import Layout
+from ursa.settings import INGEST_CHUNK_ROWS
 
 _MAX_BACKOFF_S = 5.0
 _BAD_URL_CHARS = re.compile(r"[\s\x00-\x1f]")  # whitespace (Unicode too) and control chars
@@ -76,7 +91,7 @@ def download_urls(
     and rows that already have an outcome (local files) pass through. ``progress(row)`` is
     called once per finished row. With ``resume``, rows settled by an earlier (perhaps
     killed) run are taken from the journal instead of fetched again; without it the
-    journal starts afresh.
+    journal starts afresh. :func:`download_manifest` does the same from file to file.
     """
     return asyncio.run(download_urls_async(rows, data_dir, options, progress, resume))
 
@@ -89,65 +104,140 @@ async def download_urls_async(
     resume: bool = True,
 ) -> list[UrlRow]:
     """:func:`download_urls` for callers that already run an event loop."""
+    out: list[UrlRow] = []
+    await _download_rows(rows, data_dir, out.append, options, progress, resume, INGEST_CHUNK_ROWS)
+    return out
+
+
+def download_manifest(
+    source: Path,
+    data_dir: Path,
+    target: Path,
+    options: DownloadOptions = DownloadOptions(),
+    progress: Callable[[UrlRow], None] | None = None,
+    resume: bool = True,
+    chunk_rows: int = INGEST_CHUNK_ROWS,
+) -> Path:
+    """:func:`download_urls` from the manifest at ``source`` to the manifest ``target`` (the
+    same rows, in the same order, with their outcomes); returns ``target``.
+
+    The rows stream through: the source is read ``chunk_rows`` rows at a time, and at most
+    two chunks' rows are held at once, whatever the number of URLs.
+    """
+    with row_writer(Path(target), UrlRow) as write:
+        rows = iter_rows(Path(source), UrlRow)
+        asyncio.run(_download_rows(rows, data_dir, write, options, progress, resume, chunk_rows))
+    return Path(target)
+
+
+async def _download_rows(
+    rows: Iterable[UrlRow],
+    data_dir: Path,
+    emit: Callable[[UrlRow], None],
+    options: DownloadOptions,
+    progress: Callable[[UrlRow], None] | None,
+    resume: bool,
+    chunk_rows: int,
+) -> None:
+    """Download ``rows``; ``emit(row)`` each finished row, in input order."""
     data_dir = Path(data_dir)
     raw_dir = Layout(data_dir).raw
     raw_dir.mkdir(parents=True, exist_ok=True)
     journal_path = Layout(data_dir).journal
-    with data_dir_lock(data_dir, "download"):
+    with data_dir_lock(data_dir, "download"), UrlIndex() as index:
         # Under the lock nobody else writes here: any temporary file is a killed run's.
         for stale in raw_dir.glob(f"{TEMP_PREFIX}*"):
             stale.unlink(missing_ok=True)
-        settled = read_journal(journal_path, data_dir) if resume else {}
+        for stale in journal_path.parent.glob(f".{journal_path.name}.*.tmp"):
+            stale.unlink(missing_ok=True)  # a killed run's compaction (see below)
+        if resume:
+            index.add_settled(settled_rows(journal_path, data_dir))
         journal_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(journal_path, "a" if resume else "w", encoding="utf-8") as fh:
-            journal = Journal(fh, progress)
-            try:
-                out = await _download(rows, raw_dir, options, settled, journal, progress)
-            finally:
-                journal.flush()  # what finished before an error is kept too
-        # Compact: one line per URL of this run, written atomically over the appended log.
-        write_journal(journal_path, out)
-    return out
+        # Compacted as the rows come: one line per URL of this run, put over the appended log
+        # (atomically) once the run has finished, and dropped if it fails.
+        with atomic_writer(journal_path) as compacted:
+            compaction = Compaction(compacted, index.first_journaled)
+
+            def done(row: UrlRow) -> None:
+                compaction.add(row)
+                emit(row)
+
+            with open(journal_path, "a" if resume else "w", encoding="utf-8") as fh:
+                journal = Journal(fh, progress)
+                try:
+                    await _download(
+                        rows, raw_dir, options, index, journal, progress, done, chunk_rows
+                    )
+                finally:
+                    journal.flush()  # what finished before an error is kept too
 
 
 async def _download(
-    rows: list[UrlRow],
+    rows: Iterable[UrlRow],
     raw_dir: Path,
     options: DownloadOptions,
-    settled: dict[str, UrlRow],
+    index: UrlIndex,
     journal: Journal,
     progress: Callable[[UrlRow], None] | None,
-) -> list[UrlRow]:
-    out: list[UrlRow | None] = [None] * len(rows)
+    emit: Callable[[UrlRow], None],
+    chunk_rows: int,
+) -> None:
+    held: dict[int, UrlRow] = {}  # finished rows waiting for an earlier one: order is kept
+    emitted = 0  # rows emitted so far: the next one to emit
+    progressed = asyncio.Event()
 
-    def finish(index: int, row: UrlRow, fetched: bool) -> None:
-        out[index] = row
+    def finish(position: int, row: UrlRow, fetched: bool) -> None:
+        nonlocal emitted
         if fetched:
             journal.add(row)  # reported once its line is written: then it survives a SIGKILL
         elif progress is not None:
             progress(row)
+        held[position] = row
+        while emitted in held:
+            emit(held.pop(emitted))
+            emitted += 1
+        progressed.set()
 
-    # Settle what needs no network first: malformed URLs, repeats, and earlier runs' rows.
-    first_seen: dict[str, int] = {}
-    to_fetch: list[tuple[int, URL]] = []  # parsed once here, not again by aiohttp
-    for index, row in enumerate(rows):
+    # Small: the rows to fetch are read from the source as the workers take them.
+    queue: asyncio.Queue[tuple[int, UrlRow, URL] | None] = asyncio.Queue(options.concurrency)
+
+    async def produce() -> None:
+        """Settle what needs no network at once (malformed URLs, repeats, earlier runs'
+        rows); queue the rest. A chunk is read only once the rows held are at most one
+        chunk: a slow URL holds back the rows after it, never more than two chunks."""
+        taken = 0
+        for chunk in batches(rows, chunk_rows):
+            while taken - emitted > chunk_rows:
+                progressed.clear()
+                await progressed.wait()
+            for position, row in enumerate(chunk, start=taken):
+                url = _settled_here(position, row)
+                if url is not None:
+                    await queue.put((position, row, url))
+            taken += len(chunk)
+            index.commit()
+        for _ in range(options.concurrency):
+            await queue.put(None)  # one stop per worker
+
+    def _settled_here(position: int, row: UrlRow) -> URL | None:
+        """Settle ``row`` without the network if it can be; else its URL to fetch."""
         if row.outcome:  # settled before download (a local file): passed through as it is
-            finish(index, row, fetched=False)
-            continue
+            finish(position, row, fetched=False)
+            return None
         url, problem = _checked_url(row.url)
         if problem:
-            finish(index, with_outcome(row, "invalid_url", problem), fetched=False)
-        elif row.url in first_seen:
-            first = rows[first_seen[row.url]]
-            reason = f"Same URL as row {first_seen[row.url]} (label '{first.label}'); fetched once."
-            finish(index, with_outcome(row, "duplicate_url", reason), fetched=False)
-        else:
-            first_seen[row.url] = index
-            if row.url in settled:
-                earlier = settled[row.url]
-                finish(index, dataclasses.replace(earlier, label=row.label), fetched=False)
-            else:
-                to_fetch.append((index, url))
+            finish(position, with_outcome(row, "invalid_url", problem), fetched=False)
+            return None
+        first = index.first_seen(row.url, position, row.label)
+        if first is not None:
+            reason = f"Same URL as row {first[0]} (label '{first[1]}'); fetched once."
+            finish(position, with_outcome(row, "duplicate_url", reason), fetched=False)
+            return None
+        earlier = index.settled(row.url)
+        if earlier is not None:
+            finish(position, dataclasses.replace(earlier, label=row.label), fetched=False)
+            return None
+        return url  # parsed once here, not again by aiohttp
 
     connector = aiohttp.TCPConnector(
         limit=options.concurrency, limit_per_host=options.per_host, ttl_dns_cache=300
@@ -157,7 +247,6 @@ async def _download(
         total=options.attempt_timeout_s, sock_connect=options.attempt_timeout_s
     )
     headers = {"User-Agent": options.user_agent}
-    pending: Iterator[tuple[int, URL]] = iter(to_fetch)
     # No cookie jar: a downloader has no session to keep, and parsing every Set-Cookie of
     # thousands of responses costs CPU. No transparent decompression of image bytes either.
     session = aiohttp.ClientSession(
@@ -170,15 +259,21 @@ async def _download(
     async with session as s:
 
         async def worker() -> None:
-            # A fixed pool of workers pulling from one iterator: memory stays flat however
+            # A fixed pool of workers pulling from one queue: memory stays flat however
             # many URLs there are (no task, coroutine or future per URL).
-            for index, url in pending:
-                row = await _fetch_row(s, rows[index], url, raw_dir, options)
-                finish(index, row, fetched=True)
+            while (item := await queue.get()) is not None:
+                position, row, url = item
+                finish(position, await _fetch_row(s, row, url, raw_dir, options), fetched=True)
 
-        await asyncio.gather(*(worker() for _ in range(min(options.concurrency, len(to_fetch)))))
-    assert all(row is not None for row in out)
-    return out  # type: ignore[return-value]
+        running = [asyncio.ensure_future(produce())]
+        running += [asyncio.ensure_future(worker()) for _ in range(options.concurrency)]
+        try:
+            await asyncio.gather(*running)
+        finally:  # an error (or a cancellation) stops the others too
+            for job in running:
+                job.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+    assert not held, "every finished row is emitted"
 
 
 def _checked_url(url: str) -> tuple[URL, str]:
@@ -330,18 +425,21 @@ def _retry_after(response: aiohttp.ClientResponse) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-# Retries live inside download_urls (per URL, within a deadline), so the task has none;
-# rows and options are small but a cache keyed on them would skip re-downloading changed URLs.
+# Retries live inside download_urls (per URL, within a deadline), so the task has none; a
+# cache keyed on the source's path would skip re-downloading changed URLs.
 @task(name="download", cache_policy=NONE)
 def download_task(
-    rows: list[UrlRow],
+    source: Path,
     data_dir: Path,
     options: DownloadOptions = DownloadOptions(),
     resume: bool = True,
-) -> list[UrlRow]:
-    """download_urls with a progress bar on a terminal and a progress artifact in the UI.
+    chunk_rows: int = INGEST_CHUNK_ROWS,
+) -> Path:
+    """download_manifest from the manifest ``source`` to the data folder's downloaded
+    manifest (returned), with a progress bar on a terminal and a progress artifact in the UI.
 
     No task-level retries: each URL has its own retries within its deadline.
     """
-    with progress_bar("download", len(rows)) as tick:
-        return download_urls(rows, data_dir, options, progress=tick, resume=resume)
+    target = Layout(data_dir).downloaded_manifest
+    with progress_bar("download", count_rows(Path(source))) as tick:
+        return download_manifest(source, data_dir, target, options, tick, resume, chunk_rows)

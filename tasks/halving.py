@@ -14,7 +14,9 @@ So a rung promotes its best 1/eta and, beside them, the next ones whose accuracy
 noise of the last promoted one (:func:`noise`), as long as the epochs this may cost stay
 within ``max_fraction`` of the full grid's (:func:`projected_epochs`). Cutting on noise
 alone dropped the rate that won the grid at the first rung (1 epoch at 16 px), measured in
-BENCHMARKS.md.
+BENCHMARKS.md. And when the epochs left can train at least as many survivors for the grid's
+longest count as the middle rungs would let through, the best of them go straight there
+(:func:`direct_finalists`): a middle rung cut the grid's winner twice in BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -124,7 +126,9 @@ def successive_halving(
     alive = list(dict.fromkeys(lrs))
     schedule = rungs(epochs)
     allowed = math.floor(max_fraction * len(alive) * sum(schedule))
-    for i, n in enumerate(schedule):
+    i = 0
+    while i < len(schedule):
+        n = schedule[i]
         rung = run(rung_trials(alive, n))
         results += rung
         spare = allowed - sum(r.epochs for r in results)
@@ -132,7 +136,35 @@ def successive_halving(
         log(f"halving: after {n} epochs, going on with lrs {alive}")
         if not alive:
             break
+        i += 1
+        direct = direct_finalists(len(alive), schedule[i:], spare, eta)
+        if direct:
+            alive = alive[:direct]
+            log(
+                f"halving: the budget trains {alive} for {schedule[-1]} epochs: "
+                f"skipping rungs {schedule[i:-1]}"
+            )
+            i = len(schedule) - 1
     return results
+
+
+def direct_finalists(alive: int, later: list[int], spare_epochs: int, eta: int) -> int:
+    """How many of the ``alive`` rates (best first) to train straight at the last of the
+    ``later`` rungs, skipping the middle ones; 0 to run the next rung instead.
+
+    Middle rungs exist to choose, on a shorter and noisier score, which survivors the budget
+    trains to the end. When ``spare_epochs`` can train at least as many of them to the end as
+    the middle rungs would let through (``alive // eta`` per rung, at least one), they would
+    only cut on that noisier score: at 2 epochs the rate that won the grid at 4 ranked second
+    and was dropped, twice (BENCHMARKS.md, issue 20), while the first rung's best two held it
+    each time."""
+    if len(later) < 2:
+        return 0
+    fit = min(alive, spare_epochs // later[-1])
+    through = alive
+    for _ in later[:-1]:
+        through = max(1, through // eta)
+    return fit if fit >= through else 0
 
 
 def budget(lrs: list[float], epochs: list[int], results: list[TrialResult]) -> Budget:

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TextIO
 
 from tasks.manifest import UrlRow
-from ursa.files import atomic_writer
 from ursa.layout import Layout
 
 # Statuses that may pass on a later run; every other 4xx is an answer about the URL itself.
@@ -90,11 +89,11 @@ def is_settled(row: UrlRow) -> bool:
     return True
 
 
-def read_journal(path: Path, data_dir: Path) -> dict[str, UrlRow]:
-    """URL -> settled row from a journal; lines a kill cut short and vanished files are skipped."""
-    settled: dict[str, UrlRow] = {}
+def settled_rows(path: Path, data_dir: Path) -> Iterator[UrlRow]:
+    """The settled rows of a journal, in file order (a later row of a URL supersedes an
+    earlier one); lines a kill cut short and rows whose file vanished are skipped."""
     if not path.exists():
-        return settled
+        return
     names = {f.name for f in UrlRow.__dataclass_fields__.values()}
     with open(path, encoding="utf-8") as fh:
         for line in fh:
@@ -107,19 +106,25 @@ def read_journal(path: Path, data_dir: Path) -> dict[str, UrlRow]:
                 continue
             if row.outcome == "ok" and not _stored(data_dir, row.raw_path):
                 continue  # the file is gone (deleted by hand): fetch again
-            settled[row.url] = row
-    return settled
+            yield row
 
 
-def write_journal(path: Path, rows: list[UrlRow]) -> None:
-    """The journal of a finished run: one line per fetched URL, written atomically."""
-    seen: set[str] = set()
-    with atomic_writer(path) as fh:
-        for row in rows:
-            if row.outcome in ("invalid_url", "duplicate_url") or row.url in seen:
-                continue
-            seen.add(row.url)
-            fh.write(_row_json(row) + "\n")
+class Compaction:
+    """The journal of a finished run, one line per fetched URL, written as the run's rows
+    come (to a temporary file that replaces the appended log when the run ends).
+
+    ``first(url)`` says whether a URL is new to it: the caller keeps that record (on disk,
+    see :mod:`tasks.url_index`), not this class.
+    """
+
+    def __init__(self, fh: TextIO, first: Callable[[str], bool]) -> None:
+        self._fh = fh
+        self._first = first
+
+    def add(self, row: UrlRow) -> None:
+        if row.outcome in ("invalid_url", "duplicate_url") or not self._first(row.url):
+            return
+        self._fh.write(_row_json(row) + "\n")
 
 
 def _stored(data_dir: Path, raw_path: str) -> bool:

@@ -12,7 +12,7 @@ import dataclasses
 import fcntl
 import hashlib
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
@@ -93,6 +93,7 @@ class ImageRow:
 
 
 Row = TypeVar("Row", UrlRow, ImageRow)
+T = TypeVar("T")
 
 
 @contextlib.contextmanager
@@ -121,15 +122,27 @@ def data_dir_lock(data_dir: Path, what: str) -> Iterator[None]:
 
 def write_rows(path: Path, rows: Iterable[Row], row_type: type[Row]) -> Path:
     """Write a manifest atomically, row by row: a long one is never held in memory as text."""
+    with row_writer(path, row_type) as write:
+        for row in rows:
+            write(row)
+    return path
+
+
+@contextlib.contextmanager
+def row_writer(path: Path, row_type: type[Row]) -> Iterator[Callable[[Row], None]]:
+    """``write(row)`` for a manifest written as its rows come; it appears at ``path``, whole,
+    when the block ends (and nowhere if the block raises)."""
     names = [f.name for f in fields(row_type)]
     with atomic_writer(path) as fh:
         writer = csv.DictWriter(fh, fieldnames=names, lineterminator="\n")
         writer.writeheader()
-        for row in rows:
+
+        def write(row: Row) -> None:
             # vars(), not dataclasses.asdict: the fields are plain values, and asdict
             # deep-copies each one.
             writer.writerow({k: ("" if v is None else v) for k, v in vars(row).items()})
-    return path
+
+        yield write
 
 
 def read_rows(path: Path, row_type: type[Row]) -> list[Row]:
@@ -151,6 +164,27 @@ def iter_rows(path: Path, row_type: type[Row]) -> Iterator[Row]:
                 else:
                     values[key] = text
             yield row_type(**values)
+
+
+def count_rows(path: Path) -> int:
+    """How many rows a manifest holds: one pass over the file, nothing kept."""
+    with open(path, newline="", encoding="utf-8") as fh:
+        return max(sum(1 for _ in csv.reader(fh)) - 1, 0)
+
+
+def batches(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """``items`` in lists of ``size`` (the last one shorter): how a stage works through a
+    manifest in bounded memory."""
+    if size < 1:
+        raise ValueError(f"size must be >= 1, got {size}.")
+    batch: list[T] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 @dataclass(frozen=True)
@@ -176,27 +210,68 @@ def dataset_digest(rows: Iterable[ImageRow]) -> str:
     """Content digest of the kept images, their labels and splits: same inputs, same digest."""
     h = hashlib.sha256()
     for r in sorted((r for r in rows if r.status == "kept"), key=lambda r: r.sha256):
-        h.update(f"{r.sha256}\t{r.pixel_hash}\t{r.label}\t{r.split}\n".encode())
+        h.update(_digest_line(r))
     return h.hexdigest()
+
+
+def _digest_line(r: ImageRow) -> bytes:
+    return f"{r.sha256}\t{r.pixel_hash}\t{r.label}\t{r.split}\n".encode()
+
+
+class _Kept:
+    """What the dataset record says of the kept rows, gathered while they are written; with
+    ``digest``, also the digest, from kept rows that must come in sha256 order."""
+
+    def __init__(self, digest: bool) -> None:
+        self.classes: set[str] = set()
+        self.splits: dict[str, int] = {"train": 0, "valid": 0}
+        self._hash = hashlib.sha256() if digest else None
+        self._last = ""
+
+    def passed(self, rows: Iterable[ImageRow]) -> Iterator[ImageRow]:
+        for r in rows:
+            if r.status == "kept":
+                self.classes.add(r.label)
+                if r.split in self.splits:
+                    self.splits[r.split] += 1
+                if self._hash is not None:
+                    if r.sha256 < self._last:
+                        raise ValueError(
+                            f"Kept rows out of sha256 order ({r.sha256} after {self._last}): "
+                            f"a stream of dataset rows is written in (sha256, label) order."
+                        )
+                    self._last = r.sha256
+                    self._hash.update(_digest_line(r))
+            yield r
+
+    @property
+    def digest(self) -> str:
+        assert self._hash is not None
+        return self._hash.hexdigest()
 
 
 def write_dataset(
     data_dir: Path,
-    rows: list[ImageRow],
+    rows: Iterable[ImageRow],
     name: str = "dataset",
     ledger_path: str = "",
     ledger_digest: str = "",
 ) -> Dataset:
-    """Write ``<data_dir>/datasets/<name>.csv`` and its JSON summary; return the record."""
-    kept = [r for r in rows if r.status == "kept"]
-    digest = dataset_digest(rows)
-    path = write_rows(Layout(data_dir).dataset_manifest(name), rows, ImageRow)
+    """Write ``<data_dir>/datasets/<name>.csv`` and its JSON summary; return the record.
+
+    A list is written in its order. Any other iterable is written in one pass, never held
+    whole, and its kept rows must come in sha256 order (dedup streams (sha256, label) order),
+    so that the digest is taken in the same pass.
+    """
+    listed = isinstance(rows, list)
+    kept = _Kept(digest=not listed)
+    path = write_rows(Layout(data_dir).dataset_manifest(name), kept.passed(rows), ImageRow)
     ds = Dataset(
         manifest_path=str(path.resolve()),
-        digest=digest,
-        classes=tuple(sorted({r.label for r in kept})),
-        n_train=sum(r.split == "train" for r in kept),
-        n_valid=sum(r.split == "valid" for r in kept),
+        digest=dataset_digest(rows) if listed else kept.digest,
+        classes=tuple(sorted(kept.classes)),
+        n_train=kept.splits["train"],
+        n_valid=kept.splits["valid"],
         ledger_path=ledger_path,
         ledger_digest=ledger_digest,
     )

@@ -1,7 +1,7 @@
 """Images to training pixels, a chunk at a time: what the cache builder's workers run, by
 :func:`ursa.images.input_pixels` (the one image-to-pixels function of training and serving).
 
-Light on purpose (Pillow and numpy only): a spawned worker imports this module, and torch or
+Light on purpose (Pillow and numpy only): a worker process imports this module, and torch or
 Prefect would cost each worker seconds before its first image.
 """
 

@@ -9,20 +9,23 @@ its model version, so the MLflow UI shows why each version was or was not promot
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-import mlflow
 from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
+from mlflow.store.artifact.utils.models import get_model_name_and_version
+from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS as MODEL_VERSIONS
 from PIL import Image
 from prefect import task
 
 from tasks.manifest import Dataset, ImageRow, read_rows
 from tasks.policies import CPU, NETWORK
 from ursa.package import load_package
-from ursa.registry import CHAMPION, NOT_FOUND, PREVIOUS
+from ursa.registry import ALREADY_EXISTS, CHAMPION, NOT_FOUND, PREVIOUS
 
 
 @dataclass
@@ -98,6 +101,42 @@ def aliased_version(client: MlflowClient, name: str, alias: str) -> str:
         raise  # an unreachable registry is not "no champion": that would promote blindly
 
 
+def registered_version(client: MlflowClient, model_uri: str, name: str) -> ModelVersion:
+    """A new version of ``name`` for the package at ``model_uri``: ``models:/<model id>`` as
+    the train flow prints it, or a registered ``models:/<name>/<version>`` (or ``@alias``).
+
+    Through the client, not ``mlflow.register_model``: that works on the process-wide
+    tracking URI, and so does MLflow's SQL registry when a version's source is a
+    ``models:/<id>`` URI. So the version is given what that URI resolves to (the model's
+    artifact location) and its lineage (run, logged model) explicitly.
+    """
+    if not model_uri.startswith("models:/"):
+        raise ValueError(
+            f"Cannot register '{model_uri}': give a models:/ URI, as the train flow prints it "
+            f"(models:/m-<id>) or of a registered version (models:/<name>/<version>)."
+        )
+    found = get_model_name_and_version(client, model_uri)
+    if len(found) == 1:  # models:/<logged model id>
+        logged = client.get_logged_model(found[0])
+        source, run_id, model_id = logged.artifact_location, logged.source_run_id, found[0]
+    else:
+        registered = client.get_model_version(*found)
+        source = client.get_model_version_download_uri(*found)
+        run_id, model_id = registered.run_id, registered.model_id
+    try:
+        client.create_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code not in ALREADY_EXISTS:
+            raise
+    version = client.create_model_version(name, source, run_id=run_id, model_id=model_id)
+    if model_id:  # as mlflow.register_model does: the logged model lists its versions
+        entry = {"name": version.name, "version": version.version}
+        listed = json.loads(client.get_logged_model(model_id).tags.get(MODEL_VERSIONS, "[]"))
+        if entry not in listed:
+            client.set_logged_model_tags(model_id, {MODEL_VERSIONS: json.dumps([*listed, entry])})
+    return version
+
+
 def release_model(
     model_uri: str,
     dataset: Dataset,
@@ -117,10 +156,10 @@ def release_model(
         raise ValueError(f"Release margin must be in [0, 1) (an accuracy gap); got {margin}.")
     if min_valid < 0:
         raise ValueError(f"min_valid is {min_valid}; expected a count >= 0.")
-    mlflow.set_tracking_uri(tracking_uri)
     client = MlflowClient(tracking_uri)
     candidate_accuracy = validation_accuracy(model_uri, dataset, tracking_uri)
-    version = str(mlflow.register_model(model_uri, model_name).version)
+    registered = registered_version(client, model_uri, model_name)
+    version = str(registered.version)
     champion = current_champion(client, model_name)
     prior_previous = aliased_version(client, model_name, PREVIOUS)
 
@@ -180,17 +219,16 @@ def release_model(
         margin=margin,
         prior_previous_version=prior_previous,
     )
-    _log_gate(client, model_uri, result)
+    _log_gate(client, registered.run_id, result)
     return result
 
 
-def _log_gate(client: MlflowClient, model_uri: str, result: ReleaseResult) -> None:
+def _log_gate(client: MlflowClient, run_id: str | None, result: ReleaseResult) -> None:
     """Record the comparison on the run that produced the candidate.
 
     Through the client, not ``mlflow.start_run``: the candidate's run may be active in this
     thread (a flow that trains and releases) and must not be ended here.
     """
-    run_id = mlflow.models.get_model_info(model_uri).run_id
     if not run_id:
         return
     metrics = {"gate_candidate_accuracy": result.candidate_accuracy, "gate_margin": result.margin}

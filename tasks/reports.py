@@ -4,6 +4,7 @@ Prefect artifacts (the UI) and returned as plain records (the CLI)."""
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -11,7 +12,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from tasks.diagnosis import sweep_advice
 from tasks.leaderboard import leaderboard
-from tasks.manifest import Dataset, ImageRow, UrlRow, read_rows
+from tasks.manifest import Dataset, ImageRow, UrlRow, iter_rows
 from ursa.settings import Settings
 
 if TYPE_CHECKING:  # types only: the ingest flow reports too, and must not import torch or MLflow
@@ -20,16 +21,16 @@ if TYPE_CHECKING:  # types only: the ingest flow reports too, and must not impor
     from tasks.train import TrialResult
 
 
-def outcome_counts(rows: list[UrlRow]) -> dict[str, int]:
+def outcome_counts(rows: Iterable[UrlRow]) -> dict[str, int]:
     return dict(Counter(r.outcome for r in rows).most_common())
 
 
 def dataset_status_counts(dataset: Dataset) -> dict[str, int]:
-    rows = read_rows(Path(dataset.manifest_path), ImageRow)
+    rows = iter_rows(Path(dataset.manifest_path), ImageRow)  # a stream: nothing held
     return dict(Counter(r.status for r in rows).most_common())
 
 
-def publish_ingest(rows: list[UrlRow], dataset: Dataset, url_manifest: Path) -> None:
+def publish_ingest(rows: Iterable[UrlRow], dataset: Dataset, url_manifest: Path) -> None:
     outcomes = outcome_counts(rows)
     statuses = dataset_status_counts(dataset)
     create_table_artifact(
@@ -39,7 +40,7 @@ def publish_ingest(rows: list[UrlRow], dataset: Dataset, url_manifest: Path) -> 
     )
     lines = [
         "# Ingest",
-        f"- URLs in: **{len(rows)}**; images kept: **{statuses.get('kept', 0)}** "
+        f"- URLs in: **{sum(outcomes.values())}**; images kept: **{statuses.get('kept', 0)}** "
         f"({dataset.n_train} train / {dataset.n_valid} valid), classes: {len(dataset.classes)}",
         f"- dataset digest: `{dataset.digest}`",
         f"- URL manifest: `{url_manifest}`; dataset manifest: `{dataset.manifest_path}`",

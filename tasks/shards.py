@@ -14,6 +14,9 @@ file, so they run side by side; a rerun of a shard resumes from its own journal.
 prefixes the part's paths with the shard's folder, so the dataset points into the shards and
 no image is copied. Dedup runs on the merged rows: the same picture fetched by two shards is
 one group, whichever shards found it.
+
+With one shard there is nothing to cut: the download runs in the ingest's own flow run, and
+its rows are verified there, together with the images added from feedback.
 """
 
 from __future__ import annotations
@@ -25,14 +28,20 @@ import json
 import os
 import socket
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from uuid import UUID
 
-from tasks.manifest import UrlRow, iter_rows
+from prefect.exceptions import ObjectNotFound
+
+from tasks.download import DownloadOptions, download_task
+from tasks.manifest import UrlRow, iter_rows, write_rows
 from ursa.files import atomic_writer
 from ursa.layout import Layout
+
+SHARD_DEPLOYMENT = "ingest-shard/ingest-shard"  # prefect.yaml
+SHARD_POLL_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -43,6 +52,31 @@ class Shard:
     count: int
     folder: str  # absolute: the shard's data folder
     urls_csv: str  # absolute: its URL list
+
+
+def downloaded_manifest(
+    listed: Path,
+    data_dir: Path,
+    options: DownloadOptions,
+    fresh: bool,
+    shards: int,
+    chunk_rows: int,
+    run_here: Callable[..., str],
+) -> Path:
+    """The URL manifest ``listed``, downloaded, as the data folder's downloaded manifest: in
+    this flow run when ``shards`` is 1, else cut into that many shards, each downloaded and
+    verified by a shard flow run (verification then passes their rows through), and merged.
+
+    ``run_here`` is the shard flow, run in this process, one shard after another, when there
+    is no shard deployment to start runs of; the ingest flow hands it in (tasks never import
+    flows). A rerun resumes from the download journals unless ``fresh``.
+    """
+    if shards == 1:
+        return download_task(listed, data_dir, options, not fresh, chunk_rows)
+    parts = write_shards(iter_rows(listed, UrlRow), data_dir, shards)
+    _run_shards(parts, options, fresh, run_here)
+    target = Layout(data_dir).downloaded_manifest
+    return write_rows(target, merged_rows(data_dir, parts), UrlRow)
 
 
 def shard_of(url: str, shards: int) -> int:
@@ -125,3 +159,40 @@ def wait_for_runs(run_ids: list[UUID], poll_s: float = 2.0) -> None:
                         f"{run.state.message or 'see its logs'}. Rerun the ingest: "
                         f"finished downloads resume from each shard's journal."
                     )
+
+
+def _run_shards(
+    shards: list[Shard], options: DownloadOptions, fresh: bool, run_here: Callable[..., str]
+) -> None:
+    """One flow run per shard on the shard deployment's workers, all at once; returns when
+    all have finished. Without that deployment (no Prefect server with Ursa's deployments),
+    the shards run here, one after another, through ``run_here``."""
+    from prefect.deployments import run_deployment
+
+    def parameters(shard: Shard) -> dict:
+        return {
+            "folder": shard.folder,
+            "urls_csv": shard.urls_csv,
+            "concurrency": options.concurrency,
+            "per_host": options.per_host,
+            "timeout_s": options.timeout_s,
+            "fresh": fresh,
+        }
+
+    try:
+        runs = [
+            run_deployment(
+                SHARD_DEPLOYMENT,
+                parameters=parameters(s),
+                flow_run_name=f"ingest-shard-{s.index + 1}-of-{s.count}",
+                timeout=0,  # started, not awaited: the shards run side by side
+            )
+            for s in shards
+        ]
+    except ObjectNotFound:
+        print(f"ingest: no deployment {SHARD_DEPLOYMENT}; running {len(shards)} shards here")
+        for shard in shards:
+            run_here(**parameters(shard))
+        return
+    print(f"ingest: {len(runs)} shard flow runs started on deployment {SHARD_DEPLOYMENT}")
+    wait_for_runs([run.id for run in runs], SHARD_POLL_S)

@@ -21,9 +21,13 @@ def groups_by_label(rows: Sequence[ImageRow], seed: int) -> dict[str, list[str]]
     for r in rows:
         found.setdefault(r.label, set()).add(r.group)
     return {
-        label: sorted(groups, key=lambda g: hashlib.sha256(f"{seed}:{g}".encode()).hexdigest())
-        for label, groups in found.items()
+        label: sorted(groups, key=lambda g: group_rank(g, seed)) for label, groups in found.items()
     }
+
+
+def group_rank(group: str, seed: int) -> str:
+    """Where a duplicate group comes in its label's seeded order (smallest first)."""
+    return hashlib.sha256(f"{seed}:{group}".encode()).hexdigest()
 
 
 def valid_group_count(n_groups: int, valid_pct: float) -> int:

@@ -37,8 +37,8 @@ SPLITS = ("train", "valid")
 # Images per message to a worker: its round trip costs about one image's decode, and small
 # chunks keep the cores evenly busy to the end.
 CHUNK_IMAGES = 64
-# A spawned worker takes about a second to start (Python, numpy, Pillow, the caller's main
-# module): only this many images or more repay one.
+# A worker takes a moment to start (its fork server imports the caller's main module once,
+# the worker Pillow and numpy): only this many images or more repay one.
 IMAGES_PER_EXTRA_WORKER = 1000
 
 
@@ -141,8 +141,11 @@ def tensor_cache(
         for split in SPLITS:
             target = tmp / f"x_{split}.npy"
             shape = (len(paths[split]), 3, image_size, image_size)
-            # Allocated at full size (a sparse file: nothing written yet), filled by workers.
+            # Allocated at full size, its blocks reserved at once, filled by workers: blocks
+            # allocated write by write, by two writers of one file, cost the build about a
+            # quarter more CPU time (BENCHMARKS.md).
             offset = np.lib.format.open_memmap(target, "w+", np.uint8, shape).offset
+            reserve(target, offset, int(np.prod(shape)))
             np.save(tmp / f"y_{split}.npy", np.asarray(labels[split], dtype=np.int64))
             for start in range(0, len(paths[split]), CHUNK_IMAGES):
                 piece = tuple(paths[split][start : start + CHUNK_IMAGES])
@@ -161,6 +164,15 @@ def tensor_cache(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return path
+
+
+def reserve(path: Path, offset: int, length: int) -> None:
+    """Allocate ``length`` bytes of ``path`` from ``offset`` on disk (``posix_fallocate``)."""
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.posix_fallocate(fd, offset, max(1, length))
+    finally:
+        os.close(fd)
 
 
 def load_tensors(path: str | Path) -> Tensors:

@@ -13,6 +13,7 @@ import mlflow
 import torch
 
 from tasks.tensor_cache import load_tensors
+from tasks.tracking import use_tracking_uri
 from tasks.train import (
     BN_RECOMPUTE_STEPS,
     TrainConfig,
@@ -54,7 +55,7 @@ def run_trial(
     Dask worker): MLflow's URI is per process, and workers sharing a machine share its cores.
     """
     if tracking_uri:
-        mlflow.set_tracking_uri(tracking_uri)
+        use_tracking_uri(tracking_uri)
     if torch_threads > 0:
         torch.set_num_threads(torch_threads)
     data = load_tensors(cache_path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 from tasks.manifest import UrlRow
@@ -13,12 +14,18 @@ _PADDING = re.compile(r"^[\s\ufeff\u200b-\u200d\u2060]+|[\s\ufeff\u200b-\u200d\u
 
 
 def read_url_lists(source: Path) -> list[UrlRow]:
-    """Rows from a folder of ``<label>.txt`` files (label = file stem) or from one such file.
+    """:func:`iter_url_lists` as a list."""
+    return list(iter_url_lists(source))
+
+
+def iter_url_lists(source: Path) -> Iterator[UrlRow]:
+    """Rows from a folder of ``<label>.txt`` files (label = file stem) or from one such file,
+    read line by line: memory stays flat however long the lists are.
 
     One URL per line (any line ending); blank lines and ``#`` comments are skipped,
     whitespace is stripped (zero-width marks too), query strings are kept. A leading UTF-8
     byte-order mark, which Windows editors write, is not part of the first URL. Labels come
-    sorted, lines in file order.
+    sorted, lines in file order. A missing source raises here, before any row is read.
     """
     source = Path(source)
     if source.is_dir():
@@ -29,10 +36,16 @@ def read_url_lists(source: Path) -> list[UrlRow]:
         files = [source]
     else:
         raise FileNotFoundError(f"URL list source {source} does not exist.")
-    rows: list[UrlRow] = []
+    return _rows(files)
+
+
+def _rows(files: list[Path]) -> Iterator[UrlRow]:
     for path in files:
-        for line in path.read_text(encoding="utf-8-sig").splitlines():
-            url = _PADDING.sub("", line)
-            if url and not url.startswith("#"):
-                rows.append(UrlRow(url=url, label=path.stem))
-    return rows
+        with open(path, encoding="utf-8-sig") as fh:
+            for text in fh:
+                # str.splitlines also ends a line at \v, \f, \x1c-\x1e, \x85, \u2028 and
+                # \u2029, which a text file's universal newlines do not.
+                for line in text.splitlines():
+                    url = _PADDING.sub("", line)
+                    if url and not url.startswith("#"):
+                        yield UrlRow(url=url, label=path.stem)

@@ -10,6 +10,8 @@ import httpx
 import uvicorn
 from starlette.applications import Starlette
 
+from serving.server import uvicorn_options
+
 
 class LiveServer:
     """uvicorn serving ``app`` on a free port of 127.0.0.1, in a background thread."""
@@ -19,7 +21,8 @@ class LiveServer:
         self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.socket.bind(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
-        config = uvicorn.Config(app, log_level="warning", lifespan="on")
+        # As ``ursa serve`` runs it: the same protocol and options.
+        config = uvicorn.Config(app, log_level="warning", lifespan="on", **uvicorn_options(app))
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(
             target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True

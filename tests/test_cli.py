@@ -102,6 +102,14 @@ def test_a_bug_prints_a_short_line_and_where_the_traceback_is(
         cli.main(["status", "--debug"])
 
 
+def test_train_and_clean_take_the_same_dataset_and_input_options() -> None:
+    argv = ["--dataset", "d.csv", "--image-size", "24", "--resize", "pad", "--seed", "3"]
+    for command in ("train", "clean"):
+        args = cli.build_parser().parse_args([command, *argv, "--arch", "resnet18"])
+        given = (args.dataset_manifest, args.image_size, args.resize, args.seed, args.arch)
+        assert given == ("d.csv", 24, "pad", 3, "resnet18"), command
+
+
 def test_options_not_given_are_left_to_the_flow_and_help_shows_its_defaults() -> None:
     import inspect
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from tasks.dedup import (
 )
 from tasks.manifest import Dataset, ImageRow, UrlRow, read_rows
 from tests.images import encode
+from ursa.feedback import FEEDBACK, URL_SCHEME
 
 
 def decode(data: bytes) -> Image.Image:
@@ -327,3 +329,65 @@ def test_multi_index_hashing_agrees_with_all_pairs(radius: int) -> None:
     expected = expected[np.lexsort((expected[:, 1], expected[:, 0]))]
     assert np.array_equal(pairs, expected)
     assert len(pairs) >= 50  # the exact repeats at least
+
+
+def _planted(n: int, seed: int) -> np.ndarray:
+    """Random hashes, a tenth of them copied with 1 to 6 bits flipped, a few exact repeats
+    and zeros (a crowded key), shuffled."""
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 2**64, n, dtype=np.uint64)
+    near = base[: n // 10].copy()
+    for _ in range(6):
+        near ^= np.uint64(1) << rng.integers(0, 64, len(near), dtype=np.uint64)
+    hashes = np.concatenate([base, near, base[:7], np.zeros(5, dtype=np.uint64)])
+    rng.shuffle(hashes)
+    return hashes
+
+
+@pytest.mark.parametrize("n", [40, 900])
+@pytest.mark.parametrize("radius", [0, 3, 6, 10])
+def test_every_multi_index_plan_finds_exactly_the_all_pairs_result(n: int, radius: int) -> None:
+    """Whatever the plan (blocks, bits left out, a radius per block, capacities so small
+    that most hashes overflow to the ragged path, or large enough that none do), multi-index
+    hashing finds exactly the pairs that comparing every pair finds."""
+    from tasks.dedup import _all_pairs, _mih_pairs, _mih_plan, _MihPlan
+
+    hashes = _planted(n, seed=n + radius)
+    expected = _all_pairs(hashes, radius, 256, 1)
+    expected = expected[np.lexsort((expected[:, 1], expected[:, 0]))]
+    assert len(expected) >= 12  # the repeats and zeros at least
+    plans = [p for p in [_mih_plan(len(hashes), radius)] if p is not None]
+    for m in range(1, min(radius + 1, 5) + 1):
+        low, wide = divmod(radius - m + 1, m)  # the radii sum to radius - m + 1
+        radii = (low + 1,) * wide + (low,) * (m - wide)
+        for width in (4, min(64 // m, 12)):  # 4: most bits left out of every block
+            masks = sum(math.comb(width, k) for r in radii for k in range(min(r, width) + 1))
+            if masks > 150:
+                continue  # correct too, but slow
+            for capacity in (1, 3, 64):
+                plans.append(_MihPlan((width,) * m, radii, (capacity,) * m))
+    assert len(plans) >= 6
+    for plan in plans:
+        assert np.array_equal(_mih_pairs(hashes, radius, plan, workers=2), expected), plan
+    assert np.array_equal(hamming_pairs(hashes, radius), expected)
+
+
+def test_feedback_images_train_and_leave_the_split_alone_unless_feedback_to_valid(
+    tmp_path: Path,
+) -> None:
+    """The gate compares champion and candidate on the validation split: images added from
+    accepted feedback train, and the other images' split is what it was without them;
+    ``feedback_to_valid`` splits them like any other image."""
+    d = tmp_path / "without"
+    before = {r.sha256: r.split for r in manifest(build_dataset(split_rows(d), d, seed=0))}
+    for to_valid in (False, True):
+        d = tmp_path / f"to_valid_{to_valid}"
+        fed = [verified(d, noise(500 + k), "cat", f"{URL_SCHEME}{k}") for k in range(10)]
+        out = manifest(build_dataset(split_rows(d) + fed, d, seed=0, feedback_to_valid=to_valid))
+        added = [r for r in out if r.source == FEEDBACK]
+        assert len(added) == 10 and all(r.status == "kept" for r in added)
+        if to_valid:
+            assert {r.split for r in added} == {"train", "valid"}
+        else:
+            assert {r.split for r in added} == {"train"}
+            assert {r.sha256: r.split for r in out if r.source != FEEDBACK} == before

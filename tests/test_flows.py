@@ -119,8 +119,9 @@ def test_pipeline_end_to_end_serves_the_new_champion(
     assert [m.step for m in history] == list(range(result.train.best.epochs))
     assert str(client.get_model_version_by_alias(settings.model_name, "champion").version) == "1"
     published = artifacts(state.state_details.flow_run_id)
-    for key in ("ingest-outcomes", "ingest-summary", "sweep-leaderboard", "release-note"):
-        assert key in published, key
+    keys = ("ingest-outcomes", "ingest-summary", "sweep-leaderboard", "sweep-summary")
+    for key in (*keys, "release-note", "pipeline-links"):
+        assert key in published, (key, sorted(published))
     sweep, parent_id = published["sweep-summary"], parent.info.run_id
     assert f"- best: **{result.train.best.name}**" in sweep and f"`{parent_id}`" in sweep
     assert "## Excluded trials" in sweep

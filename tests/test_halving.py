@@ -8,6 +8,7 @@ import pytest
 
 from tasks.halving import (
     budget,
+    direct_finalists,
     noise,
     projected_epochs,
     promoted,
@@ -64,9 +65,31 @@ def test_trials_tied_within_noise_go_on_while_the_budget_allows() -> None:
     assert projected_epochs(3, [2, 4], 3) == 3 * 2 + 1 * 4
 
 
-def test_successive_halving_trains_rung_by_rung_within_the_budget() -> None:
-    """The rung loop without a flow: six rates over epochs 1, 2, 4 (42 grid epochs); ties
-    within noise keep a third rate at the first rung, and the total stays under 40%."""
+def test_successive_halving_trains_rung_by_rung_when_the_budget_is_tight() -> None:
+    """The rung loop without a flow: nine rates over epochs 1, 3, 9 with 15% of the grid's
+    117 epochs. Three go on after the first rung; the 8 epochs left cannot train one of them
+    for 9, so the 3-epoch rung chooses which one goes to the end."""
+    accuracy = {lr: 0.5 + lr / 100 for lr in range(1, 10)}
+    ran: list[list[tuple[float, int]]] = []
+
+    def run(trials):
+        ran.append([(t.lr, t.epochs) for t in trials])
+        bonus = {(8, 3): 0.05}  # at 3 epochs the second of the first rung overtakes
+        return [
+            _r(t.lr, t.epochs, accuracy[t.lr] + t.epochs / 100 + bonus.get((t.lr, t.epochs), 0))
+            for t in trials
+        ]
+
+    lrs = list(range(1, 10))
+    results = successive_halving(lrs, [9, 1, 3], 3, run, n_valid=0, max_fraction=0.15, log=str)
+    assert ran == [[(lr, 1) for lr in lrs], [(9, 3), (8, 3), (7, 3)], [(8, 9)]]
+    assert budget(lrs, [1, 3, 9], results).used_epochs == 9 + 9 + 9
+
+
+def test_ties_go_straight_to_the_last_rung_as_far_as_the_budget_reaches() -> None:
+    """Six rates over epochs 1, 2, 4 (budget 16 of 42): three are tied after the first rung,
+    and 12 epochs at 4 would pass the 10 left. The middle rung would let one through to the
+    end; the budget trains two there, so the best two of the first rung skip it."""
     accuracy = {1: 0.90, 2: 0.93, 3: 0.94, 4: 0.935, 5: 0.80, 6: 0.10}
     ran: list[list[tuple[float, int]]] = []
 
@@ -76,7 +99,31 @@ def test_successive_halving_trains_rung_by_rung_within_the_budget() -> None:
 
     results = successive_halving([1, 2, 3, 4, 5, 6], [4, 1, 2], 3, run, n_valid=360, log=str)
     assert ran[0] == [(lr, 1) for lr in (1, 2, 3, 4, 5, 6)]
-    assert sorted(ran[1]) == [(2, 2), (3, 2), (4, 2)]  # 0.93 is within noise of 0.935
-    assert ran[2] == [(3, 4)]
+    assert ran[1:] == [[(3, 4), (4, 4)]]  # 0.93 was tied too, but ranked third
     spent = budget([1, 2, 3, 4, 5, 6], [1, 2, 4], results)
-    assert spent.used_epochs == 16 and spent.fraction <= 0.4
+    assert spent.used_epochs == 14 and spent.fraction <= 0.4
+
+
+def test_survivors_the_budget_can_train_to_the_end_skip_the_middle_rungs() -> None:
+    """Six rates over epochs 1, 2, 4 (budget 16 of 42): two go on after the first rung and
+    both fit at 4 epochs (8 of the 10 left), so the 2-epoch rung, which here ranks them the
+    other way round, is skipped and the 4-epoch scores decide."""
+    first = {1: 0.70, 2: 0.90, 3: 0.87, 4: 0.80, 5: 0.76, 6: 0.73}
+    later = {(2, 2): 0.94, (3, 2): 0.95, (2, 4): 0.98, (3, 4): 0.97}
+    ran: list[list[tuple[float, int]]] = []
+
+    def run(trials):
+        ran.append([(t.lr, t.epochs) for t in trials])
+        return [
+            _r(t.lr, t.epochs, first[t.lr] if t.epochs == 1 else later[t.lr, t.epochs])
+            for t in trials
+        ]
+
+    results = successive_halving([1, 2, 3, 4, 5, 6], [1, 2, 4], 3, run, n_valid=360, log=str)
+    assert ran == [[(lr, 1) for lr in (1, 2, 3, 4, 5, 6)], [(2, 4), (3, 4)]]
+    assert max(results, key=lambda r: r.val_accuracy).lr == 2
+    assert budget([1, 2, 3, 4, 5, 6], [1, 2, 4], results).used_epochs == 14
+    assert direct_finalists(2, [2, 4], 8, 3) == 2
+    assert direct_finalists(3, [2, 4], 10, 3) == 2  # the middle rung would let one through
+    assert direct_finalists(3, [2, 4], 3, 3) == 0  # not one fits: the middle rung chooses
+    assert direct_finalists(2, [4], 100, 3) == 0  # already the last rung: nothing to skip

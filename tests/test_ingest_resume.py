@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from standins.imagehost import ImageHost
-from tasks.download import DownloadOptions, download_urls
-from tasks.manifest import UrlRow, data_dir_lock
+from tasks.download import DownloadOptions, download_manifest, download_urls
+from tasks.manifest import UrlRow, data_dir_lock, read_rows, write_rows
 from tasks.url_lists import read_url_lists
 from ursa.embedded import write_embedded_images
 from ursa.layout import Layout
@@ -134,12 +134,22 @@ def test_a_row_is_shown_done_only_once_its_journal_line_is_written(
 
 
 def test_transient_failures_are_tried_again_on_resume(slow_host: ImageHost, data_dir: Path) -> None:
-    url = f"{slow_host.base_url}/flaky/1/0001.png?status=503&times=1"
+    # 5xx and throttling (408, 425, 429) may pass on a later run; a 404 is final.
+    statuses = [503, 408, 425, 429]
+    files = ["0001.png", "0011.png", "0021.png", "0042.png"]  # digits labelled 1
+    urls = [
+        f"{slow_host.base_url}/flaky/1/{name}?status={status}&times=1"
+        for name, status in zip(files, statuses, strict=True)
+    ]
+    urls.append(f"{slow_host.base_url}/img/1/gone.png")
     options = DownloadOptions(retries=0)
-    [first] = download_urls([_row(url)], data_dir, options)
-    assert (first.outcome, first.http_status) == ("http_error", 503)
-    [second] = download_urls([_row(url)], data_dir, options)
-    assert second.outcome == "ok" and slow_host.requests_for(url) == 2
+    first = download_urls([_row(url) for url in urls], data_dir, options)
+    assert [(r.outcome, r.http_status) for r in first] == [
+        ("http_error", status) for status in [*statuses, 404]
+    ]
+    second = download_urls([_row(url) for url in urls], data_dir, options)
+    assert [r.outcome for r in second] == ["ok"] * 4 + ["http_error"]
+    assert [slow_host.requests_for(url) for url in urls] == [2, 2, 2, 2, 1]
 
 
 def test_a_second_ingest_on_the_same_folder_is_refused(data_dir: Path) -> None:
@@ -197,7 +207,12 @@ def test_a_10000_url_download_killed_half_way_resumes(
     reported: list[str] = []
     # Deadlines far above need: on a busy machine an answer may wait, and this is no timing test.
     options = DownloadOptions(concurrency=32, timeout_s=300, attempt_timeout_s=120)
-    out = download_urls(rows, data_dir, options, progress=reported.append)
+    # The rerun streams from file to file as the ingest flow does, in chunks of 1,000 rows.
+    listed = write_rows(tmp_path / "listed.csv", rows, UrlRow)
+    target = tmp_path / "downloaded.csv"
+    download_manifest(listed, data_dir, target, options, reported.append, chunk_rows=1_000)
+    out = read_rows(target, UrlRow)
+    assert [r.url for r in out] == [r.url for r in rows]  # in order
     failed = [r for r in out if r.outcome != "ok"]
     assert not failed and len(out) == 10_000, failed[:3]
     assert sorted(r.url for r in reported) == sorted(r.url for r in rows)  # progress: each once

@@ -21,9 +21,11 @@ from tasks.monitor import (
     accepted_waiting,
     champion_reference,
     retrain_reason,
+    start_pipeline,
     window_sample,
 )
 from tests.live import LiveServer
+from tests.runs import artifacts
 from ursa.ledger import ledger_path, record_addition
 from ursa.predictions import log_dir, read_predictions
 from ursa.settings import Settings
@@ -127,9 +129,17 @@ def test_monitor_starts_the_pipeline_on_drift_and_not_when_stable(
     deployment = "pipeline/nightly-under-test"
 
     stream(served, [encoded(p, ImageOps.invert) for p in unseen(digits, "0123456789", 4)])
-    result = monitor(dataset_manifest=str(manifest), deployment=deployment)
+    state = monitor(dataset_manifest=str(manifest), deployment=deployment, return_state=True)
+    result = state.result()
     assert result.verdict == DRIFTED and "drifted" in result.retrain_reason
     assert result.pipeline_run_id is not None
+    report = artifacts(state.state_details.flow_run_id)["drift-report"]
+    assert report.startswith(f"# Drift watch: {DRIFTED}") and result.pipeline_run_id in report
+    # The started run waits (no worker here): drift seen again does not start a second one.
+    assert start_pipeline(deployment) == (
+        None,
+        f"not started: run {result.pipeline_run_id} of {deployment} is not finished yet",
+    )
     with get_client(sync_client=True) as client:
         run = client.read_flow_run(result.pipeline_run_id)
     assert run.deployment_id == deployment_id and "ursa-monitor" in run.tags

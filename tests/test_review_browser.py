@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
+import httpx
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
@@ -136,6 +137,11 @@ def test_review_in_the_browser_then_ingest_applies_the_decisions(ranked: Setting
     assert after.n_train + after.n_valid == before.n_train + before.n_valid - 1
 
 
+def cookie_attributes(response: httpx.Response) -> set[str]:
+    """The attributes of a response's Set-Cookie (lower case), without the name=value."""
+    return {a.strip().lower() for a in response.headers["set-cookie"].split(";")[1:]}
+
+
 def test_review_api_refusals(ranked: Settings) -> None:
     with LiveServer(create_app(ranked)) as server, server.client() as http:
         assert http.get("/review/api/suspects").status_code == 401
@@ -174,9 +180,18 @@ def test_review_api_refusals(ranked: Settings) -> None:
         # A logged-in browser's cookie does not work from another site's page.
         cookie = http.post("/review/login", data={"name": "eve", "token": TOKEN})
         assert cookie.status_code == 303 and cookie.headers["location"] == "/review"
-        attributes = {a.strip().lower() for a in cookie.headers["set-cookie"].split(";")[1:]}
+        attributes = cookie_attributes(cookie)
         assert {"httponly", "samesite=strict", "path=/review"} <= attributes
+        assert "secure" not in attributes  # over plain http a browser would not send it back
         assert TOKEN not in cookie.headers["set-cookie"]
+        # Behind a proxy that ends TLS (uvicorn trusts X-Forwarded-Proto from 127.0.0.1) it is
+        # Secure. Sent outside the client, so that its cookie jar keeps the plain one.
+        proxied = httpx.post(
+            f"{server.url}/review/login",
+            data={"name": "eve", "token": TOKEN},
+            headers={"X-Forwarded-Proto": "https"},
+        )
+        assert {"secure", "httponly", "samesite=strict"} <= cookie_attributes(proxied)
         cross = http.post(
             post,
             json={"sha256": sha, "decision": "remove"},

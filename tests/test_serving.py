@@ -10,7 +10,10 @@ import asyncio
 import contextlib
 import dataclasses
 import io
+import json
+import os
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -31,8 +34,11 @@ from starlette.routing import Mount, Route
 from torch import nn
 
 import serving.models
+from app.demo import free_port
 from serving.app import create_app
+from serving.health import STALL_S, HealthState, health_answer
 from serving.models import ModelHolder, NoChampion
+from serving.server import inference_threads
 from serving.uploads import UploadError, read_body
 from tests.images import encode, png_header_only
 from tests.live import LiveServer
@@ -804,6 +810,105 @@ def test_a_full_queue_refuses_at_once_with_retry_after(registry: Registry) -> No
         assert 'ursa_http_requests_total{method="POST",route="/predict",status="503"} 1.0' in text
 
 
+def raw_request(method: str, path: str, body: bytes = b"", close: bool = False) -> bytes:
+    head = f"{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Length: {len(body)}\r\n"
+    if body:
+        head += "Content-Type: image/png\r\n"
+    if close:
+        head += "Connection: close\r\n"
+    return (head + "\r\n").encode() + body
+
+
+def read_response(stream: io.BufferedReader) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 response off a raw connection: status, headers, body."""
+    status = int(stream.readline().split()[1])
+    headers = {}
+    while (line := stream.readline().decode().strip()) != "":
+        name, _, value = line.partition(":")
+        headers[name.lower()] = value.strip()
+    return status, headers, stream.read(int(headers["content-length"]))
+
+
+def test_refusals_come_before_the_app_and_keep_the_connection(registry: Registry) -> None:
+    """Served as ``ursa serve`` serves it, a refusal is written by the HTTP protocol, with
+    no request task and no app; the refused body is read and dropped, so the next request
+    on the same connection is answered; ``Connection: close`` closes it."""
+    with (
+        held_server(registry, max_queue=1, request_timeout_s=0) as (server, held),
+        ThreadPoolExecutor(1) as pool,
+    ):
+        shedding = server.app.state.shedding
+        early: list[float] = []
+        counted = shedding.counted
+        shedding.counted = lambda seconds: (early.append(seconds), counted(seconds))
+        first = pool.submit(post_image, server.client())
+        wait_until(lambda: shedding.admission.in_flight == 1, "the first request to take the place")
+        host, port = server.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=30) as conn:
+            stream = conn.makefile("rb")
+            conn.sendall(raw_request("POST", "/predict", image_bytes()))
+            status, headers, body = read_response(stream)
+            assert status == 503 and int(headers["retry-after"]) >= 1, body
+            assert headers["content-type"] == "application/json" and "date" in headers
+            assert json.loads(body)["reason"] == "queue_full"
+            assert len(early) == 1  # refused by the protocol, before the app
+            conn.sendall(raw_request("GET", "/healthz"))
+            assert read_response(stream)[0] == 200  # the same connection, still in step
+            conn.sendall(raw_request("POST", "/predict", image_bytes(), close=True))
+            assert read_response(stream)[0] == 503
+            assert stream.read() == b""  # and then closed, as asked
+        held.release.set()
+        check_prediction(first.result(timeout=60).json(), version="1")
+        assert shed_count(server, "queue_full") == 2 and len(early) == 2
+        with server.client() as client:
+            text = client.get("/metrics").text
+        assert 'ursa_http_requests_total{method="POST",route="/predict",status="503"} 2.0' in text
+
+
+def test_a_pipelined_request_is_answered_in_order(registry: Registry) -> None:
+    """A second request sent behind one still being answered is not refused ahead of it
+    (its 503 would reach the client as the first one's answer): it waits its turn."""
+    with held_server(registry, max_queue=1, request_timeout_s=0) as (server, held):
+        host, port = server.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=30) as conn:
+            stream = conn.makefile("rb")
+            conn.sendall(raw_request("POST", "/predict", image_bytes()))
+            admission = server.app.state.admission
+            wait_until(lambda: admission.in_flight == 1, "the first request to take the place")
+            conn.sendall(raw_request("POST", "/predict", image_bytes()))
+            time.sleep(0.2)  # time for the second to be parsed while the place is held
+            held.release.set()
+            for _ in range(2):
+                status, _, body = read_response(stream)
+                assert status == 200, body
+                check_prediction(json.loads(body), version="1")
+        assert shed_count(server, "queue_full") == 0
+
+
+def test_with_cors_refusals_go_through_the_app_and_carry_its_headers(registry: Registry) -> None:
+    origin = "https://example.org"
+    with (
+        held_server(registry, max_queue=1, request_timeout_s=0, cors_origins=(origin,)) as (
+            server,
+            held,
+        ),
+        ThreadPoolExecutor(1) as pool,
+    ):
+        first = pool.submit(post_image, server.client())
+        admission = server.app.state.admission
+        wait_until(lambda: admission.in_flight == 1, "the first request to take the place")
+        with server.client() as client:
+            refused = client.post(
+                "/predict",
+                content=image_bytes(),
+                headers={"content-type": "image/png", "origin": origin},
+            )
+        check_overloaded(refused, "queue_full")
+        assert refused.headers["access-control-allow-origin"] == origin
+        held.release.set()
+        check_prediction(first.result(timeout=60).json(), version="1")
+
+
 def test_a_request_past_its_deadline_is_refused(registry: Registry) -> None:
     with held_server(registry, max_queue=0, request_timeout_s=0.5) as (server, held):
         with httpx.Client(base_url=server.url, timeout=30) as client:
@@ -847,3 +952,59 @@ def test_health_is_answered_during_a_burst(registry: Registry) -> None:
             if response.status_code == 503:
                 check_overloaded(response, "queue_full")
         assert shed_count(server, "queue_full") == burst - places
+
+
+def test_the_health_port_answers_while_the_event_loop_is_blocked(registry: Registry) -> None:
+    registry.crown("1")
+    port = free_port()
+    with LiveServer(create_app(registry.settings(health_port=port))) as server:
+        health = f"http://127.0.0.1:{port}"
+        ready = {"status": "ready", "model": NAME, "version": "1"}
+        assert httpx.get(f"{health}/readyz", timeout=10).json() == ready
+        # Hold the request loop itself, as a long burst of work on it would.
+        loop = server.app.state.batcher._task.get_loop()
+        blocked, release = threading.Event(), threading.Event()
+
+        def block() -> None:
+            blocked.set()
+            release.wait(30)
+
+        loop.call_soon_threadsafe(block)
+        assert blocked.wait(10)
+        try:
+            alive = httpx.get(f"{health}/healthz", timeout=10)
+            assert alive.status_code == 200 and alive.json()["status"] == "ok"
+            assert httpx.get(f"{health}/readyz", timeout=10).json() == ready
+            assert not release.is_set()  # both answered while the loop was still held
+        finally:
+            release.set()
+        missing = httpx.get(f"{health}/predict", timeout=10)
+        assert missing.status_code == 404 and missing.json()["error"]
+    with pytest.raises(httpx.ConnectError):  # the health process ended with the server
+        httpx.get(f"{health}/healthz", timeout=10)
+
+
+def test_the_health_page_reports_a_stuck_loop_and_a_missing_model() -> None:
+    clock = [100.0]
+    state, fd = HealthState.create(clock=lambda: clock[0])
+    os.close(fd)
+    assert health_answer("/readyz", *state.read()) == (503, {"error": "No model is loaded yet."})
+    assert health_answer("/healthz", *state.read())[0] == 200
+    state.beat(("m", "1"))
+    clock[0] += STALL_S - 1  # busy, not stuck: still alive
+    assert health_answer("/healthz", *state.read())[0] == 200
+    clock[0] += 2
+    for path in ("/healthz", "/readyz"):
+        status, body = health_answer(path, *state.read())
+        assert status == 503 and "has not run for" in body["error"]
+    state.beat(("m", "2"))
+    ready = {"status": "ready", "model": "m", "version": "2"}
+    assert health_answer("/readyz", *state.read()) == (200, ready)
+
+
+def test_inference_threads_are_as_configured_else_every_usable_core() -> None:
+    assert Settings.from_env({"URSA_INFERENCE_THREADS": "1"}).inference_threads == 1
+    assert inference_threads(1) == 1 and inference_threads(3) == 3
+    assert inference_threads(Settings.from_env({}).inference_threads) == len(
+        os.sched_getaffinity(0)
+    )

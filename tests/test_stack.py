@@ -5,6 +5,8 @@ custom parameters, exactly as the UI's "Custom run" does."""
 from __future__ import annotations
 
 import asyncio
+import json
+import signal
 import socket
 import subprocess
 import sys
@@ -93,7 +95,7 @@ def test_up_runs_the_pipeline_deployment_through_the_real_servers(data_dir: Path
         assert down.returncode == 0
         said = " ".join(down.stdout.read().split())  # the console may wrap the line
         assert said == f"stopped: {', '.join(reversed(names))}"
-        assert all(service.process.poll() is not None for service in stack.services)
+        assert [s.name for s in stack.services if s.process.poll() is None] == []  # all stopped
         assert not (data_dir / "stack.json").exists()
         for port in (ports.prefect, ports.mlflow, ports.serve):
             check_port_free(port, "stopped service")  # every service let go of its port
@@ -109,3 +111,34 @@ def test_a_busy_port_is_named(data_dir: Path) -> None:
         stack = Stack(Settings.from_env(), project_dir(), Ports(free_port(), busy, free_port()))
         with pytest.raises(PortBusy, match=f"Port {busy} for the MLflow tracking server"):
             stack.up()
+
+
+def test_down_from_another_shell_stops_what_stack_json_names(data_dir: Path) -> None:
+    # Two stand-in services, each in its own session as `ursa up` starts them.
+    services = [subprocess.Popen(["sleep", "600"], start_new_session=True) for _ in range(2)]
+    try:
+        state = {
+            "services": [
+                {"name": f"s{i}", "pid": p.pid, "signal": int(signal.SIGTERM)}
+                for i, p in enumerate(services)
+            ]
+        }
+        (data_dir / "stack.json").write_text(json.dumps(state))
+        down = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "down"],
+            cwd=project_dir(),
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        while down.poll() is None:  # reap the services as they exit, as `ursa up` does
+            for service in services:
+                service.poll()
+            time.sleep(0.1)
+        assert down.returncode == 0
+        assert " ".join(down.stdout.read().split()) == "stopped: s1, s0"
+        assert [p.pid for p in services if p.poll() is None] == []  # both stopped
+        assert not (data_dir / "stack.json").exists()
+    finally:
+        for service in services:
+            service.kill()
+            service.wait()

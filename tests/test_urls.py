@@ -244,3 +244,20 @@ def test_ursa_urls_writes_lists_that_ingest_reads(
         "grizzly": (12, 12),
         "black": (12, 12),
     }
+
+    # Stock sites are left out unless --allow-stock; --block leaves out more domains.
+    stock = Listing(
+        "https://www.shutterstock.com/g.jpg", "grizzly", "https://www.shutterstock.com/g", 900, 600
+    )
+    other = Listing("http://cdn.blocked.test/g.jpg", "grizzly", "http://blocked.test/g", 900, 600)
+    small = {"grizzly": [*_listings("grizzly", 10), stock, other]}
+    plain = {x.image for x in small["grizzly"][:10]}
+    with SearchHost(small, per_query=100) as engine:
+        monkeypatch.setenv("URSA_SEARCH_URL", engine.base_url)
+        for name, options, expected in [
+            ("blocked", ["--block", "blocked.test"], plain),
+            ("allowed", ["--allow-stock"], plain | {stock.image, other.image}),
+        ]:
+            args = ["urls", "grizzly=grizzly bear", "--max", "12", "--out", str(tmp_path / name)]
+            assert main([*args, *options]) == 0
+            assert {r.url for r in read_source(tmp_path / name, data_dir)} == expected

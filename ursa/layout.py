@@ -41,6 +41,16 @@ class Layout:
     def url_manifest(self) -> Path:
         return self.manifests / "urls.csv"
 
+    # What the ingest stages hand each other (files, not lists of rows): the URLs as listed
+    # by the source, then as downloaded; verification writes the URL manifest from the latter.
+    @property
+    def listed_manifest(self) -> Path:
+        return self.manifests / "urls.listed.csv"
+
+    @property
+    def downloaded_manifest(self) -> Path:
+        return self.manifests / "urls.downloaded.csv"
+
     @property
     def journal(self) -> Path:
         """The download journal: a line per settled URL, what a resumed ingest skips."""

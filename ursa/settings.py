@@ -17,6 +17,11 @@ from ursa.registry import CHAMPION
 
 T = TypeVar("T")
 
+# Rows an ingest stage works through at once (URSA_INGEST_CHUNK_ROWS). At about 1.5 KiB a row
+# in memory, 2,000 rows are a few MiB; the downloader holds at most two chunks (a slow URL at
+# the head of the window holds back the rows after it, never more than that).
+INGEST_CHUNK_ROWS = 2_000
+
 
 class SettingsError(ValueError):
     pass
@@ -103,6 +108,9 @@ class Settings:
     serve_port: int = 8000
     max_body_bytes: int = 10 * 1024 * 1024
     max_image_pixels: int = 40_000_000
+    # Ingest: rows a stage holds at once (download, verification); memory grows with it, not
+    # with the number of URLs.
+    ingest_chunk_rows: int = INGEST_CHUNK_ROWS
     # Serving: dynamic batching, alias polling, browser access.
     batch_max_size: int = 32
     batch_max_wait_ms: float = 5.0
@@ -113,6 +121,8 @@ class Settings:
     # bound) and the deadline from a request's arrival to its answer (0: none).
     max_queue: int | None = None
     request_timeout_s: float = 5.0
+    # Health probes on a port of their own, answered off the event loop (0: none).
+    health_port: int = 0
     # The prediction log (serving/predictionlog.py) and feedback from people.
     log_sample: float = 1.0  # share of answers recorded; 0 turns the log off
     log_queue_size: int = 10_000  # records waiting for the writer; more are dropped
@@ -150,6 +160,9 @@ class Settings:
             serve_port=_read(env, "URSA_SERVE_PORT", int, 8000),
             max_body_bytes=_read(env, "URSA_MAX_BODY_BYTES", _positive_int, 10 * 1024 * 1024),
             max_image_pixels=_read(env, "URSA_MAX_IMAGE_PIXELS", _positive_int, 40_000_000),
+            ingest_chunk_rows=_read(
+                env, "URSA_INGEST_CHUNK_ROWS", _positive_int, INGEST_CHUNK_ROWS
+            ),
             batch_max_size=_read(env, "URSA_BATCH_MAX_SIZE", _positive_int, 32),
             batch_max_wait_ms=_read(env, "URSA_BATCH_MAX_WAIT_MS", _non_negative_float, 5.0),
             poll_interval_s=_read(env, "URSA_POLL_INTERVAL_S", _non_negative_float, 30.0),
@@ -157,6 +170,7 @@ class Settings:
             inference_threads=_read(env, "URSA_INFERENCE_THREADS", int, 0),
             max_queue=_read(env, "URSA_MAX_QUEUE", _non_negative_int, None),
             request_timeout_s=_read(env, "URSA_REQUEST_TIMEOUT_S", _non_negative_float, 5.0),
+            health_port=_read(env, "URSA_HEALTH_PORT", _non_negative_int, 0),
             log_sample=_read(env, "URSA_LOG_SAMPLE", _share, 1.0),
             log_queue_size=_read(env, "URSA_LOG_QUEUE_SIZE", _positive_int, 10_000),
             log_rotate_bytes=_read(env, "URSA_LOG_ROTATE_BYTES", _positive_int, 64 * 1024 * 1024),
