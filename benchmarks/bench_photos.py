@@ -16,7 +16,8 @@ is its own:
    (8 threads of blocking GETs, as in bench_ingest.py);
 3. verify: ``tasks.verify.verify_rows`` (full decode, checks, hashes; one process per core);
 4. dedup: ``tasks.dedup.build_dataset`` (exact and near duplicates, the split);
-5. decode for training: ``tasks.train.tensor_cache`` at 224 px, once per dataset, against
+5. decode for training: ``tasks.tensor_cache.tensor_cache`` at the recipe's cache size (256
+   px for training at 224), once per dataset, against
    what a torchvision ImageFolder pipeline pays every epoch (PIL decode, random resized
    crop, flip, to tensor, normalise; timed on an even sample of 300 photos);
 6. training: the photos recipe (resnet34 at 224 px, batches of 64, photo augmentation), all
@@ -53,6 +54,21 @@ from tasks.recipes import RECIPES  # noqa: E402
 NAIVE_SAMPLE = 300  # images the per-epoch ImageFolder baseline decodes
 RECIPE = RECIPES["photos"]  # resnet34 at 224 px, cropped to the square, photo augmentation
 IMAGE_SIZE, ARCH, BATCH_SIZE = RECIPE.image_size, RECIPE.arch, RECIPE.batch_size
+
+
+def _recipe_config():
+    """The photos recipe's TrainConfig (resnet34 at 224 px, its cache at 256 px)."""
+    from tasks.train import TrainConfig
+
+    return TrainConfig(
+        arch=ARCH,
+        image_size=IMAGE_SIZE,
+        batch_size=BATCH_SIZE,
+        augmentation=RECIPE.augmentation,
+        flip=RECIPE.flip,
+        resize=RECIPE.resize,
+        resize_ratio=RECIPE.resize_ratio,
+    )
 
 
 def _peak_mib(who: int = resource.RUSAGE_SELF) -> float:
@@ -142,7 +158,7 @@ def stage_decode(work: Path, data_dir: Path) -> dict:
     dataset = load_dataset((work / "dataset.txt").read_text())
     kept = [r for r in read_rows(Path(dataset.manifest_path), ImageRow) if r.status == "kept"]
     started = time.perf_counter()
-    cache = tensor_cache(dataset, IMAGE_SIZE, RECIPE.resize)
+    cache = tensor_cache(dataset, _recipe_config().resize_size, RECIPE.resize)
     seconds = time.perf_counter() - started
     (work / "cache.txt").write_text(str(cache))
     # What an ImageFolder + DataLoader pipeline does for every image, every epoch.
@@ -176,7 +192,6 @@ def stage_train(work: Path, data_dir: Path, batches: int) -> dict:
 
     from tasks.tensor_cache import Tensors, load_tensors
     from tasks.train import (
-        TrainConfig,
         build_model,
         device_for_training,
         memory_format,
@@ -188,14 +203,7 @@ def stage_train(work: Path, data_dir: Path, batches: int) -> dict:
     n = BATCH_SIZE * batches
     repeat = math.ceil((n + BATCH_SIZE) / len(data.y_train))
     x, y = data.x_train.repeat(repeat, 1, 1, 1), data.y_train.repeat(repeat)
-    config = TrainConfig(
-        arch=ARCH,
-        image_size=IMAGE_SIZE,
-        batch_size=BATCH_SIZE,
-        augmentation=RECIPE.augmentation,
-        flip=RECIPE.flip,
-        resize=RECIPE.resize,
-    )
+    config = _recipe_config()
     device = device_for_training()
     model = build_model(config, len(data.classes)).to(device, memory_format=memory_format(device))
     generator = torch.Generator().manual_seed(0)

@@ -1,7 +1,8 @@
 """Scale: how time and memory grow with the data, stage by stage.
 
     .venv/bin/python benchmarks/bench_scale.py [--ingest 1000,10000,100000] [--latency 0.02]
-        [--cache 1000,10000,50000] [--size 224] [--photos 2000] [--dedup-1m]
+        [--cache 1000,10000,50000] [--size 224] [--photos 2000] [--cleaning 1000,3000]
+        [--dedup-1m]
 
 Every measurement runs in a child process of its own, so that each peak is its own: a
 sampler thread reads ``/proc/<pid>/status`` of the child and of the workers it spawns every
@@ -23,9 +24,14 @@ only, and the kernel can drop them at any time.
    a tiny model with its backward pass: the input path, not the model, is what is measured;
    augmentation is per batch and does not grow with the data, so it is left out).
 3. **Photos**: the two ways to train on photos at ``--size``, on the same images: a cache at
-   ``--size`` x 8/7 (256 for 224) read through the map with a random-resized crop and flip
-   per batch, against decoding the JPEGs per batch on a pool of one process per core.
-4. ``--dedup-1m``: the 1M-hash near-duplicate search of ``bench_dedup.py``.
+   ``--size`` x 8/7 (256 for 224) read through the map with the photos recipe's
+   random-resized crop and flip per batch (``tasks.train.model_inputs``), against decoding
+   the JPEGs per batch on a pool of one process per core.
+4. **Cleaning**: the k-fold ranking (``tasks.cleaning.rank_dataset``; 2 folds of one epoch,
+   mobilenet_v3_small, batches of 64) over N of the same photos in the training cache at
+   ``--size``, its peak RssAnon; in the same run, the same ranking with each fold's images
+   copied out of the maps into memory, as cleaning held them before (the baseline).
+5. ``--dedup-1m``: the 1M-hash near-duplicate search of ``bench_dedup.py``.
 
 The goals compare the largest size run against the smallest, in the same run.
 """
@@ -59,6 +65,9 @@ from PIL import Image  # noqa: E402
 BATCH = 64
 WORKER_SETTLE_S = 1.0
 CLASSES = 10
+# Cleaning's folds train the smallest torchvision classifier, one epoch each: the input
+# path's memory, not the model, is what is measured.
+CLEANING_ARCH, CLEANING_FOLDS = "mobilenet_v3_small", 2
 
 
 # ---- measuring, in the child ------------------------------------------------------------
@@ -237,7 +246,13 @@ def child_cache(n: int, photos: Path, work: Path, size: int, workers: int) -> di
         path = tensor_cache(dataset, size, workers=workers)
         seconds = time.perf_counter() - started
         cpu = [a - b for a, b in zip(_cpu_seconds(), cpu, strict=True)]
-    return {**peaks.as_dict(), "seconds": seconds, "cache": str(path), "cpu": cpu}
+    return {
+        **peaks.as_dict(),
+        "seconds": seconds,
+        "cache": str(path),
+        "cpu": cpu,
+        "manifest": dataset.manifest_path,
+    }
 
 
 def _cpu_seconds() -> list[float]:
@@ -287,14 +302,14 @@ def child_photos(n: int, photos: Path, work: Path, size: int) -> dict:
     from concurrent.futures import ProcessPoolExecutor
 
     import torch
-    import torch.nn.functional as F
 
     from tasks.parallel import usable_cores
-
-    stored = round(size * 8 / 7)
-    built = child_cache(n, photos, work, stored, workers=usable_cores())
+    from tasks.recipes import RECIPES
     from tasks.tensor_cache import load_tensors
+    from tasks.train import TrainConfig, model_inputs
 
+    stored = TrainConfig(image_size=size, resize_ratio=RECIPES["photos"].resize_ratio).resize_size
+    built = child_cache(n, photos, work, stored, workers=usable_cores())
     data = load_tensors(built["cache"])
     generator = torch.Generator().manual_seed(0)
     order = torch.randperm(len(data.y_train), generator=generator)
@@ -303,22 +318,12 @@ def child_photos(n: int, photos: Path, work: Path, size: int) -> dict:
         data.x_train[order[start : start + BATCH]].float()
     gather_rate = len(order) / (time.perf_counter() - started)
     started = time.perf_counter()
+    cpu = torch.device("cpu")
     for start in range(0, len(order), BATCH):
-        x = data.x_train[order[start : start + BATCH]].float()
-        b = len(x)
-        r = torch.rand(b, 4, generator=generator)
-        scale = (0.35 + 0.65 * r[:, 0]).sqrt()  # side of a crop of 35-100% of the area
-        flip = torch.where(r[:, 1] < 0.5, -1.0, 1.0)
-        zeros = torch.zeros(b)
-        theta = torch.stack(
-            [
-                torch.stack([scale * flip, zeros, (r[:, 2] * 2 - 1) * (1 - scale)], 1),
-                torch.stack([zeros, scale, (r[:, 3] * 2 - 1) * (1 - scale)], 1),
-            ],
-            1,
+        # The photos recipe's training input: crop, flip, rotation and lighting, normalised.
+        model_inputs(
+            data.x_train[order[start : start + BATCH]], cpu, generator, True, "photos", size
         )
-        grid = F.affine_grid(theta, [b, 3, size, size], align_corners=False)
-        F.grid_sample(x, grid, mode="bilinear", align_corners=False)
     mapped_rate = len(order) / (time.perf_counter() - started)
 
     paths = sorted(str(p) for p in (work / f"cache-{n}-{usable_cores()}" / "photos").glob("*"))
@@ -340,6 +345,26 @@ def child_photos(n: int, photos: Path, work: Path, size: int) -> dict:
         "cache_kib_per_image": cache_bytes / n / 1024,
         "jpeg_kib_per_image": jpeg_bytes / min(n, len(list(photos.glob("*.jpg")))) / 1024,
     }
+
+
+def child_cleaning(manifest: str, size: int, copies: bool) -> dict:
+    """Peak memory of cleaning's k-fold ranking over a dataset whose cache is built."""
+    import torch
+
+    import tasks.cleaning
+    from tasks.cleaning import rank_dataset
+    from tasks.manifest import load_dataset
+    from tasks.train import TrainConfig
+
+    if copies:  # the baseline: each fold's images copied out of the maps, as cleaning did
+        tasks.cleaning.Selection = lambda parts, index: torch.cat(parts)[index]
+    dataset = load_dataset(manifest)
+    config = TrainConfig(arch=CLEANING_ARCH, image_size=size, batch_size=BATCH)
+    with Peaks() as peaks:
+        started = time.perf_counter()
+        rank_dataset(dataset, CLEANING_FOLDS, epochs=1, config=config, on_fold=lambda k, n: None)
+        seconds = time.perf_counter() - started
+    return {**peaks.as_dict(), "seconds": seconds}
 
 
 # ---- the parent -------------------------------------------------------------------------
@@ -536,6 +561,46 @@ def bench_photos(n: int, size: int, n_photos: int, work: Path) -> list[str]:
     ]
 
 
+def bench_cleaning(sizes: list[int], size: int, n_photos: int, work: Path) -> list[str]:
+    from tasks.parallel import usable_cores
+
+    photos = work / "photos"
+    if not photos.exists():
+        _photo_files(photos, n_photos)
+    cores = usable_cores()
+    ours, copies = {}, {}
+    print(
+        f"{'images':>8} {'rank s':>8} {'RSS MiB':>8} {'anon':>6}   "
+        f"{'copies: rank s':>14} {'RSS MiB':>8} {'anon':>6}"
+    )
+    for n in sizes:
+        built = _child("cache", n=n, photos=str(photos), work=str(work), size=size, workers=cores)
+        ours[n] = _child("cleaning", manifest=built["manifest"], size=size, copies=False)
+        copies[n] = _child("cleaning", manifest=built["manifest"], size=size, copies=True)
+        shutil.rmtree(work / f"cache-{n}-{cores}", ignore_errors=True)
+        a, b = ours[n], copies[n]
+        print(
+            f"{n:>8} {a['seconds']:>8.1f} {a['rss_mib']:>8.0f} {a['anon_mib']:>6.0f}   "
+            f"{b['seconds']:>14.1f} {b['rss_mib']:>8.0f} {b['anon_mib']:>6.0f}",
+            flush=True,
+        )
+    if len(sizes) < 2:
+        return []
+    small, large = sizes[0], sizes[-1]
+    before = {n: copies[n]["anon_mib"] for n in sizes}
+    return _growth(
+        "cleaning",
+        sizes,
+        {n: ours[n]["seconds"] / n for n in sizes},
+        {n: ours[n]["anon_mib"] for n in sizes},
+        "RssAnon",
+    ) + [
+        f"cleaning peak RssAnon with each fold copied into memory (before) at {large:,}: "
+        f"{before[large] / before[small]:.2f}x of at {small:,} ({before[large]:.0f} vs "
+        f"{before[small]:.0f} MiB) (no goal; the baseline)"
+    ]
+
+
 def bench_dedup_1m() -> list[str]:
     from benchmarks.bench_dedup import bench_search
 
@@ -556,6 +621,7 @@ def main() -> None:
     parser.add_argument("--cache", default="1000,10000,50000", help="image counts ('' skips)")
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--photos", type=int, default=2000, help="distinct JPEGs ('0' skips)")
+    parser.add_argument("--cleaning", default="1000,3000", help="image counts ('' skips)")
     parser.add_argument("--dedup-1m", action="store_true")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--kwargs", help=argparse.SUPPRESS)
@@ -580,6 +646,9 @@ def main() -> None:
         if args.photos:
             print("\n== photos: cache at a larger size vs JPEG decode per batch ==")
             summary += bench_photos(args.photos, args.size, args.photos, work)
+        if _sizes(args.cleaning):
+            print(f"\n== cleaning's k-fold ranking at {args.size} px ==")
+            summary += bench_cleaning(_sizes(args.cleaning), args.size, max(args.photos, 1), work)
         if args.dedup_1m:
             print("\n== 1M-hash near-duplicate search ==")
             summary += bench_dedup_1m()

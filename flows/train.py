@@ -215,7 +215,8 @@ def train(
         "weights": weights,
     }
     parent = start_sweep_task(experiment, config, dataset, grid, extra, warnings)
-    cache = str(cache_task(dataset, config.image_size, config.resize))
+    # At the recipe's resize_size: photos crop it to image_size per batch (tasks/train.py).
+    cache = str(cache_task(dataset, config.resize_size, config.resize))
     suggestion = None
     if lr_find or centre_lrs:
         suggestion = lr_find_task(

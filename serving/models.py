@@ -15,7 +15,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from PIL import Image
 
-from ursa.package import ModelPackage, PackageError, load_package, resize_policy
+from ursa.package import ModelPackage, PackageError, load_package, resize_policy, resize_size
 from ursa.registry import CHAMPION, NOT_FOUND
 
 
@@ -43,6 +43,7 @@ class LoadedModel:
             "classes": self.classes,
             "image_size": self.package.meta["image_size"],
             "resize": resize_policy(self.package.meta),
+            "resize_size": resize_size(self.package.meta),
             "loaded_at": self.loaded_at.isoformat(),
         }
 

@@ -225,6 +225,7 @@ def api_schema(max_body_bytes: int, admin: bool) -> dict:
                         "classes": {"type": "array", "items": {"type": "string"}},
                         "image_size": {"type": "integer"},
                         "resize": {"type": "string", "enum": ["squash", "crop", "pad"]},
+                        "resize_size": {"type": "integer"},
                         "loaded_at": {"type": "string", "format": "date-time"},
                     },
                 },

@@ -36,12 +36,13 @@ from tasks.architectures import num_classes
 from tasks.manifest import Dataset, ImageRow, read_rows
 from tasks.progress import progress
 from tasks.splits import fold_of
-from tasks.tensor_cache import Tensors, load_tensors, tensor_cache
+from tasks.tensor_cache import Selection, Tensors, load_tensors, tensor_cache
 from tasks.train import (
     TrainConfig,
     Trial,
     device_for_training,
     fit,
+    index_batches,
     model_inputs,
 )
 from ursa.images import input_pixels
@@ -66,13 +67,18 @@ class Ranking:
 
 @torch.inference_mode()
 def probabilities(
-    model: torch.nn.Module, x: torch.Tensor, device: torch.device, batch_size: int = 256
+    model: torch.nn.Module,
+    x: torch.Tensor | Selection,
+    device: torch.device,
+    batch_size: int = 256,
+    size: int | None = None,
 ) -> np.ndarray:
-    """Softmax probabilities (N, classes) for uint8 images (N, 3, S, S)."""
+    """Softmax probabilities (N, classes) for uint8 images (N, 3, S, S), a batch gathered at
+    a time; ``size`` as in :func:`tasks.train.model_inputs` (the centre of a larger cache)."""
     model.eval()
     out = []
-    for start in range(0, len(x), batch_size):
-        logits = model(model_inputs(x[start : start + batch_size], device))
+    for idx in index_batches(len(x), batch_size, None):
+        logits = model(model_inputs(x[idx], device, size=size))
         out.append(logits.float().softmax(1).cpu())
     n_classes = num_classes(model)
     return torch.cat(out).numpy() if out else np.zeros((0, n_classes), np.float32)
@@ -95,14 +101,17 @@ def out_of_sample(
     (k-fold) and every label-conflict row (mean of the fold models)."""
     rows = read_rows(Path(dataset.manifest_path), ImageRow)
     kept = [r for r in rows if r.status == KEPT]
-    # The training tensor cache holds the kept images, train then valid, in manifest order.
+    # The training tensor cache holds the kept images, train then valid, in manifest order:
+    # the folds pick theirs out of its maps a batch at a time (a Selection), so that no
+    # process holds the dataset's pixels (their pages are the page cache's).
     kept = [r for r in kept if r.split == "train"] + [r for r in kept if r.split == "valid"]
-    cached = load_tensors(tensor_cache(dataset, config.image_size, config.resize))
-    x = torch.cat([cached.x_train, cached.x_valid])
-    y = torch.cat([cached.y_train, cached.y_valid])
+    cached = load_tensors(tensor_cache(dataset, config.resize_size, config.resize))
+    maps = (cached.x_train, cached.x_valid)
+    y = torch.cat([cached.y_train, cached.y_valid])  # 8 bytes an image
     classes = list(cached.classes)
     conflicts = [r for r in rows if r.status == CONFLICT and r.label in classes]
-    x_conflicts = _decode(conflicts, dataset.data_dir, config.image_size, config.resize)
+    # Few (the same picture under two labels), decoded here: the cache holds kept images only.
+    x_conflicts = _decode(conflicts, dataset.data_dir, config.resize_size, config.resize)
 
     assignment = fold_of(kept, folds, config.seed)
     probs = np.zeros((len(kept), len(classes)), dtype=np.float32)
@@ -112,10 +121,11 @@ def out_of_sample(
     for k in range(folds):
         held = torch.from_numpy(np.flatnonzero(assignment == k))
         train = torch.from_numpy(np.flatnonzero(assignment != k))
-        data = Tensors(classes, x[train], y[train], x[held], y[held])
+        x_held = Selection(maps, held)
+        data = Tensors(classes, Selection(maps, train), y[train], x_held, y[held])
         model = fit(trial, config, data).model
-        probs[held.numpy()] = probabilities(model, x[held], device)
-        conflict_probs += probabilities(model, x_conflicts, device) / folds
+        probs[held.numpy()] = probabilities(model, x_held, device, size=config.image_size)
+        conflict_probs += probabilities(model, x_conflicts, device, size=config.image_size) / folds
         correct += int((probs[held.numpy()].argmax(1) == y[held].numpy()).sum())
         if on_fold is not None:
             on_fold(k + 1, folds)

@@ -1,7 +1,8 @@
 """The learning-rate finder (lesson 2's range test, after Leslie Smith): train one fresh model
 for a few hundred mini-batches while the rate grows exponentially from tiny to huge, record the
 smoothed loss, and stop once it explodes. The curve shows where learning is fastest; the
-suggestion is the rate of the steepest descent of the smoothed loss, never past the minimum.
+suggestion is the rate of the steepest descent of the smoothed loss, never past the minimum
+nor among the last points before the explosion.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ from tasks.train import (
     seeded_model,
     set_frozen,
 )
+
+# Points at the end of the range test that the suggestion ignores (fast.ai's ``skip_end``).
+SKIP_END = 5
 
 
 @dataclass
@@ -76,7 +80,7 @@ def lr_find(
             lr = start_lr * ratio**step
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            x = model_inputs(data.x_train[idx], device)
+            x = model_inputs(data.x_train[idx], device, size=config.image_size)
             y = data.y_train[idx].to(device)
             with autocast_for(device):
                 loss = criterion(model(x).float(), y)
@@ -101,9 +105,16 @@ def lr_find(
 def suggest(lrs: list[float], losses: list[float]) -> tuple[float, float, float]:
     """(suggestion, steepest, minimum). The steepest fall of loss against log(lr), looked for
     only before the minimum (past it the loss is already turning up); with too few points,
-    a tenth of the minimum's rate (lesson 2's rule of thumb)."""
+    a tenth of the minimum's rate (lesson 2's rule of thumb). The last ``SKIP_END`` points
+    are left out, as fast.ai's ``lr_find`` leaves them out: they lie next to the explosion
+    that ended the test, and the lagging smoothed loss can still be falling there. Kept,
+    a short or noisy test's minimum (and its one-sided end slope, the steepest) fell on the
+    very last rate, one step short of the explosion (a 10-step test on 8 photos suggested
+    1.3, and training at it diverged)."""
     if not lrs:
         raise ValueError("lr_find recorded no finite loss: lower start_lr.")
+    kept = max(1, len(lrs) - SKIP_END)
+    lrs, losses = lrs[:kept], losses[:kept]
     lowest = int(np.argmin(losses))
     minimum = lrs[lowest]
     if lowest < 3:

@@ -7,7 +7,10 @@
   224 px, fine-tuned (one epoch of the head alone, then everything with discriminative
   rates: lesson 2's ``fine_tune(4)`` is these 1 + 4 epochs), the learning rate from the range
   test (``lr_find``), random resized crops, mirrors, small rotations and lighting changes,
-  and pictures cropped to the square, never squashed.
+  and pictures cropped to the square, never squashed. Its cache is stored at 8/7 of the
+  training size (256 px for 224): training crops it at random per batch, so crops see real
+  pixels, not upscaled ones; validation and serving take its centre 224 (torchvision's
+  ``Resize(256)`` + ``CenterCrop(224)``). BENCHMARKS.md ("Scale", photos) has the choice.
 
 Every value is a default: what the user gives (a CLI flag, a flow parameter) wins, and what
 they did not give is taken from the recipe (:func:`recipe_values`).
@@ -35,6 +38,10 @@ class Recipe:
     augmentation: str = "digits"
     flip: bool = False
     resize: str = "squash"
+    # Pictures are stored (and served: resized) at image_size x resize_ratio, then cut to
+    # image_size: at random for training, at the centre for validation and serving. 1: no
+    # cut (the digits: the cache at the training size, bit for bit as before).
+    resize_ratio: float = 1.0
     lrs: list[float] = field(default_factory=lambda: [1e-3, 3e-3])
     epochs: list[int] = field(default_factory=lambda: [2, 4])
     lr_find: bool = False
@@ -50,6 +57,7 @@ RECIPES: dict[str, Recipe] = {
         augmentation="photos",
         flip=True,
         resize="crop",
+        resize_ratio=8 / 7,  # 256 px for 224: what BENCHMARKS.md measured and chose
         lrs=[1e-3],  # one rate, replaced by lr_find's suggestion (centre_lrs)
         epochs=[5],
         lr_find=True,

@@ -203,12 +203,13 @@ def log_best_model(
     model.load_state_dict(torch.load(best.checkpoint, map_location="cpu", weights_only=True))
     device = device_for_training()
     model.to(device)
-    _, accuracy, _ = evaluate(model, data.x_valid, data.y_valid, device)
+    _, accuracy, _ = evaluate(model, data.x_valid, data.y_valid, device, size=config.image_size)
     meta = {
         "arch": config.arch,
         "classes": list(data.classes),
         "image_size": config.image_size,
         "resize": config.resize,
+        "resize_size": config.resize_size,  # serving resizes to it, then cuts the centre
         "mean": list(MEAN),
         "std": list(STD),
         "metrics": {"val_accuracy": accuracy, "val_loss": best.val_loss},

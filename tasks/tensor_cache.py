@@ -8,14 +8,20 @@ chunks by one process per core (:mod:`tasks.pixels`), each writing its rows in p
 process ever holds more than one image, so building takes the same memory for a thousand
 images as for a million. Training maps the files instead of loading them:
 the pixels live in the page cache, shared by every trial, and the kernel pages them in and
-out as batches touch them.
+out as batches touch them. A :class:`Selection` picks images out of the maps without copying
+them (cleaning's folds).
+
+The size is the caller's: training asks for ``TrainConfig.resize_size``, the training size
+for the digits and 8/7 of it for photos, which training crops per batch (:mod:`tasks.train`).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,12 +42,70 @@ CHUNK_IMAGES = 64
 IMAGES_PER_EXTRA_WORKER = 1000
 
 
+class Selection:
+    """Images ``index`` of ``parts`` (maps of the cache, numbered one after the other), read
+    a batch at a time: what indexing the maps would copy at once.
+
+    Indexed as a tensor is: ``selection[positions]`` (a tensor of positions) gathers those
+    images into a new tensor; ``selection[a:b:c]`` is another selection, as a tensor's slice
+    is a view. Cleaning trains each fold on a selection of train + valid, so that no fold
+    holds a copy of the dataset (BENCHMARKS.md, "Scale": its peak memory stays flat).
+    """
+
+    def __init__(self, parts: Sequence[torch.Tensor], index: torch.Tensor) -> None:
+        self.parts = tuple(parts)
+        self.index = index
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.index), *self.parts[0].shape[1:])
+
+    @property
+    def device(self) -> torch.device:
+        return self.parts[0].device
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.parts[0].element_size()
+
+    def __getitem__(self, key: int | slice | torch.Tensor) -> Selection | torch.Tensor:
+        if isinstance(key, slice):
+            return Selection(self.parts, self.index[key])
+        positions = self.index[key]  # an IndexError past the end ends an iteration
+        if positions.dim() == 0:  # one image, as a tensor's x[i]
+            return self._gathered(positions.view(1))[0]
+        return self._gathered(positions)
+
+    def _gathered(self, positions: torch.Tensor) -> torch.Tensor:
+        out = torch.empty(
+            (len(positions), *self.shape[1:]), dtype=self.parts[0].dtype, device=self.device
+        )
+        start = 0
+        for part in self.parts:
+            mine = (positions >= start) & (positions < start + len(part))
+            out[mine] = part[positions[mine] - start]
+            start += len(part)
+        return out
+
+    def to(self, device: torch.device) -> torch.Tensor:
+        """All its images on ``device``, gathered a chunk at a time on the way: no copy of
+        them all in RAM first."""
+        out = torch.empty(self.shape, dtype=self.parts[0].dtype, device=device)
+        for start in range(0, len(self), CHUNK_IMAGES):
+            stop = min(start + CHUNK_IMAGES, len(self))
+            out[start:stop] = self[torch.arange(start, stop)].to(device)
+        return out
+
+
 @dataclass
 class Tensors:
     classes: list[str]
-    x_train: torch.Tensor  # uint8 (N, 3, S, S)
+    x_train: torch.Tensor | Selection  # uint8 (N, 3, S, S)
     y_train: torch.Tensor
-    x_valid: torch.Tensor
+    x_valid: torch.Tensor | Selection
     y_valid: torch.Tensor
 
 

@@ -3,10 +3,12 @@
 One trial as an MLflow run is :mod:`tasks.trial`; the sweep (:mod:`tasks.sweep`) is a thin
 layer above that.
 
-Each image is decoded once per dataset into a memory-mapped uint8 cache at training
-resolution (:mod:`tasks.tensor_cache`); every trial reads it instead of decoding images each
+Each image is decoded once per dataset into a memory-mapped uint8 cache
+(:mod:`tasks.tensor_cache`) at ``TrainConfig.resize_size``: the training size for the digits,
+8/7 of it for photos (256 px for 224); every trial reads it instead of decoding images each
 epoch, and augmentation happens on whole batches of tensors (:func:`augment`), not image by
-image.
+image. A larger cache is cut to the training size per batch (:func:`model_inputs`): a
+random-resized crop for training, the centre for validation, as serving cuts it.
 
 Fine-tuning follows lesson 2 (fast.ai's ``fine_tune``): with a pretrained backbone, the first
 ``freeze_epochs`` train only the new head (and the batch-norm layers), then everything trains
@@ -31,9 +33,9 @@ from torch.optim.swa_utils import update_bn
 from tasks.architectures import check_arch, head, is_norm, layer_groups, new_model
 from tasks.diagnosis import Diagnosis, diagnose
 from tasks.recipes import AUGMENTATIONS
-from tasks.tensor_cache import Tensors
+from tasks.tensor_cache import Selection, Tensors
 from tasks.weights import WeightsUnavailable, local_weights_file
-from ursa.images import RESIZE_POLICIES
+from ursa.images import RESIZE_POLICIES, centre_span
 
 # ImageNet statistics: right for pretrained backbones, harmless for models trained from scratch.
 MEAN = (0.485, 0.456, 0.406)
@@ -57,6 +59,9 @@ BN_RECOMPUTE_BATCHES = 8
 # Batch norm cannot train on one image (its variance is undefined): a training epoch never
 # ends on a mini-batch smaller than this; the remainder joins the batch before it.
 MIN_TRAINING_BATCH = 2
+# The photos' random-resized crop: this share of the stored picture's area (the cache at 8/7
+# of the training size, whose centre crop is 77% of it), as BENCHMARKS.md measured it.
+PHOTO_CROP_AREA = (0.35, 1.0)
 
 
 _GLOBAL_RNG = threading.Lock()
@@ -76,6 +81,7 @@ class TrainConfig:
     augmentation: str = "digits"  # the augmentation style: "digits" or "photos"
     flip: bool = False  # horizontal flips: right for photos, wrong for digits and text
     resize: str = "squash"  # how pictures become squares (ursa.images.RESIZE_POLICIES)
+    resize_ratio: float = 1.0  # the cache's size over image_size (tasks.recipes.Recipe)
     compile: bool = False  # torch.compile the model (CUDA; measure first: bench_gpu.py)
 
     def __post_init__(self) -> None:
@@ -94,12 +100,20 @@ class TrainConfig:
             )
         if self.freeze_epochs < 0:
             raise ValueError(f"TrainConfig.freeze_epochs is {self.freeze_epochs}, expected >= 0.")
+        if not self.resize_ratio >= 1.0:
+            raise ValueError(f"TrainConfig.resize_ratio is {self.resize_ratio}, expected >= 1.")
         for name, value, allowed in (
             ("augmentation", self.augmentation, AUGMENTATIONS),
             ("resize", self.resize, RESIZE_POLICIES),
         ):
             if value not in allowed:
                 raise ValueError(f"TrainConfig.{name} is '{value}', expected one of {allowed}.")
+
+    @property
+    def resize_size(self) -> int:
+        """The side pictures are stored at in the cache, and resized to when served, before
+        the cut to ``image_size`` (256 for the photos' 224; ``image_size`` for the digits)."""
+        return round(self.image_size * self.resize_ratio)
 
 
 @dataclass(frozen=True)
@@ -258,23 +272,29 @@ def augment(
     flip: bool = False,
     peak: float = 1.0,
     style: str = "digits",
+    size: int | None = None,
 ) -> torch.Tensor:
     """Random affine and lighting for a whole float batch in [0, ``peak``] at once: one
     ``grid_sample`` instead of a PIL transform per image; ``flip`` adds mirror images.
+    ``size``: the output side (default: the input's). A larger input (the photos' cache, 8/7
+    of the training size) is sampled straight into it, so that a crop reads stored pixels
+    instead of upscaling a smaller image.
 
     - "digits": rotate ±10°, scale 0.9-1.1, shift ±1/8, contrast 0.8-1.2.
-    - "photos" (lesson 2's ``RandomResizedCrop(min_scale=0.5)`` + ``aug_transforms``, on the
-      batch): a random crop of 50-100% of the area with aspect ratio 3/4-4/3 stretched back to
-      the square, rotate ±10°, brightness and contrast 0.8-1.2, edges reflected.
+    - "photos" (lesson 2's ``RandomResizedCrop`` + ``aug_transforms``, on the batch): a
+      random crop of ``PHOTO_CROP_AREA`` of the area with aspect ratio 3/4-4/3 stretched to
+      the output square, rotate ±10°, brightness and contrast 0.8-1.2, edges reflected.
     """
-    b = x.shape[0]
+    b, channels = x.shape[:2]
+    size = x.shape[-1] if size is None else size
     # Drawn where the generator lives (the GPU on CUDA): a copy per batch would sync.
     r = torch.rand(b, 8 if style == "photos" else 6, generator=generator, device=generator.device)
     r = r.to(x.device)
     angle = (r[:, 0] - 0.5) * math.radians(20)
     mirror = torch.where(r[:, 2] < 0.5, -1.0, 1.0) if flip else torch.ones_like(r[:, 2])
     if style == "photos":
-        area = 0.5 + 0.5 * r[:, 1]
+        low, high = PHOTO_CROP_AREA
+        area = low + (high - low) * r[:, 1]
         ratio = torch.exp((r[:, 6] - 0.5) * 2 * math.log(4 / 3))
         w, h = (area * ratio).sqrt().clamp(max=1.0), (area / ratio).sqrt().clamp(max=1.0)
         shift_x, shift_y = (2 * r[:, 3] - 1) * (1 - w), (2 * r[:, 4] - 1) * (1 - h)
@@ -289,7 +309,7 @@ def augment(
         ],
         1,
     ).to(x.dtype)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    grid = F.affine_grid(theta, [b, channels, size, size], align_corners=False)
     padding = "reflection" if style == "photos" else "border"
     out = F.grid_sample(x, grid, mode="bilinear", padding_mode=padding, align_corners=False)
     # ((out - mean) * contrast + mean) * brightness as one multiply-add: each pass over a
@@ -320,14 +340,23 @@ def model_inputs(
     generator: torch.Generator | None = None,
     flip: bool = False,
     style: str = "digits",
+    size: int | None = None,
 ) -> torch.Tensor:
     """A uint8 batch -> the model's normalised float input in :func:`memory_format`,
     augmented when a generator is given. Augmentation works on 0-255 and the division by 255
     is folded into the normalisation: one multiply-add that also writes the layout. At 224 px
-    on a GPU each pass over the batch is a visible share of a resnet18 step."""
+    on a GPU each pass over the batch is a visible share of a resnet18 step.
+
+    ``size``: the model's input side (default: the batch's). A larger batch (a cache at
+    ``TrainConfig.resize_size``) is cut to it: by the random-resized crop of :func:`augment`
+    when a generator is given, else at its centre, before it moves to the device, exactly
+    as serving cuts the picture (:func:`ursa.images.centre_span`)."""
+    if generator is None and size is not None and size < x.shape[-1]:
+        centre = centre_span(x.shape[-1], size)
+        x = x[..., centre, centre]
     batch = x.to(device, non_blocking=True).float()
     if generator is not None:
-        batch = augment(batch, generator, flip, peak=255.0, style=style)
+        batch = augment(batch, generator, flip, peak=255.0, style=style, size=size)
     scale, shift = _normalisation(batch.device)
     out = torch.empty_like(batch, memory_format=memory_format(batch.device))
     return torch.addcmul(shift, batch, scale, out=out)
@@ -343,7 +372,7 @@ def _resident(data: Tensors, device: torch.device) -> Tensors:
     free memory, so that no batch crosses the PCIe bus again; otherwise leave them in RAM."""
     if device.type != "cuda":
         return data
-    size = sum(t.numel() * t.element_size() for t in (data.x_train, data.x_valid))
+    size = sum(t.nbytes for t in (data.x_train, data.x_valid))
     free, _ = torch.cuda.mem_get_info(device)
     if size > free / 4:
         return data
@@ -380,7 +409,9 @@ def train_one_epoch(
     for idx in index_batches(
         n, config.batch_size, generator, data.x_train.device, MIN_TRAINING_BATCH
     ):
-        x = model_inputs(data.x_train[idx], device, aug, config.flip, config.augmentation)
+        x = model_inputs(
+            data.x_train[idx], device, aug, config.flip, config.augmentation, config.image_size
+        )
         y = data.y_train[idx].to(device, non_blocking=True)
         with autocast_for(device):
             logits = model(x)
@@ -404,10 +435,16 @@ def train_one_epoch(
 
 @torch.inference_mode()
 def evaluate(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device, batch_size: int = 256
+    model: nn.Module,
+    x: torch.Tensor | Selection,
+    y: torch.Tensor,
+    device: torch.device,
+    batch_size: int = 256,
+    size: int | None = None,
 ) -> tuple[float, float, torch.Tensor]:
-    """Returns (mean loss, accuracy, predicted class per example)."""
-    examples = predict_examples(model, x, y, device, batch_size)
+    """Returns (mean loss, accuracy, predicted class per example); ``size`` as in
+    :func:`model_inputs` (the centre of a larger cache)."""
+    examples = predict_examples(model, x, y, device, batch_size, size)
     return (*loss_and_accuracy(examples, y), examples[1])
 
 
@@ -422,14 +459,20 @@ def loss_and_accuracy(
 
 @torch.inference_mode()
 def predict_examples(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device, batch_size: int = 256
+    model: nn.Module,
+    x: torch.Tensor | Selection,
+    y: torch.Tensor,
+    device: torch.device,
+    batch_size: int = 256,
+    size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per example: (loss, predicted class, probability of the prediction), all on the CPU."""
+    """Per example: (loss, predicted class, probability of the prediction), all on the CPU;
+    ``size`` as in :func:`model_inputs` (the centre of a larger cache)."""
     model.eval()
     losses, preds, probs = [], [], []
     for idx in index_batches(len(y), batch_size, None, x.device):
         with autocast_for(device):
-            logits = model(model_inputs(x[idx], device)).float()
+            logits = model(model_inputs(x[idx], device, size=size)).float()
         target = y[idx].to(device)
         losses.append(F.cross_entropy(logits, target, reduction="none"))
         p, c = logits.softmax(1).max(1)
@@ -456,7 +499,10 @@ def recompute_batch_norm(
         BN_RECOMPUTE_BATCHES,
     )
     with autocast_for(device):
-        update_bn((model_inputs(data.x_train[idx], device) for idx in batches), model)
+        inputs = (
+            model_inputs(data.x_train[idx], device, size=config.image_size) for idx in batches
+        )
+        update_bn(inputs, model)
 
 
 def fit(trial: Trial, config: TrainConfig, data: Tensors, on_epoch=None) -> FitResult:
@@ -488,7 +534,9 @@ def fit(trial: Trial, config: TrainConfig, data: Tensors, on_epoch=None) -> FitR
             recompute = len(step_losses) < BN_RECOMPUTE_STEPS and math.isfinite(train_loss)
             if recompute:
                 recompute_batch_norm(model, data, config, device, config.seed + len(history))
-            examples = predict_examples(trained, data.x_valid, data.y_valid, device)
+            examples = predict_examples(
+                trained, data.x_valid, data.y_valid, device, size=config.image_size
+            )
             val_loss, val_acc = loss_and_accuracy(examples, data.y_valid)
             record = {
                 "epoch": len(history),
@@ -519,7 +567,9 @@ def fit(trial: Trial, config: TrainConfig, data: Tensors, on_epoch=None) -> FitR
         # Evenly spread over the training set, which is stored class by class: its first
         # images would be a few classes only.
         sample = slice(None, None, max(1, n // min(max(len(data.y_valid), low), high)))
-        clean_loss, _, _ = evaluate(trained, data.x_train[sample], data.y_train[sample], device)
+        clean_loss, _, _ = evaluate(
+            trained, data.x_train[sample], data.y_train[sample], device, size=config.image_size
+        )
         history[-1]["train_eval_loss"] = clean_loss
     return FitResult(model, history, step_losses, examples)
 

@@ -36,6 +36,15 @@ def test_suggestion_is_the_steepest_fall_before_the_minimum() -> None:
         suggest([], [])
 
 
+def test_suggestion_is_never_a_rate_next_to_the_explosion() -> None:
+    # A short, noisy range test whose loss still falls at its last rates (the step after
+    # exploded): the one-sided slope at the end made the last rate the steepest.
+    lrs = [1e-7 * 7.74**i for i in range(9)]
+    losses = [0.589, 0.664, 0.632, 0.615, 0.651, 0.619, 0.579, 0.567, 0.499]
+    suggestion, _, minimum = suggest(lrs, losses)
+    assert suggestion < lrs[-5] and minimum < lrs[-5]
+
+
 def test_grid_is_centred_on_the_suggestion() -> None:
     assert centred_lrs(1e-3, 3) == [0.000333, 0.001, 0.003]
     assert centred_lrs(1e-3, 2) == pytest.approx([0.000577, 0.00173])

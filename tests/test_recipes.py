@@ -18,9 +18,11 @@ def test_recipes_fill_what_the_user_did_not_give() -> None:
     assert values["image_size"] == 64 and overridden == ["image_size"]  # flip: the same value
     assert values["arch"] == "resnet34" and values["pretrained"] and values["resize"] == "crop"
     assert values["lr_find"] and values["centre_lrs"] and values["augmentation"] == "photos"
+    assert values["resize_ratio"] == 8 / 7
     digits, none = recipe_values("digits", {})
     assert none == [] and digits["arch"] == "resnet18" and digits["image_size"] == 32
     assert digits["resize"] == "squash" and not digits["flip"] and not digits["pretrained"]
+    assert digits["resize_ratio"] == 1.0  # the cache at the training size: no crop
     with pytest.raises(ValueError, match="'faces'"):
         recipe_values("faces", {})
     assert set(RECIPES) == {"digits", "photos"}
@@ -90,3 +92,5 @@ def test_the_photos_recipe_fine_tunes_downloaded_weights_and_records_itself(
         assert sweep.params[key] == value, key
     package = load_package(result.model_uri, Settings.from_env().tracking_uri)
     assert package.meta["resize"] == "crop" and package.meta["arch"] == "resnet18"
+    # Trained on crops of a cache at 8/7 of the size; served on the centre of that size.
+    assert package.meta["image_size"] == 32 and package.meta["resize_size"] == 37

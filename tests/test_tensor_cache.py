@@ -11,7 +11,7 @@ from PIL import Image
 
 import tasks.tensor_cache as tensor_cache_module
 from tasks.manifest import Dataset, ImageRow, read_rows, write_dataset
-from tasks.tensor_cache import load_tensors, tensor_cache
+from tasks.tensor_cache import Selection, load_tensors, tensor_cache
 from tests.datasets import digits_dataset
 
 
@@ -62,3 +62,21 @@ def test_an_empty_split_gives_empty_tensors(data_dir: Path) -> None:
     data = load_tensors(tensor_cache(write_dataset(data_dir, rows), 16))
     assert data.x_valid.shape == (0, 3, 16, 16) and data.y_valid.shape == (0,)
     assert data.x_train.shape == (6, 3, 16, 16)
+
+
+def test_a_selection_reads_the_maps_as_their_concatenation_would(data_dir: Path) -> None:
+    """Cleaning's folds pick images out of train + valid without copying either: what they
+    read is what indexing the two concatenated would give."""
+    data = load_tensors(tensor_cache(digits_dataset(data_dir, per_class=5, classes=2), 16))
+    maps = (data.x_train, data.x_valid)
+    whole = torch.cat(maps)
+    index = torch.tensor([len(data.x_train), 0, 3, len(whole) - 1, 1])  # both maps, any order
+    picked = Selection(maps, index)
+    assert len(picked) == 5 and picked.shape == (5, 3, 16, 16) and picked.nbytes == 5 * 768
+    positions = torch.tensor([4, 0, 2])
+    assert torch.equal(picked[positions], whole[index[positions]])
+    every_other = picked[::2]  # a slice is another selection, as a tensor's is a view
+    assert isinstance(every_other, Selection)
+    assert torch.equal(every_other[torch.arange(3)], whole[index[::2]])
+    assert torch.equal(picked.to(torch.device("cpu")), whole[index])
+    assert [torch.equal(a, b) for a, b in zip(picked, whole[index], strict=True)] == [True] * 5

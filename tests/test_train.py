@@ -18,6 +18,7 @@ import tasks.train
 from tasks.diagnosis import MIN_STEPS
 from tasks.leaderboard import best_trial
 from tasks.manifest import Dataset
+from tasks.recipes import RECIPES
 from tasks.sweep import (
     auto_workers,
     diagnose_in_sweep,
@@ -50,7 +51,7 @@ from tasks.train import (
 )
 from tasks.trial import batch_norm_note, run_trial
 from tasks.weights import WeightsUnavailable, resolve_weights
-from tests.datasets import digits_dataset
+from tests.datasets import digits_dataset, photos_dataset
 from ursa.package import load_package, log_package, preprocess
 from ursa.settings import Settings
 
@@ -183,6 +184,45 @@ def test_augment_transforms_whole_batches_reproducibly() -> None:
     same = torch.rand(1, 3, 16, 16).expand(6, 3, 16, 16)
     out = augment(same, torch.Generator().manual_seed(2))
     assert not torch.allclose(out[0], out[1])
+
+
+def test_photo_batches_are_random_crops_of_the_larger_cache(data_dir, monkeypatch) -> None:
+    """The photos recipe caches pictures at 8/7 of the training size: every training batch
+    is cut from it at random (the same crops for the same seed, others for another seed or
+    the next epoch), every other pass at its centre; the model only ever sees the size."""
+    config = TrainConfig(
+        image_size=28,
+        batch_size=4,
+        augmentation="photos",
+        flip=True,
+        resize="crop",
+        resize_ratio=RECIPES["photos"].resize_ratio,
+    )
+    data = load_tensors(tensor_cache(photos_dataset(data_dir), config.resize_size, config.resize))
+    real_inputs = tasks.train.model_inputs
+    shapes = set()
+
+    def recorded(x, *args, **kwargs):
+        out = real_inputs(x, *args, **kwargs)
+        shapes.add((x.shape[-1], out.shape[-1]))
+        return out
+
+    monkeypatch.setattr(tasks.train, "model_inputs", recorded)
+    fit(Trial(lr=1e-3, epochs=1), config, data)  # training, batch-norm statistics, validation
+    assert shapes == {(32, 28)}
+
+    x, cpu = data.x_train[:4], torch.device("cpu")
+
+    def epochs(seed: int) -> list[torch.Tensor]:  # one generator across epochs, as fit has
+        generator = torch.Generator().manual_seed(seed)
+        return [real_inputs(x, cpu, generator, True, "photos", 28) for _ in range(2)]
+
+    (first, second), (again, _), (other, _) = epochs(0), epochs(0), epochs(1)
+    assert first.shape == (4, 3, 28, 28)
+    assert torch.equal(first, again)
+    assert not torch.allclose(first, second) and not torch.allclose(first, other)
+    centre = real_inputs(x, cpu, size=28)  # validation: the centre 28 of the 32, exactly
+    assert torch.equal(centre, real_inputs(x[..., 2:30, 2:30], cpu))
 
 
 def test_fine_tuning_freezes_then_unfreezes_with_discriminative_rates(

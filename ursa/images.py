@@ -129,25 +129,50 @@ ResizePolicy = Literal["squash", "crop", "pad"]
 RESIZE_POLICIES: tuple[str, ...] = get_args(ResizePolicy)
 
 
-def input_pixels(source: str | Path | Image.Image, size: int, policy: str = "squash") -> np.ndarray:
+def input_pixels(
+    source: str | Path | Image.Image,
+    size: int,
+    policy: str = "squash",
+    resize_size: int | None = None,
+) -> np.ndarray:
     """An image file or picture -> uint8 RGB pixels (size, size, 3), resized by ``policy``.
 
     The one image-to-tensor step: training's cache, cleaning and serving all call it, so the
     model sees at serving time exactly what it was trained on. Files are read as they are
     stored (ingest has applied EXIF orientation already); one bilinear resample each way.
+
+    ``resize_size`` (at least ``size``): the picture is resized to that square by ``policy``
+    and its centre ``size`` square is cut out, as torchvision's ``Resize(256)`` +
+    ``CenterCrop(224)``. The photos recipe trains on random crops of a cache stored at that
+    size and validates on its centre (:func:`centre_span`): serving cuts the same centre.
     """
     if policy not in RESIZE_POLICIES:
         raise ValueError(f"Resize policy is '{policy}', expected one of {RESIZE_POLICIES}.")
+    resized = size if resize_size is None else resize_size
+    if resized < size:
+        raise ValueError(f"resize_size is {resized}, expected at least the size {size}.")
     if isinstance(source, Image.Image):
         im = to_rgb(source)
     else:
         with Image.open(source) as opened:
             im = to_rgb(opened)
-    square = (size, size)
+    square = (resized, resized)
     if policy == "crop":
         im = ImageOps.fit(im, square, method=Image.Resampling.BILINEAR)
     elif policy == "pad":
         im = ImageOps.pad(im, square, method=Image.Resampling.BILINEAR, color=(0, 0, 0))
     else:
         im = im.resize(square, Image.Resampling.BILINEAR)
-    return np.asarray(im)
+    pixels = np.asarray(im)
+    if resized == size:
+        return pixels
+    centre = centre_span(resized, size)
+    return np.ascontiguousarray(pixels[centre, centre])
+
+
+def centre_span(full: int, size: int) -> slice:
+    """The centre ``size`` of a side of ``full`` pixels (rounded towards the start): the one
+    definition of the centre crop, shared by serving (:func:`input_pixels`) and training's
+    validation, which cuts it from the cache (``tasks.train.model_inputs``)."""
+    start = (full - size) // 2
+    return slice(start, start + size)

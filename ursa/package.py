@@ -6,12 +6,15 @@ format, so loading it needs neither the training code nor unpickling any project
 plus a small JSON-able ``ursa`` metadata block carried in the MLmodel file:
 
     {"format": "ursa-model/1", "arch": "resnet18", "classes": [...], "image_size": 32,
-     "resize": "squash", "mean": [...], "std": [...], "metrics": {...},
+     "resize": "squash", "resize_size": 32, "mean": [...], "std": [...], "metrics": {...},
      "dataset_digest": "..."}
 
 ``resize`` is the resize policy the model was trained with (:data:`ursa.images.RESIZE_POLICIES`;
-packages written before it existed were squashed). :func:`preprocess` turns pictures into the
-model's input with :func:`ursa.images.input_pixels`, the function training's cache uses.
+packages written before it existed were squashed). ``resize_size`` is the square the picture
+is resized to before its centre ``image_size`` square is cut (the photos recipe: 256 for 224,
+its training cache's size; packages without it, and the digits, resize straight to
+``image_size``). :func:`preprocess` turns pictures into the model's input with
+:func:`ursa.images.input_pixels`, the function training's cache uses.
 """
 
 from __future__ import annotations
@@ -37,10 +40,16 @@ class PackageError(ValueError):
 
 
 def preprocess(
-    images: list[Image.Image], image_size: int, mean, std, resize: str = "squash"
+    images: list[Image.Image],
+    image_size: int,
+    mean,
+    std,
+    resize: str = "squash",
+    resize_size: int | None = None,
 ) -> torch.Tensor:
-    """PIL images -> a normalised float batch (N, 3, S, S), resized by policy ``resize``."""
-    arrays = [input_pixels(im, image_size, resize) for im in images]
+    """PIL images -> a normalised float batch (N, 3, S, S), resized by policy ``resize`` to
+    ``resize_size`` (default: ``image_size``), then cut to their centre ``image_size``."""
+    arrays = [input_pixels(im, image_size, resize, resize_size) for im in images]
     # Contiguous NCHW: the permuted view is laid out channels_last, on which the exported
     # model's convolutions (NCHW weights) run slower on CPUs (BENCHMARKS.md).
     batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
@@ -70,11 +79,22 @@ def check_meta(meta: Any, where: str) -> dict:
             f"Model at '{where}' has resize policy '{meta['resize']}', "
             f"expected one of {RESIZE_POLICIES}."
         )
+    resized = meta.get("resize_size")
+    if resized is not None and not (isinstance(resized, int) and resized >= meta["image_size"]):
+        raise PackageError(
+            f"Model at '{where}' has resize_size {resized!r}, expected an integer of at least "
+            f"its image_size {meta['image_size']}."
+        )
     return meta
 
 
 def resize_policy(meta: dict) -> str:
     return meta.get("resize", "squash")
+
+
+def resize_size(meta: dict) -> int:
+    """The square pictures are resized to before the centre cut (older packages: none)."""
+    return meta.get("resize_size", meta["image_size"])
 
 
 def log_package(model: torch.nn.Module, meta: dict, name: str = "model") -> str:
@@ -126,7 +146,12 @@ class ModelPackage:
         """Class probabilities (N, C) for RGB images."""
         meta = self.meta
         batch = preprocess(
-            images, meta["image_size"], meta["mean"], meta["std"], resize_policy(meta)
+            images,
+            meta["image_size"],
+            meta["mean"],
+            meta["std"],
+            resize_policy(meta),
+            resize_size(meta),
         )
         logits = self.module(batch)
         if logits.ndim != 2 or logits.shape[1] != len(self.classes):
