@@ -34,7 +34,9 @@ def uvicorn_options(app: Starlette) -> dict[str, Any]:
         # Refusals under overload before a request task exists; with CORS configured they go
         # through the app, which adds the CORS headers.
         "http": "auto" if settings.cors_origins else shedding_protocol(app.state.shedding),
-        "proxy_headers": False,  # no trusted proxy in front by default
+        # X-Forwarded-* believed from the configured proxies only (none by default).
+        "proxy_headers": bool(settings.trusted_proxies),
+        "forwarded_allow_ips": ",".join(settings.trusted_proxies) or None,
         "server_header": False,
         "access_log": False,  # /metrics counts requests; a log line each costs the server CPU
     }

@@ -143,7 +143,8 @@ def cookie_attributes(response: httpx.Response) -> set[str]:
 
 
 def test_review_api_refusals(ranked: Settings) -> None:
-    with LiveServer(create_app(ranked)) as server, server.client() as http:
+    behind_proxy = replace(ranked, trusted_proxies=("127.0.0.1",))
+    with LiveServer(create_app(behind_proxy)) as server, server.client() as http:
         assert http.get("/review/api/suspects").status_code == 401
         wrong = {"Authorization": "Bearer nope"}
         assert http.get("/review/api/suspects", headers=wrong).status_code == 401
@@ -184,8 +185,8 @@ def test_review_api_refusals(ranked: Settings) -> None:
         assert {"httponly", "samesite=strict", "path=/review"} <= attributes
         assert "secure" not in attributes  # over plain http a browser would not send it back
         assert TOKEN not in cookie.headers["set-cookie"]
-        # Behind a proxy that ends TLS (uvicorn trusts X-Forwarded-Proto from 127.0.0.1) it is
-        # Secure. Sent outside the client, so that its cookie jar keeps the plain one.
+        # Behind a proxy that ends TLS (URSA_TRUSTED_PROXIES names 127.0.0.1) it is Secure.
+        # Sent outside the client, so that its cookie jar keeps the plain one.
         proxied = httpx.post(
             f"{server.url}/review/login",
             data={"name": "eve", "token": TOKEN},
@@ -199,6 +200,15 @@ def test_review_api_refusals(ranked: Settings) -> None:
         )
         assert cross.status_code == 403
         assert [e.action for e in read_entries(ledger_path(ranked.data_dir))] == ["keep"]
+
+    # With no trusted proxy, anyone may send the header: it is not believed.
+    with LiveServer(create_app(ranked)) as server:
+        spoofed = httpx.post(
+            f"{server.url}/review/login",
+            data={"name": "eve", "token": TOKEN},
+            headers={"X-Forwarded-Proto": "https"},
+        )
+        assert spoofed.status_code == 303 and "secure" not in cookie_attributes(spoofed)
 
     # No admin token configured: no review routes at all.
     with LiveServer(create_app(replace(ranked, admin_token=""))) as server, server.client() as c:

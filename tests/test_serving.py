@@ -713,6 +713,7 @@ def test_serving_settings_come_from_the_environment() -> None:
         "URSA_BATCH_MAX_WAIT_MS": "2.5",
         "URSA_POLL_INTERVAL_S": "0",
         "URSA_CORS_ORIGINS": "https://a.example, https://b.example/",
+        "URSA_TRUSTED_PROXIES": "10.0.0.7, ::1",
         "URSA_RELEASE_MARGIN": "0.02",
         "URSA_MAX_QUEUE": "0",
         "URSA_REQUEST_TIMEOUT_S": "2.5",
@@ -721,6 +722,8 @@ def test_serving_settings_come_from_the_environment() -> None:
     assert (settings.batch_max_size, settings.batch_max_wait_ms) == (8, 2.5)
     assert settings.poll_interval_s == 0
     assert settings.cors_origins == ("https://a.example", "https://b.example")
+    assert settings.trusted_proxies == ("10.0.0.7", "::1")
+    assert Settings.from_env({}).trusted_proxies == ()  # none believed by default
     assert settings.release_margin == 0.02
     assert (settings.max_queue, settings.request_timeout_s) == (0, 2.5)  # 0: no bound
     assert Settings.from_env({}).max_queue is None  # unset: sized from the answer rate

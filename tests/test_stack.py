@@ -82,18 +82,7 @@ def test_up_runs_the_pipeline_deployment_through_the_real_servers(data_dir: Path
 
         # `ursa down` from another shell stops the stack by the stack.json this one wrote.
         names = [service.name for service in stack.services]
-        down = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "down"],
-            cwd=project_dir(),
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        while down.poll() is None:  # reap the services as they exit, as `ursa up` does
-            for service in stack.services:
-                service.process.poll()
-            time.sleep(0.1)
-        assert down.returncode == 0
-        said = " ".join(down.stdout.read().split())  # the console may wrap the line
+        said = ursa_down([service.process for service in stack.services])
         assert said == f"stopped: {', '.join(reversed(names))}"
         assert [s.name for s in stack.services if s.process.poll() is None] == []  # all stopped
         assert not (data_dir / "stack.json").exists()
@@ -101,6 +90,23 @@ def test_up_runs_the_pipeline_deployment_through_the_real_servers(data_dir: Path
             check_port_free(port, "stopped service")  # every service let go of its port
     finally:
         stack.down()
+
+
+def ursa_down(services: list[subprocess.Popen]) -> str:
+    """Run `ursa down` as another shell would, reaping ``services`` as they exit (as `ursa up`
+    does); return what it said, on one line (the console may wrap it)."""
+    down = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "down"],
+        cwd=project_dir(),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    while down.poll() is None:
+        for service in services:
+            service.poll()
+        time.sleep(0.1)
+    assert down.returncode == 0
+    return " ".join(down.stdout.read().split())
 
 
 def test_a_busy_port_is_named(data_dir: Path) -> None:
@@ -124,18 +130,7 @@ def test_down_from_another_shell_stops_what_stack_json_names(data_dir: Path) -> 
             ]
         }
         (data_dir / "stack.json").write_text(json.dumps(state))
-        down = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "down"],
-            cwd=project_dir(),
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        while down.poll() is None:  # reap the services as they exit, as `ursa up` does
-            for service in services:
-                service.poll()
-            time.sleep(0.1)
-        assert down.returncode == 0
-        assert " ".join(down.stdout.read().split()) == "stopped: s1, s0"
+        assert ursa_down(services) == "stopped: s1, s0"
         assert [p.pid for p in services if p.poll() is None] == []  # both stopped
         assert not (data_dir / "stack.json").exists()
     finally:

@@ -76,6 +76,13 @@ def _origins(raw: str) -> tuple[str, ...]:
 _origins.__name__ = "comma-separated origin list"
 
 
+def _names(raw: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in raw.split(",") if name.strip())
+
+
+_names.__name__ = "comma-separated list of addresses"
+
+
 def _base_url(raw: str) -> str:
     scheme, _, rest = raw.partition("://")
     if scheme not in ("http", "https") or not rest.strip("/"):
@@ -116,6 +123,9 @@ class Settings:
     batch_max_wait_ms: float = 5.0
     poll_interval_s: float = 30.0  # 0 turns polling off
     cors_origins: tuple[str, ...] = ()  # empty: no CORS headers at all
+    # Proxies whose X-Forwarded-For/-Proto `ursa serve` believes (a TLS-ending proxy in front:
+    # the review cookie is then Secure); empty: none, the client is who connected.
+    trusted_proxies: tuple[str, ...] = ()
     inference_threads: int = 0  # torch threads in `ursa serve`; 0: every core
     # Overload: /predict requests in flight (None: sized from the measured batch time; 0: no
     # bound) and the deadline from a request's arrival to its answer (0: none).
@@ -167,6 +177,7 @@ class Settings:
             batch_max_wait_ms=_read(env, "URSA_BATCH_MAX_WAIT_MS", _non_negative_float, 5.0),
             poll_interval_s=_read(env, "URSA_POLL_INTERVAL_S", _non_negative_float, 30.0),
             cors_origins=_read(env, "URSA_CORS_ORIGINS", _origins, ()),
+            trusted_proxies=_read(env, "URSA_TRUSTED_PROXIES", _names, ()),
             inference_threads=_read(env, "URSA_INFERENCE_THREADS", int, 0),
             max_queue=_read(env, "URSA_MAX_QUEUE", _non_negative_int, None),
             request_timeout_s=_read(env, "URSA_REQUEST_TIMEOUT_S", _non_negative_float, 5.0),
