@@ -30,7 +30,6 @@ class _Refused:
     complete, so the parser's body and message-complete callbacks drop what still arrives."""
 
     response_complete = True
-    keep_alive = True
 
     class message_event:  # noqa: N801 - the attribute name uvicorn's protocol calls .set() on
         @staticmethod

@@ -129,8 +129,7 @@ class Shedding:
         self._path = route.path.encode()
         body = JSONResponse({"error": OVERLOADED, "reason": "queue_full"}).body
         self._tail = (
-            b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body),
-            b"\r\n" + body,
+            b"content-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(body) + body
         )
 
     def refusal(
@@ -150,7 +149,7 @@ class Shedding:
         head.append(b"retry-after: %d\r\n" % self.admission.retry_after_s())
         if not keep_alive:
             head.append(b"connection: close\r\n")
-        return b"".join(head) + self._tail[0] + self._tail[1]
+        return b"".join(head) + self._tail
 
     def counted(self, seconds: float) -> None:
         """Count a refusal made before the app, as the app's metrics would have."""
