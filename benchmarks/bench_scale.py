@@ -19,10 +19,13 @@ only, and the kernel can drop them at any time.
    disk (URL manifest, journal, dataset). Progress notes go to stderr as it runs.
 2. **Training cache**: a dataset of N photo-like JPEGs (320x240; ``--photos`` distinct
    files listed again under other names past that, as decoding is what is measured), decoded
-   at ``--size`` into the memory-mapped cache, in one process and on every core; then one
-   epoch's data loading (random batches of 64 gathered from the map and normalised, through
-   a tiny model with its backward pass: the input path, not the model, is what is measured;
-   augmentation is per batch and does not grow with the data, so it is left out).
+   at ``--size`` into the memory-mapped cache, in one process and on every core (with the
+   two costs each build pays once, whatever its size, that cap the speed-up: the workers'
+   start-up, timed in a fresh pool, and the final fsync; the fastest of three builds where
+   one takes under 10 s); then one epoch's data loading
+   (random batches of 64 gathered from the map and normalised, through a tiny model with
+   its backward pass: the input path, not the model, is what is measured; augmentation is
+   per batch and does not grow with the data, so it is left out).
 3. **Photos**: the two ways to train on photos at ``--size``, on the same images: a cache at
    ``--size`` x 8/7 (256 for 224) read through the map with the photos recipe's
    random-resized crop and flip per batch (``tasks.train.model_inputs``), against decoding
@@ -42,7 +45,6 @@ import argparse
 import csv
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -64,6 +66,9 @@ from PIL import Image  # noqa: E402
 
 BATCH = 64
 WORKER_SETTLE_S = 1.0
+# A cache build of a few seconds is at the mercy of one writeback or one late worker: such
+# builds are timed REPEATS times and the fastest kept (timeit's rule: the least disturbed).
+SHORT_BUILD_S, REPEATS = 10.0, 3
 CLASSES = 10
 # Cleaning's folds train the smallest torchvision classifier, one epoch each: the input
 # path's memory, not the model, is what is measured.
@@ -240,26 +245,64 @@ def child_cache(n: int, photos: Path, work: Path, size: int, workers: int) -> di
         )
     dataset = write_dataset(data, rows)
     del rows
+    synced = _timed_fsyncs()
     with Peaks() as peaks:
-        started = time.perf_counter()
-        cpu = _cpu_seconds()
+        started, cpu = time.perf_counter(), _machine_cpu()
         path = tensor_cache(dataset, size, workers=workers)
         seconds = time.perf_counter() - started
-        cpu = [a - b for a, b in zip(_cpu_seconds(), cpu, strict=True)]
+        cpu = {key: value - cpu[key] for key, value in _machine_cpu().items()}
     return {
         **peaks.as_dict(),
         "seconds": seconds,
-        "cache": str(path),
         "cpu": cpu,
+        "fsync_s": synced[0],
+        "worker_start_s": _worker_start_seconds() if workers == 1 else None,
+        "cache": str(path),
         "manifest": dataset.manifest_path,
     }
 
 
-def _cpu_seconds() -> list[float]:
-    """[this process, its exited workers]: user + system CPU seconds."""
-    me = resource.getrusage(resource.RUSAGE_SELF)
-    workers = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return [me.ru_utime + me.ru_stime, workers.ru_utime + workers.ru_stime]
+def _machine_cpu() -> dict[str, float]:
+    """CPU seconds of the whole machine since boot (``/proc/stat``), summed over its cores:
+    the workers are the fork server's children, not this process's, and the kernel writes
+    the cache's pages in threads of its own."""
+    with open("/proc/stat") as fh:
+        user, nice, system, idle, iowait, irq, softirq = map(int, fh.readline().split()[1:8])
+    tick = os.sysconf("SC_CLK_TCK")
+    return {
+        "user": (user + nice) / tick,
+        "kernel": (system + irq + softirq) / tick,
+        "idle": (idle + iowait) / tick,
+    }
+
+
+def _timed_fsyncs() -> list[float]:
+    """From now on, this process's seconds in ``os.fsync`` accumulate in the list returned:
+    the build's last step, serial, paid whatever the cores."""
+    synced = [0.0]
+    fsync = os.fsync
+
+    def timed(fd: int) -> None:
+        started = time.perf_counter()
+        fsync(fd)
+        synced[0] += time.perf_counter() - started
+
+    os.fsync = timed
+    return synced
+
+
+def _worker_start_seconds() -> float:
+    """Seconds from a fresh worker pool to its worker's answers to two empty chunks: what a
+    build on more than one core pays before its second core decodes (in a process that has
+    not started a pool yet, as the build's own was)."""
+    from tasks.parallel import WorkerPool
+    from tasks.pixels import DecodeChunk, decode_chunk
+
+    nothing = DecodeChunk(os.devnull, 0, 0, (), 1, "squash")
+    started = time.perf_counter()
+    with WorkerPool(2) as pool:
+        pool.map(decode_chunk, [nothing, nothing])
+        return time.perf_counter() - started
 
 
 def child_epoch(cache: Path) -> dict:
@@ -477,6 +520,26 @@ def bench_ingest(sizes: list[int], latency_s: float, work: Path) -> list[str]:
     return lines
 
 
+def _fastest_builds(n: int, photos: Path, work: Path, size: int, cores: int) -> tuple[dict, dict]:
+    """(in one process, on ``cores``): the fastest of REPEATS builds each, taken in turn, for a
+    build that takes under SHORT_BUILD_S in one process, else one each; memory peaks are the
+    highest of the runs."""
+    runs: dict[int, list[dict]] = {1: [], cores: []}
+    while True:
+        for workers, done in runs.items():
+            shutil.rmtree(work / f"cache-{n}-{workers}", ignore_errors=True)  # built afresh
+            kwargs = {"n": n, "photos": str(photos), "work": str(work), "size": size}
+            done.append(_child("cache", **kwargs, workers=workers))
+        if len(runs[1]) == REPEATS or runs[1][0]["seconds"] >= SHORT_BUILD_S:
+            break
+    fastest = {}
+    for workers, done in runs.items():
+        fastest[workers] = dict(min(done, key=lambda run: run["seconds"]))
+        for key in ("rss_mib", "anon_mib", "worker_rss_mib", "worker_anon_mib"):
+            fastest[workers][key] = max(run[key] for run in done)
+    return fastest[1], fastest[cores]
+
+
 def bench_cache(sizes: list[int], size: int, n_photos: int, work: Path) -> list[str]:
     from tasks.parallel import usable_cores
 
@@ -489,13 +552,12 @@ def bench_cache(sizes: list[int], size: int, n_photos: int, work: Path) -> list[
         f"{'anon':>6} {'worker':>7} {'epoch s':>8} {'ms/img':>7} {'RSS MiB':>8} {'anon':>6}"
     )
     for n in sizes:
-        one = _child("cache", n=n, photos=str(photos), work=str(work), size=size, workers=1)
+        one, build[n] = _fastest_builds(n, photos, work, size, cores)
         shutil.rmtree(work / f"cache-{n}-1", ignore_errors=True)
-        build[n] = _child(
-            "cache", n=n, photos=str(photos), work=str(work), size=size, workers=cores
-        )
         build[n]["one"] = one["seconds"]
-        build[n]["one_cpu"] = sum(one["cpu"])
+        build[n]["one_cpu"] = one["cpu"]
+        build[n]["one_fsync_s"] = one["fsync_s"]
+        build[n]["worker_start_s"] = one["worker_start_s"]
         epoch[n] = _child("epoch", cache=build[n]["cache"])
         shutil.rmtree(work / f"cache-{n}-{cores}", ignore_errors=True)
         b, e = build[n], epoch[n]
@@ -509,17 +571,24 @@ def bench_cache(sizes: list[int], size: int, n_photos: int, work: Path) -> list[
     large = max(sizes)
     lines = []
     for n in sizes:
-        one, main, workers = build[n]["one_cpu"], *build[n]["cpu"]
+        one, start, synced = build[n]["one"], build[n]["worker_start_s"], build[n]["one_fsync_s"]
+        # Two costs every build pays once, whatever its size: the final fsync (serial) and the
+        # workers' start-up, while this process decodes alone. With perfect sharing of the rest
+        # the build takes synced + start + (one - synced - start) / cores.
+        cap = one / (synced + start + (one - synced - start) / cores)
+        cpu, one_cpu = build[n]["cpu"], build[n]["one_cpu"]
+        busy = (cpu["user"] + cpu["kernel"]) / (cpu["user"] + cpu["kernel"] + cpu["idle"])
         lines.append(
             f"cache build on {cores} cores at {n:,} images: "
-            f"{build[n]['one'] / build[n]['seconds']:.2f}x one process (goal >= 1.6x)"
+            f"{one / build[n]['seconds']:.2f}x one process (goal >= 1.6x; what bounds it: the "
+            f"cores {busy:.0%} busy, and once per build worker start-up {start:.2f} s and "
+            f"final fsync {synced:.2f} s of the {one:.1f} s in one process, a cap of {cap:.2f}x)"
         )
-        # What the same work would take on idle cores: the busiest process's CPU time. On a
-        # shared machine the scheduler shares the CPU per session, not per process.
         lines.append(
-            f"cache build CPU seconds at {n:,} images: one process {one:.1f}; on {cores} cores "
-            f"{main:.1f} here + {workers:.1f} in workers: {one / max(main, workers):.2f}x on "
-            f"idle cores (CPU-time bound, not a wall-clock measurement)"
+            f"cache build CPU at {n:,} images, all processes and the kernel: one process "
+            f"{one_cpu['user']:.1f} s user + {one_cpu['kernel']:.1f} s kernel; on {cores} cores "
+            f"{cpu['user']:.1f} + {cpu['kernel']:.1f} (no goal; the kernel's share is mostly "
+            f"writing the pages, which one process leaves to an idle core)"
         )
     if len(sizes) > 1:
         lines += _growth(
