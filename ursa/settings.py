@@ -69,18 +69,18 @@ def _non_negative_float(raw: str) -> float:
 _non_negative_float.__name__ = "number >= 0"
 
 
-def _origins(raw: str) -> tuple[str, ...]:
-    return tuple(o.strip().rstrip("/") for o in raw.split(",") if o.strip())
-
-
-_origins.__name__ = "comma-separated origin list"
-
-
 def _names(raw: str) -> tuple[str, ...]:
     return tuple(name.strip() for name in raw.split(",") if name.strip())
 
 
 _names.__name__ = "comma-separated list of addresses"
+
+
+def _origins(raw: str) -> tuple[str, ...]:
+    return tuple(origin.rstrip("/") for origin in _names(raw))
+
+
+_origins.__name__ = "comma-separated origin list"
 
 
 def _base_url(raw: str) -> str:
